@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what they use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EVENTS ?= 1000000
+
+.PHONY: demo test lint typecheck pytest bench bench-append services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed  ## install and run the demo on the embedded SQLite default
+	$(BIN)/projectionist demo
+
+test: $(VENV)/.installed-dev  ## lint, type-check and run every test (needs PostgreSQL)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs a table lock
+	$(BIN)/python bench/append_concurrency.py
+
+bench: bench-append  ## every benchmark
+
+services:  ## start local PostgreSQL if it is down (what .ci/run does)
+	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,468 @@
+"""PostgreSQL event store through asyncpg: the production backend.
+
+The global order is the pair (appending transaction id, position); readers only see events of
+transactions older than the oldest one still running, which makes the order gap-free without
+serializing appends. docs/global-order.md explains why and what it costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from ..errors import (
+    BackendError,
+    ConcurrencyError,
+    InvalidInputError,
+    SchemaError,
+    StoreUnavailableError,
+)
+from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..identifiers import quote_identifier, validate_identifier
+from ..migrations import latest_version, load_migrations
+from ..store import (
+    ANY,
+    DEFAULT_BATCH_SIZE,
+    AppendResult,
+    EventBatch,
+    EventStore,
+    ExpectedVersion,
+    prepare_append,
+    validate_batch_size,
+    validate_types,
+)
+from ..urls import pop_query_option, redact_url
+
+logger = logging.getLogger("projectionist.store.postgres")
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+"""A connection of your own or one borrowed from the store's pool."""
+
+DEFAULT_SCHEMA = "projectionist"
+START_HINT = (
+    "is PostgreSQL running? Start it with "
+    "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'"
+)
+# The horizon: transactions with smaller ids have all ended, so no event can still appear
+# below it. Evaluated once per statement, with the statement's own snapshot.
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_EVENT_COLUMNS = (
+    "e.position, e.tx_id, e.id, e.stream_id, e.version, e.type, "
+    "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
+)
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release: a round trip per use, and our statements
+    change no session state (asyncpg still rolls back any open transaction)."""
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _: event.set()
+
+
+def _event_from_row(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        id=row["id"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        type=row["type"],
+        data=orjson.loads(row["data"]),
+        metadata=orjson.loads(row["metadata"]),
+        recorded_at=row["recorded_at"],
+        position=Position(row["tx_id"], row["position"]),
+    )
+
+
+class PostgresEventStore(EventStore):
+    """Event store in one PostgreSQL schema (``projectionist`` unless told otherwise).
+
+    The schema can be given as an argument or as ``?schema=name`` in the URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 10,
+        poll_interval: float = 1.0,
+    ) -> None:
+        super().__init__()
+        dsn, url_schema = pop_query_option(url, "schema")
+        self.schema = validate_identifier(schema or url_schema or DEFAULT_SCHEMA, "schema name")
+        self.url = redact_url(url)
+        self.poll_interval = poll_interval
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._notify_requested = asyncio.Event()
+        self.channel = f"projectionist_{self.schema}"
+        q = quote_identifier(self.schema)
+        self._q = q
+        self._sql_append = f"SELECT * FROM {q}.append_events($1, $2, $3, $4, $5, $6)"
+        self._sql_head = (
+            f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < {_HORIZON} "
+            "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
+        )
+        self._sql_read_stream = (
+            f"SELECT {_EVENT_COLUMNS} FROM {q}.events e WHERE e.stream_id = $1 "
+            "AND e.version >= $2 ORDER BY e.version LIMIT $3"
+        )
+        self._sql_read_all = self._read_all_sql(filtered=False)
+        self._sql_read_all_types = self._read_all_sql(filtered=True)
+
+    def _read_all_sql(self, *, filtered: bool) -> str:
+        # One statement, one snapshot: the page and the head it was read against. The head
+        # lets a filtered read move its checkpoint past events of other types it scanned.
+        type_filter = "AND e.type = ANY($4::text[])" if filtered else ""
+        q = self._q
+        return f"""
+            WITH horizon AS (SELECT {_HORIZON} AS xmin),
+            head AS (
+                SELECT h.tx_id, h.position FROM {q}.events h
+                WHERE h.tx_id < (SELECT xmin FROM horizon)
+                ORDER BY h.tx_id DESC, h.position DESC LIMIT 1
+            )
+            SELECT head.tx_id AS head_tx, head.position AS head_position, page.*
+            FROM head LEFT JOIN LATERAL (
+                SELECT {_EVENT_COLUMNS} FROM {q}.events e
+                WHERE e.tx_id < (SELECT xmin FROM horizon)
+                  AND (e.tx_id, e.position) > ($1::bigint, $2::bigint)
+                  {type_filter}
+                ORDER BY e.tx_id, e.position
+                LIMIT $3
+            ) page ON true
+            ORDER BY page.tx_id, page.position
+        """
+
+    # -- connection management ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, reset=_keep_session
+            )
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to {self.url}: {exc} ({START_HINT})"
+            ) from exc
+        self._background = [
+            asyncio.create_task(self._listen_forever(), name=f"projectionist-listen-{self.schema}"),
+            asyncio.create_task(self._notify_forever(), name=f"projectionist-notify-{self.schema}"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailableError(f"store {self.url} is not open: call open() first")
+        return self._pool
+
+    async def _listen_forever(self) -> None:
+        """Keep one connection LISTENing; reconnect with backoff when it dies.
+
+        Notifications only wake readers, who then query. Every (re)connect also wakes them,
+        since notifications sent while disconnected are lost.
+        """
+        backoff = 0.1
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self._dsn)
+                lost = asyncio.Event()
+                connection.add_termination_listener(_setter(lost))
+                await connection.add_listener(self.channel, self._on_notification)
+                logger.debug("listening", extra={"action": "listen_start", "channel": self.channel})
+                self._changes.notify()
+                backoff = 0.1
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 10)
+                    if not lost.is_set():  # a half-open TCP connection never reports loss
+                        await connection.fetchval("SELECT 1", timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                logger.warning(
+                    "listen connection failed: %s",
+                    exc,
+                    extra={"action": "listen_failed", "channel": self.channel},
+                )
+            finally:
+                if connection is not None and not connection.is_closed():
+                    connection.terminate()
+            self._changes.notify()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _on_notification(self, *_: Any) -> None:
+        self._changes.notify()
+
+    @contextlib.contextmanager
+    def _translate_errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+            raise SchemaError(
+                f"the event store schema {self.schema!r} is missing in {self.url}: "
+                "run 'projectionist schema apply' (or await store.apply_schema())"
+            ) from exc
+        except asyncpg.InvalidSchemaNameError as exc:
+            raise SchemaError(
+                f"schema {self.schema!r} does not exist in {self.url}: "
+                "run 'projectionist schema apply'"
+            ) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailableError(f"{doing} failed, {self.url}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise BackendError(f"{doing} failed: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[PoolConnectionProxy]:
+        with self._translate_errors(doing):
+            async with self.pool.acquire() as connection:
+                yield connection
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def apply_schema(self) -> int:
+        async with self._connection("applying the schema") as connection, connection.transaction():
+            # Concurrent appliers queue here instead of racing on CREATE statements.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('projectionist.schema.' || $1))",
+                self.schema,
+            )
+            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._q}.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await connection.fetchval(
+                f"SELECT coalesce(max(version), 0) FROM {self._q}.schema_migrations"
+            )
+            migrations = load_migrations("postgres")
+            if current > len(migrations):
+                raise SchemaError(
+                    f"schema {self.schema!r} is at version {current}, newer than this "
+                    f"projectionist knows ({len(migrations)}): upgrade projectionist"
+                )
+            for migration in migrations[current:]:
+                await connection.execute(migration.sql.replace("{{schema}}", self._q))
+                await connection.execute(
+                    f"INSERT INTO {self._q}.schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+                logger.info(
+                    "applied migration %s",
+                    migration.name,
+                    extra={"action": "migration_applied", "schema": self.schema},
+                )
+        return len(migrations)
+
+    async def schema_version(self) -> int:
+        async with self._connection("reading the schema version") as connection:
+            exists = await connection.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self._q}.schema_migrations"
+            )
+            if not exists:
+                return 0
+            version: int = await connection.fetchval(
+                f"SELECT coalesce(max(version), 0) FROM {self._q}.schema_migrations"
+            )
+            return version
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless the schema is applied and current."""
+        version = await self.schema_version()
+        if version != latest_version("postgres"):
+            raise SchemaError(
+                f"schema {self.schema!r} in {self.url} is at version {version}, expected "
+                f"{latest_version('postgres')}: run 'projectionist schema apply'"
+            )
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        async with self._connection(f"appending to stream {stream_id!r}") as connection:
+            result = await self.append_on(connection, stream_id, events, expected_version)
+        self.events_committed()
+        return result
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        """A transaction on one connection: append events atomically with your own writes.
+
+        ``async with store.transaction() as tx: await tx.append(...); await
+        tx.connection.execute(...)``. Everything commits together, or nothing on an error.
+        """
+        async with (
+            self._connection("running a transaction") as connection,
+            connection.transaction(),
+        ):
+            yield PostgresTransaction(self, connection)
+        self.events_committed()
+
+    def events_committed(self) -> None:
+        """Wake readers after a commit: in this process now, in others by a NOTIFY soon.
+
+        The NOTIFY is sent after commit, from a background task that merges bursts of
+        requests, because a NOTIFY inside the append would serialize every commit.
+        """
+        self._changes.notify()
+        self._notify_requested.set()
+
+    async def _notify_forever(self) -> None:
+        while True:
+            await self._notify_requested.wait()
+            self._notify_requested.clear()
+            try:
+                async with self.pool.acquire() as connection:
+                    await connection.execute("SELECT pg_notify($1, '')", self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - readers still poll
+                logger.warning(
+                    "notify failed: %s",
+                    exc,
+                    extra={"action": "notify_failed", "channel": self.channel},
+                )
+                await asyncio.sleep(self.poll_interval)
+
+    async def append_on(
+        self,
+        connection: Connection,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append on the caller's connection, inside its transaction if one is open.
+
+        The events commit with that transaction or vanish with its rollback. Readers in other
+        processes learn of them by polling unless ``events_committed()`` is called after
+        the commit (``transaction()`` does both for you).
+        """
+        expected, encoded = prepare_append(stream_id, events, expected_version)
+        with self._translate_errors(f"appending to stream {stream_id!r}"):
+            try:
+                rows = await connection.fetch(
+                    self._sql_append,
+                    stream_id,
+                    expected,
+                    [e.id for e in encoded],
+                    [e.type for e in encoded],
+                    [e.data for e in encoded],
+                    [e.metadata for e in encoded],
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise InvalidInputError(
+                    f"append to stream {stream_id!r}: an event id already exists ({exc.detail})"
+                ) from exc
+        if rows[0]["position"] is None:
+            raise ConcurrencyError(stream_id, expected_version, rows[0]["version"])
+        rows = sorted(rows, key=lambda row: row["version"])
+        return AppendResult(
+            tuple(
+                RecordedEvent(
+                    id=event.id,
+                    stream_id=stream_id,
+                    version=row["version"],
+                    type=event.type,
+                    data=orjson.loads(event.data),
+                    metadata=orjson.loads(event.metadata),
+                    recorded_at=row["recorded_at"],
+                    position=Position(row["tx_id"], row["position"]),
+                )
+                for event, row in zip(encoded, rows, strict=True)
+            )
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        validate_name(stream_id, "stream id")
+        if limit is not None:
+            validate_batch_size(limit)
+        async with self._connection(f"reading stream {stream_id!r}") as connection:
+            rows = await connection.fetch(self._sql_read_stream, stream_id, from_version, limit)
+        return [_event_from_row(row) for row in rows]
+
+    async def read_all(
+        self,
+        after: Position = START,
+        limit: int = DEFAULT_BATCH_SIZE,
+        types: Collection[str] | None = None,
+    ) -> EventBatch:
+        validate_batch_size(limit)
+        wanted = validate_types(types)
+        args: list[object] = [after.tx, after.seq, limit]
+        sql = self._sql_read_all
+        if wanted is not None:
+            args.append(wanted)
+            sql = self._sql_read_all_types
+        async with self._connection("reading all events") as connection:
+            rows = await connection.fetch(sql, *args)
+        if not rows:  # the store is empty (or nothing is visible yet)
+            return EventBatch([], after)
+        events = [_event_from_row(row) for row in rows if row["position"] is not None]
+        if len(events) == limit:
+            return EventBatch(events, events[-1].position)
+        head = Position(rows[0]["head_tx"], rows[0]["head_position"])
+        return EventBatch(events, max(after, head))
+
+    async def head(self) -> Position:
+        async with self._connection("reading the head") as connection:
+            row = await connection.fetchrow(self._sql_head)
+        return START if row is None else Position(row["tx_id"], row["position"])
+
+
+class PostgresTransaction:
+    """An open transaction of a PostgresEventStore (see ``PostgresEventStore.transaction``)."""
+
+    def __init__(self, store: PostgresEventStore, connection: Connection) -> None:
+        self.store = store
+        self.connection = connection
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        return await self.store.append_on(self.connection, stream_id, events, expected_version)

@@ -1,0 +1,307 @@
+"""SQLite event store: embedded, zero set-up, the default for demos and newcomers.
+
+One connection per store, in WAL mode. SQLite runs one write transaction at a time, so
+positions commit in order: the autoincrement position alone is a gap-free global order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from ..errors import (
+    BackendError,
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidInputError,
+    SchemaError,
+    StoreUnavailableError,
+)
+from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..migrations import latest_version, load_migrations
+from ..store import (
+    ANY,
+    DEFAULT_BATCH_SIZE,
+    AppendResult,
+    EventBatch,
+    EventStore,
+    ExpectedVersion,
+    prepare_append,
+    validate_batch_size,
+    validate_types,
+)
+
+_EVENT_COLUMNS = (
+    "e.position, e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at"
+)
+_SQLITE_MAX_VARIABLES = 32766
+_APPEND_COLUMNS = 7
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db`` -> ``relative.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    return url[len(prefix) :].partition("?")[0]
+
+
+def _event_from_row(row: Sequence[Any]) -> RecordedEvent:
+    return RecordedEvent(
+        id=uuid.UUID(row[1]),
+        stream_id=row[2],
+        version=row[3],
+        type=row[4],
+        data=orjson.loads(row[5]),
+        metadata=orjson.loads(row[6]),
+        recorded_at=datetime.fromisoformat(row[7]),
+        position=Position(0, row[0]),
+    )
+
+
+class SqliteEventStore(EventStore):
+    """Event store in one SQLite file (or ``sqlite:///:memory:``)."""
+
+    def __init__(self, url: str, *, poll_interval: float = 1.0, busy_timeout: float = 5.0) -> None:
+        super().__init__()
+        self.url = url
+        self.path = sqlite_path(url)
+        self.poll_interval = poll_interval
+        self._busy_timeout = busy_timeout
+        self._connection: aiosqlite.Connection | None = None
+        # One connection serves every caller; the lock keeps one transaction at a time on it.
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._connection is not None:
+            return
+        if self.path != ":memory:" and not Path(self.path).parent.exists():
+            raise StoreUnavailableError(
+                f"cannot open {self.url}: directory {str(Path(self.path).parent)!r} does not exist"
+            )
+        try:
+            connection = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self._busy_timeout
+            )
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
+        self._connection = connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, doing: str, *, write: bool) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the store's connection inside one transaction; roll back on any error."""
+        if self._connection is None:
+            raise StoreUnavailableError(f"store {self.url} is not open: call open() first")
+        connection = self._connection
+        async with self._lock:
+            try:
+                await connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield connection
+                except BaseException:
+                    await connection.execute("ROLLBACK")
+                    raise
+                await connection.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    raise SchemaError(
+                        f"the event store schema is missing in {self.url}: "
+                        "run 'projectionist schema apply' (or await store.apply_schema())"
+                    ) from exc
+                raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def apply_schema(self) -> int:
+        migrations = load_migrations("sqlite")
+        async with self.transaction("applying the schema", write=True) as connection:
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            current = await self._current_version(connection)
+            if current > len(migrations):
+                raise SchemaError(
+                    f"{self.url} has schema version {current}, newer than this projectionist "
+                    f"knows ({len(migrations)}): upgrade projectionist"
+                )
+            for migration in migrations[current:]:
+                # executescript would COMMIT our transaction; run statement by statement.
+                for statement in _split_statements(migration.sql):
+                    await connection.execute(statement)
+                await connection.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(UTC).isoformat()),
+                )
+        return len(migrations)
+
+    async def schema_version(self) -> int:
+        async with self.transaction("reading the schema version", write=False) as connection:
+            return await self._current_version(connection)
+
+    async def check_schema(self) -> None:
+        version = await self.schema_version()
+        if version != latest_version("sqlite"):
+            raise SchemaError(
+                f"{self.url} has schema version {version}, expected {latest_version('sqlite')}: "
+                "run 'projectionist schema apply'"
+            )
+
+    @staticmethod
+    async def _current_version(connection: aiosqlite.Connection) -> int:
+        cursor = await connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'schema_migrations'"
+        )
+        exists = await cursor.fetchone()
+        if not exists or not exists[0]:
+            return 0
+        cursor = await connection.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        expected, encoded = prepare_append(stream_id, events, expected_version)
+        recorded_at = datetime.now(UTC)
+        stamp = recorded_at.isoformat()
+        async with self.transaction(f"appending to stream {stream_id!r}", write=True) as connection:
+            cursor = await connection.execute(
+                "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+            )
+            row = await cursor.fetchone()
+            current = int(row[0]) if row else 0
+            if expected is not None and current != expected:
+                raise ConcurrencyError(stream_id, expected_version, current)
+            await connection.execute(
+                "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
+                "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+                (stream_id, current + len(encoded)),
+            )
+            positions: list[int] = []
+            chunk = _SQLITE_MAX_VARIABLES // _APPEND_COLUMNS
+            for start in range(0, len(encoded), chunk):
+                part = encoded[start : start + chunk]
+                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
+                params: list[object] = []
+                for offset, event in enumerate(part, start=current + start + 1):
+                    params += (
+                        str(event.id),
+                        stream_id,
+                        offset,
+                        event.type,
+                        event.data,
+                        event.metadata,
+                        stamp,
+                    )
+                try:
+                    cursor = await connection.execute(
+                        "INSERT INTO events (id, stream_id, version, type, data, metadata, "
+                        f"recorded_at) VALUES {values} RETURNING position",
+                        params,
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise InvalidInputError(
+                        f"append to stream {stream_id!r}: an event id already exists ({exc})"
+                    ) from exc
+                positions += sorted(row[0] for row in await cursor.fetchall())
+        self._changes.notify()
+        return AppendResult(
+            tuple(
+                RecordedEvent(
+                    id=event.id,
+                    stream_id=stream_id,
+                    version=current + index,
+                    type=event.type,
+                    data=orjson.loads(event.data),
+                    metadata=orjson.loads(event.metadata),
+                    recorded_at=recorded_at,
+                    position=Position(0, position),
+                )
+                for index, (event, position) in enumerate(zip(encoded, positions, strict=True), 1)
+            )
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        validate_name(stream_id, "stream id")
+        if limit is not None:
+            validate_batch_size(limit)
+        async with self.transaction(f"reading stream {stream_id!r}", write=False) as connection:
+            cursor = await connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.stream_id = ? AND e.version >= ? "
+                "ORDER BY e.version LIMIT ?",
+                (stream_id, from_version, -1 if limit is None else limit),
+            )
+            rows = await cursor.fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    async def read_all(
+        self,
+        after: Position = START,
+        limit: int = DEFAULT_BATCH_SIZE,
+        types: Collection[str] | None = None,
+    ) -> EventBatch:
+        validate_batch_size(limit)
+        wanted = validate_types(types)
+        type_filter = ""
+        params: list[object] = [after.seq]
+        if wanted is not None:
+            type_filter = f"AND e.type IN ({', '.join('?' * len(wanted))})" if wanted else "AND 0"
+            params += wanted
+        params.append(limit)
+        # One statement: the page and the head it was read against, from one snapshot.
+        sql = (
+            f"SELECT h.head, page.* FROM (SELECT max(position) AS head FROM events) h "
+            f"LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM events e WHERE e.position > ? {type_filter} "
+            "ORDER BY e.position LIMIT ?) page ON 1 ORDER BY page.position"
+        )
+        async with self.transaction("reading all events", write=False) as connection:
+            cursor = await connection.execute(sql, params)
+            rows = list(await cursor.fetchall())
+        events = [_event_from_row(tuple(row)[1:]) for row in rows if row[1] is not None]
+        if len(events) == limit:
+            return EventBatch(events, events[-1].position)
+        head = rows[0][0] if rows and rows[0][0] is not None else 0
+        return EventBatch(events, max(after, Position(0, head)))
+
+    async def head(self) -> Position:
+        async with self.transaction("reading the head", write=False) as connection:
+            cursor = await connection.execute("SELECT max(position) FROM events")
+            row = await cursor.fetchone()
+        return Position(0, row[0]) if row and row[0] is not None else START
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration into statements (our SQLite migrations contain no ';' in literals)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]

@@ -1,0 +1,48 @@
+"""One exception root for everything the library raises.
+
+Driver errors (asyncpg, sqlite3) never escape raw: they are wrapped in a subclass of
+``ProjectionistError`` with the original exception as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class ProjectionistError(Exception):
+    """Root of every error raised by projectionist."""
+
+
+class InvalidInputError(ProjectionistError, ValueError):
+    """Bad input caught before anything was written: a name, a payload, a size."""
+
+
+class ConfigurationError(ProjectionistError):
+    """A setting cannot work: an unknown URL scheme, an invalid option."""
+
+
+class StoreUnavailableError(ProjectionistError):
+    """The backend cannot be reached (server down, file not writable, database missing)."""
+
+
+class SchemaError(ProjectionistError):
+    """The store's schema is missing, or newer than this version of projectionist knows."""
+
+
+class BackendError(ProjectionistError):
+    """A driver error that has no more specific meaning; the driver's exception is the cause."""
+
+
+class ConcurrencyError(ProjectionistError):
+    """An append's expected version did not match the stream's actual version.
+
+    Nothing was written. ``expected`` is what the caller asked for and ``actual`` the
+    stream's version at the time (0 when the stream does not exist).
+    """
+
+    def __init__(self, stream_id: str, expected: object, actual: int) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream_id!r}: expected version {expected}, but the stream is at "
+            f"version {actual}{' (it does not exist)' if actual == 0 else ''}; nothing was written"
+        )

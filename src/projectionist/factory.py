@@ -1,0 +1,37 @@
+"""The one place that maps a store URL to a backend."""
+
+from __future__ import annotations
+
+from .errors import ConfigurationError
+from .store import EventStore
+from .urls import redact_url
+
+SCHEMES = ("postgresql://", "postgres://", "sqlite:///", "memory://")
+
+
+def create_store(url: str, *, schema: str | None = None, poll_interval: float = 1.0) -> EventStore:
+    """A store for ``url``, not yet opened: ``async with create_store(url) as store: ...``.
+
+    - ``postgresql://user@host:5432/db`` (``?schema=name`` or ``schema=`` picks the schema),
+    - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``,
+    - ``memory://`` (nothing persisted).
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"store URL must be a string, not {type(url).__name__}")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .backends.postgres import PostgresEventStore
+
+        return PostgresEventStore(url, schema=schema, poll_interval=poll_interval)
+    if schema is not None:
+        raise ConfigurationError(f"schema= applies to PostgreSQL only, not to {redact_url(url)}")
+    if url.startswith("sqlite:"):
+        from .backends.sqlite import SqliteEventStore
+
+        return SqliteEventStore(url, poll_interval=poll_interval)
+    if url == "memory://":
+        from .backends.memory import MemoryEventStore
+
+        return MemoryEventStore(url)
+    raise ConfigurationError(
+        f"unknown store URL {redact_url(url)!r}: it must start with one of {', '.join(SCHEMES)}"
+    )

@@ -1,0 +1,241 @@
+"""The event store contract that every backend implements.
+
+The engine and the CLI speak only this module; they never import a backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from .errors import InvalidInputError
+from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+
+
+class StreamState(enum.Enum):
+    """Expected versions that are not a number."""
+
+    ANY = "any"
+    """Append whatever the stream's version is."""
+    NO_STREAM = "no stream"
+    """Append only if the stream does not exist yet (the same as expected version 0)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ANY = StreamState.ANY
+NO_STREAM = StreamState.NO_STREAM
+ExpectedVersion = int | StreamState
+
+DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append wrote: the recorded events, the stream's new version, the last position."""
+
+    events: tuple[RecordedEvent, ...]
+
+    @property
+    def version(self) -> int:
+        return self.events[-1].version
+
+    @property
+    def position(self) -> Position:
+        return self.events[-1].position
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """A page of the global order.
+
+    ``checkpoint`` is where the next read continues from. It may lie beyond the last event of
+    the page when a type filter left out events: those were scanned and need no second look.
+    """
+
+    events: list[RecordedEvent]
+    checkpoint: Position
+
+
+def expected_version_number(expected: ExpectedVersion) -> int | None:
+    """Map an expected version to None (any) or the exact version the stream must have."""
+    if expected is ANY:
+        return None
+    if expected is NO_STREAM:
+        return 0
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise InvalidInputError(
+            f"expected_version must be ANY, NO_STREAM or a version >= 0, got {expected!r}"
+        )
+    return expected
+
+
+def validate_batch_size(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH_SIZE:
+        raise InvalidInputError(
+            f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {limit!r}"
+        )
+    return limit
+
+
+def validate_types(types: Collection[str] | None) -> list[str] | None:
+    if types is None:
+        return None
+    if isinstance(types, str):
+        raise InvalidInputError("types must be a collection of event types, not a single string")
+    return sorted({validate_name(t, "event type") for t in types})
+
+
+def prepare_append(
+    stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+) -> tuple[int | None, list[EncodedEvent]]:
+    """Validate an append completely before any backend touches storage."""
+    validate_name(stream_id, "stream id")
+    expected = expected_version_number(expected_version)
+    if isinstance(events, NewEvent):
+        raise InvalidInputError("append takes a sequence of events; wrap a single event in a list")
+    encoded = [EncodedEvent.of(event) for event in events]
+    if not encoded:
+        raise InvalidInputError(f"nothing to append to stream {stream_id!r}: no events given")
+    if len({event.id for event in encoded}) != len(encoded):
+        raise InvalidInputError(f"append to stream {stream_id!r} repeats an event id")
+    return expected, encoded
+
+
+class ChangeSignal:
+    """Wakes readers when new events may exist.
+
+    A reader takes ``token`` *before* it looks for events, then waits with that token: a
+    change that lands between the look and the wait still wakes it, so no wake-up is lost.
+    """
+
+    def __init__(self) -> None:
+        self._generation = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def token(self) -> int:
+        return self._generation
+
+    def notify(self) -> None:
+        self._generation += 1
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, token: int, timeout: float) -> bool:
+        """Return True once a change newer than ``token`` happened, False on timeout."""
+        if self._generation != token:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.discard(waiter)
+        return True
+
+
+class EventStore(abc.ABC):
+    """An append-only store of events in streams, with one gap-free global order.
+
+    Use it as an async context manager, or call ``open()`` and ``close()``.
+    """
+
+    url: str
+    """The store's URL with any password removed (safe to log and show)."""
+
+    def __init__(self) -> None:
+        self._changes = ChangeSignal()
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect. Raises StoreUnavailableError naming the URL when that fails."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and background tasks. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def apply_schema(self) -> int:
+        """Create or migrate the store's schema idempotently; return the schema version."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The applied schema version, 0 when no schema exists yet."""
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append events to one stream atomically, in one round trip.
+
+        Raises ConcurrencyError, writing nothing, when ``expected_version`` does not match.
+        """
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream from ``from_version`` on, oldest first."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self,
+        after: Position = START,
+        limit: int = DEFAULT_BATCH_SIZE,
+        types: Collection[str] | None = None,
+    ) -> EventBatch:
+        """At most ``limit`` events after ``after`` in global order, only of ``types`` if given.
+
+        An event is returned only once every event before it in the global order is visible:
+        a reader that continues from ``batch.checkpoint`` never skips or repeats an event.
+        """
+
+    @abc.abstractmethod
+    async def head(self) -> Position:
+        """The position of the last event readers can see (START for an empty store)."""
+
+    async def wait_for_events(self, after: Position, timeout: float) -> bool:
+        """Wait until an event after ``after`` is visible; False when ``timeout`` passed first.
+
+        Backends wake this in-process or by notification; ``poll_interval`` bounds the wait
+        when a wake-up cannot arrive (another process writing SQLite, a lost notification).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            token = self._changes.token
+            if await self.head() > after:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await self._changes.wait(token, min(remaining, self.poll_interval))
+
+    poll_interval: float = 1.0
+    """Seconds between checks when no wake-up arrives."""
