@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,10 +74,23 @@ def encode_json_object(value: object, what: str) -> str:
         text = orjson.dumps(value).decode()
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise InvalidInputError(f"{what} is not JSON-serializable: {exc}") from exc
+    if "null" in text and _has_non_finite_float(value):
+        # orjson writes NaN and infinities as null: refuse rather than lose the value.
+        raise InvalidInputError(f"{what} contains NaN or an infinite number: JSON cannot hold it")
     if "\\u0000" in text:
         # PostgreSQL's jsonb cannot store NUL; refuse it on every backend alike.
         raise InvalidInputError(f"{what} must not contain NUL characters")
     return text
+
+
+def _has_non_finite_float(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite_float(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite_float(item) for item in value)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

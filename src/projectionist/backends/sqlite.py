@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..store import (
     ANY,
     DEFAULT_BATCH_SIZE,
     AppendResult,
+    ChangeSignal,
     EventBatch,
     EventStore,
     ExpectedVersion,
@@ -57,6 +59,21 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :].partition("?")[0]
 
 
+# Stores on the same file in one process share one signal, so an append through one wakes
+# readers of the others at once. Other processes are noticed by polling.
+_SIGNALS: weakref.WeakValueDictionary[str, ChangeSignal] = weakref.WeakValueDictionary()
+
+
+def _signal_for(path: str) -> ChangeSignal:
+    if path == ":memory:":
+        return ChangeSignal()
+    key = str(Path(path).resolve())
+    signal = _SIGNALS.get(key)
+    if signal is None:
+        signal = _SIGNALS[key] = ChangeSignal()
+    return signal
+
+
 def _event_from_row(row: Sequence[Any]) -> RecordedEvent:
     return RecordedEvent(
         id=uuid.UUID(row[1]),
@@ -77,6 +94,7 @@ class SqliteEventStore(EventStore):
         super().__init__()
         self.url = url
         self.path = sqlite_path(url)
+        self._changes = _signal_for(self.path)
         self.poll_interval = poll_interval
         self._busy_timeout = busy_timeout
         self._connection: aiosqlite.Connection | None = None

@@ -1,0 +1,104 @@
+"""Choosing a backend by URL, and the errors when that cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from projectionist import (
+    ConfigurationError,
+    InvalidInputError,
+    SchemaError,
+    StoreUnavailableError,
+    create_store,
+)
+from projectionist.backends.memory import MemoryEventStore
+from projectionist.backends.postgres import PostgresEventStore
+from projectionist.backends.sqlite import SqliteEventStore
+from projectionist.urls import redact_url
+
+
+def test_urls_choose_backends(tmp_path: Path) -> None:
+    assert isinstance(create_store("memory://"), MemoryEventStore)
+    assert isinstance(create_store(f"sqlite:///{tmp_path}/x.db"), SqliteEventStore)
+    assert isinstance(create_store("postgresql://u@h/db"), PostgresEventStore)
+    assert isinstance(create_store("postgres://u@h/db"), PostgresEventStore)
+
+
+@pytest.mark.parametrize("url", ["mysql://root:hunter2@host/db", "memory:", "events.db", ""])
+def test_unknown_scheme_names_url_without_password(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="unknown store URL") as caught:
+        create_store(url)
+    assert "hunter2" not in str(caught.value)
+    if url.startswith("mysql"):
+        assert "mysql://root:***@host/db" in str(caught.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://bob:secret@db:5432/x?schema=a") == (
+        "postgresql://bob:***@db:5432/x?schema=a"
+    )
+    assert redact_url("postgresql://bob@db/x") == "postgresql://bob@db/x"
+
+
+def test_schema_option_only_for_postgres() -> None:
+    with pytest.raises(ConfigurationError, match="PostgreSQL only"):
+        create_store("memory://", schema="x")
+
+
+@pytest.mark.parametrize("schema", ["Bad", "1abc", "a-b", 'x"; drop table y; --', "a" * 49])
+def test_invalid_schema_names(schema: str) -> None:
+    with pytest.raises(InvalidInputError, match="invalid schema name"):
+        create_store("postgresql://u@h/db", schema=schema)
+    with pytest.raises(InvalidInputError, match="invalid schema name"):
+        create_store(f"postgresql://u@h/db?schema={schema}")
+
+
+async def test_unreachable_postgres_is_a_clear_error_without_password() -> None:
+    store = create_store("postgresql://bob:secret@127.0.0.1:1/nowhere")
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.open()
+    message = str(caught.value)
+    assert "postgresql://bob:***@127.0.0.1:1/nowhere" in message
+    assert "secret" not in message and "pg_ctlcluster" in message
+    assert caught.value.__cause__ is not None
+
+
+async def test_missing_postgres_database(pg_schema: str) -> None:
+    from tests.conftest import PG_DSN
+
+    url = PG_DSN.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(StoreUnavailableError, match="no_such_database_here"):
+        await create_store(url).open()
+
+
+async def test_sqlite_in_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailableError, match="does not exist"):
+        await create_store(f"sqlite:///{tmp_path}/nope/events.db").open()
+
+
+def test_bad_sqlite_url() -> None:
+    with pytest.raises(ConfigurationError, match="invalid SQLite URL"):
+        create_store("sqlite://relative.db")
+
+
+async def test_store_must_be_opened(tmp_path: Path) -> None:
+    from projectionist import NewEvent
+
+    for store in [create_store(f"sqlite:///{tmp_path}/x.db"), create_store("postgresql://u@h/d")]:
+        with pytest.raises(StoreUnavailableError, match="not open"):
+            await store.append("s", [NewEvent("A", {})])
+
+
+async def test_missing_schema_says_how_to_apply_it(pg_schema: str, tmp_path: Path) -> None:
+    from projectionist import NewEvent
+    from tests.conftest import PG_DSN
+
+    for url in [f"{PG_DSN}?schema={pg_schema}", f"sqlite:///{tmp_path}/fresh.db"]:
+        async with create_store(url) as store:
+            assert await store.schema_version() == 0
+            with pytest.raises(SchemaError, match="projectionist schema apply"):
+                await store.append("s", [NewEvent("A", {})])
+            with pytest.raises(SchemaError, match="projectionist schema apply"):
+                await store.read_all()

@@ -1,0 +1,105 @@
+"""PostgreSQL specifics: schemas, migrations, concurrent schema application, visibility."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from projectionist import NewEvent, create_store
+from projectionist.backends.postgres import PostgresEventStore
+from projectionist.migrations import latest_version, load_migrations
+from tests.conftest import PG_DSN, new_schema_name
+
+
+async def test_schemas_are_isolated(pg_schema: str) -> None:
+    other = new_schema_name()
+    try:
+        async with (
+            create_store(PG_DSN, schema=pg_schema) as first,
+            create_store(f"{PG_DSN}?schema={other}") as second,
+        ):
+            await first.apply_schema()
+            await second.apply_schema()
+            await first.append("s", [NewEvent("A", {})])
+            assert len(await first.read_stream("s")) == 1
+            assert await second.read_stream("s") == []
+    finally:
+        connection = await asyncpg.connect(PG_DSN)
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+        await connection.close()
+
+
+async def test_concurrent_schema_apply_is_safe(pg_schema: str) -> None:
+    stores = [create_store(PG_DSN, schema=pg_schema) for _ in range(4)]
+    for store in stores:
+        await store.open()
+    try:
+        versions = await asyncio.gather(*(store.apply_schema() for store in stores))
+        assert versions == [latest_version("postgres")] * 4
+        connection = await asyncpg.connect(PG_DSN)
+        rows = await connection.fetch(f'SELECT version FROM "{pg_schema}".schema_migrations')
+        await connection.close()
+        assert sorted(r["version"] for r in rows) == [
+            m.version for m in load_migrations("postgres")
+        ]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_events_of_an_open_transaction_hold_back_later_ones(pg_schema: str) -> None:
+    """The heart of the gap-free order: a later commit is not exposed before an earlier one."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        slow = await asyncpg.connect(PG_DSN)
+        try:
+            transaction = slow.transaction()
+            await transaction.start()
+            early = await store.append_on(slow, "slow", [NewEvent("Early", {})])
+            late = await store.append("fast", [NewEvent("Late", {})])
+            assert late.position.seq > early.position.seq
+            batch = await store.read_all()
+            assert batch.events == [], "a later event must wait for the open earlier transaction"
+            assert await store.head() < late.position
+            await transaction.commit()
+        finally:
+            await slow.close()
+        batch = await store.read_all()
+        assert [e.type for e in batch.events] == ["Early", "Late"]
+        assert batch.checkpoint == late.position == await store.head()
+
+
+async def test_rolled_back_transaction_leaves_no_event(pg_schema: str) -> None:
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        try:
+            async with store.transaction() as tx:
+                await tx.append("s", [NewEvent("A", {})])
+                raise RuntimeError("business rule failed")
+        except RuntimeError:
+            pass
+        assert await store.read_stream("s") == []
+        async with store.transaction() as tx:
+            await tx.append("s", [NewEvent("B", {})])
+            await tx.connection.execute("SELECT 1")
+        assert [e.type for e in await store.read_stream("s")] == ["B"]
+
+
+async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        for i in range(20):
+            await store.append(f"s{i}", [NewEvent(f"T{n % 5}", {"n": n}) for n in range(500)])
+        async with store.pool.acquire() as connection:
+            await connection.execute(f'ANALYZE "{pg_schema}".events')
+            rows = await connection.fetch(f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, ["T1"])
+        plan = "\n".join(row[0] for row in rows)
+        assert "events_global_order" in plan, plan
+        assert "Seq Scan" not in plan, plan

@@ -1,0 +1,239 @@
+"""The event store contract, run against every backend: memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC
+
+import pytest
+
+from projectionist import (
+    ANY,
+    NO_STREAM,
+    START,
+    ConcurrencyError,
+    EventStore,
+    InvalidInputError,
+    NewEvent,
+)
+from projectionist.migrations import latest_version
+from tests.conftest import StoreFactory
+
+
+def events(*types: str, **data: object) -> list[NewEvent]:
+    return [NewEvent(t, {"n": i, **data}) for i, t in enumerate(types)]
+
+
+async def read_everything(store: EventStore, limit: int = 1000) -> list[object]:
+    seen: list[object] = []
+    checkpoint = START
+    while True:
+        batch = await store.read_all(checkpoint, limit=limit)
+        seen += batch.events
+        if not batch.events:
+            return seen
+        checkpoint = batch.checkpoint
+
+
+async def test_append_returns_recorded_events(store: EventStore) -> None:
+    event_id = uuid.uuid4()
+    result = await store.append(
+        "order-1",
+        [
+            NewEvent(
+                "OrderCreated",
+                {"customer": "c-1", "total": 12.5},
+                {"correlation_id": "x"},
+                event_id,
+            ),
+            NewEvent("ItemAdded", {"sku": "ä-ß-😀", "qty": 2}),
+        ],
+    )
+    first, second = result.events
+    assert (first.version, second.version, result.version) == (1, 2, 2)
+    assert first.id == event_id and first.stream_id == "order-1"
+    assert first.data == {"customer": "c-1", "total": 12.5}
+    assert first.metadata == {"correlation_id": "x"}
+    assert second.data["sku"] == "ä-ß-😀"
+    assert first.position < second.position == result.position
+    assert first.recorded_at.utcoffset() == UTC.utcoffset(None)
+    stored = await store.read_stream("order-1")
+    assert stored == list(result.events)
+
+
+async def test_versions_continue_across_appends(store: EventStore) -> None:
+    await store.append("s", events("A", "B"))
+    result = await store.append("s", events("C"), expected_version=2)
+    assert result.version == 3
+    assert [e.version for e in await store.read_stream("s")] == [1, 2, 3]
+    assert [e.type for e in await store.read_stream("s", from_version=2)] == ["B", "C"]
+    assert [e.type for e in await store.read_stream("s", from_version=1, limit=1)] == ["A"]
+    assert await store.read_stream("missing") == []
+
+
+async def test_no_stream_expectation(store: EventStore) -> None:
+    await store.append("s", events("A"), expected_version=NO_STREAM)
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("s", events("B"), expected_version=NO_STREAM)
+    assert (caught.value.expected, caught.value.actual) == (NO_STREAM, 1)
+    assert "expected version no stream" in str(caught.value) and "at version 1" in str(caught.value)
+    assert [e.type for e in await store.read_stream("s")] == ["A"]
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3])
+async def test_wrong_exact_version_writes_nothing(store: EventStore, expected: int) -> None:
+    await store.append("s", events("A", "B"))
+    head = await store.head()
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("s", events("X", "Y", "Z"), expected_version=expected)
+    assert (caught.value.stream_id, caught.value.expected, caught.value.actual) == (
+        "s",
+        expected,
+        2,
+    )
+    assert f"expected version {expected}" in str(caught.value)
+    assert await store.head() == head
+    assert [e.type for e in await store.read_stream("s")] == ["A", "B"]
+
+
+async def test_exact_version_on_missing_stream(store: EventStore) -> None:
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append("new", events("A"), expected_version=4)
+    assert caught.value.actual == 0
+    assert "does not exist" in str(caught.value)
+    assert await store.read_stream("new") == []
+    assert (await store.append("new", events("A"), expected_version=0)).version == 1
+
+
+async def test_concurrent_appends_with_same_expectation_one_wins(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory.open() for _ in range(3)]
+    await stores[0].append("race", events("Start"))
+    outcomes = await asyncio.gather(
+        *(s.append("race", events(f"By{i}"), expected_version=1) for i, s in enumerate(stores * 2)),
+        return_exceptions=True,
+    )
+    winners = [o for o in outcomes if not isinstance(o, BaseException)]
+    losers = [o for o in outcomes if isinstance(o, ConcurrencyError)]
+    assert len(winners) == 1 and len(losers) == 5
+    assert all(loser.actual == 2 for loser in losers)
+    assert [e.version for e in await stores[0].read_stream("race")] == [1, 2]
+
+
+async def test_concurrent_any_appends_to_one_stream_keep_versions_dense(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory.open() for _ in range(3)]
+    await asyncio.gather(
+        *(s.append("busy", events("Tick", "Tock"), expected_version=ANY) for s in stores * 4)
+    )
+    assert [e.version for e in await stores[0].read_stream("busy")] == list(range(1, 25))
+
+
+async def test_read_all_pages_through_global_order(store: EventStore) -> None:
+    for i in range(7):
+        await store.append(f"s-{i % 3}", events("A", "B", "C"))
+    everything = await read_everything(store, limit=4)
+    assert len(everything) == 21
+    positions = [e.position for e in everything]  # type: ignore[attr-defined]
+    assert positions == sorted(positions) and len(set(positions)) == 21
+    assert await store.head() == positions[-1]
+    assert (await store.read_all(positions[-1])).events == []
+    assert (await store.read_all(positions[9], limit=5)).events == everything[10:15]
+
+
+async def test_read_all_filters_types_and_moves_checkpoint_past_others(store: EventStore) -> None:
+    await store.append("a", events("Wanted", "Other", "Other"))
+    await store.append("b", events("Other", "Wanted", "Other"))
+    batch = await store.read_all(START, limit=10, types=["Wanted"])
+    assert [(e.stream_id, e.type) for e in batch.events] == [("a", "Wanted"), ("b", "Wanted")]
+    assert batch.checkpoint == await store.head()
+    limited = await store.read_all(START, limit=1, types={"Wanted", "Missing"})
+    assert [e.stream_id for e in limited.events] == ["a"]
+    assert limited.checkpoint == limited.events[0].position
+    nothing = await store.read_all(START, limit=10, types=[])
+    assert nothing.events == [] and nothing.checkpoint == await store.head()
+
+
+async def test_empty_store(store: EventStore) -> None:
+    assert await store.head() == START
+    batch = await store.read_all()
+    assert batch.events == [] and batch.checkpoint == START
+
+
+async def test_schema_apply_is_idempotent(store: EventStore) -> None:
+    assert await store.schema_version() == latest_version("sqlite") == latest_version("postgres")
+    assert await store.apply_schema() == await store.schema_version()
+    await store.append("s", events("A"))
+    await store.apply_schema()
+    assert len(await store.read_stream("s")) == 1
+
+
+async def test_large_append_is_one_atomic_write(store: EventStore) -> None:
+    many = [NewEvent("Tick", {"i": i}) for i in range(6000)]
+    result = await store.append("big", many)
+    assert result.version == 6000
+    assert [e.data["i"] for e in await store.read_stream("big")] == list(range(6000))
+
+
+async def test_duplicate_event_id_is_refused_and_writes_nothing(store: EventStore) -> None:
+    event = NewEvent("A", {})
+    await store.append("s", [event])
+    with pytest.raises(InvalidInputError, match="already exists"):
+        await store.append("t", [NewEvent("B", {}), event])
+    assert await store.read_stream("t") == []
+    with pytest.raises(InvalidInputError, match="repeats an event id"):
+        await store.append("u", [event, event])
+
+
+async def test_wait_for_events_wakes_on_append(store_factory: StoreFactory) -> None:
+    reader = await store_factory.open(poll_interval=60)
+    writer = await store_factory.open()
+    head = await reader.head()
+    assert await reader.wait_for_events(head, timeout=0.05) is False
+
+    async def append_soon() -> None:
+        await asyncio.sleep(0.1)
+        await writer.append("s", events("A"))
+
+    started = time.monotonic()
+    task = asyncio.create_task(append_soon())
+    assert await reader.wait_for_events(head, timeout=20) is True
+    assert time.monotonic() - started < 5, "woken by polling, not by a notification"
+    await task
+
+
+async def test_follower_sees_each_committed_event_once_under_concurrent_appends(
+    store_factory: StoreFactory,
+) -> None:
+    writers = [await store_factory.open() for _ in range(4)]
+    follower = await store_factory.open(poll_interval=0.05)
+    done = asyncio.Event()
+    written: list[uuid.UUID] = []
+
+    async def write(store: EventStore, index: int) -> None:
+        for n in range(60):
+            result = await store.append(f"w{index}-{n % 7}", events("A", "B"))
+            written.extend(e.id for e in result.events)
+
+    async def follow() -> list[uuid.UUID]:
+        seen: list[uuid.UUID] = []
+        checkpoint = START
+        while True:
+            batch = await follower.read_all(checkpoint, limit=17)
+            seen += [e.id for e in batch.events]
+            checkpoint = batch.checkpoint
+            if not batch.events:
+                if done.is_set() and checkpoint == await follower.head():
+                    return seen
+                await follower.wait_for_events(checkpoint, timeout=0.05)
+
+    following = asyncio.create_task(follow())
+    await asyncio.gather(*(write(s, i) for i, s in enumerate(writers)))
+    done.set()
+    seen = await asyncio.wait_for(following, 60)
+    assert len(seen) == len(set(seen)) == len(written) == 480
+    assert set(seen) == set(written)
