@@ -85,6 +85,15 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=8000, help="events per scenario and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    for line in asyncio.run(main(args.events, args.rounds)):
+    results = asyncio.run(main(args.events, args.rounds))
+    print("| scenario | events/s |\n|---|---:|")
+    for line in results[:-1]:
+        print(f"| {str(line['scenario']).split('.')[1]} | {line['events_per_s']:,} |")
+    ratios = results[-1]
+    print(
+        f"\n8 appenders vs 1: {ratios['eight_vs_one']}x (target >= 1.5x); "
+        f"8 appenders vs 8 behind a table lock: {ratios['eight_vs_table_lock']}x (target >= 1.5x)\n"
+    )
+    for line in results:
         print(json.dumps(line))
     sys.stdout.flush()

@@ -8,6 +8,7 @@ from .errors import (
     ProjectionistError,
     SchemaError,
     StoreUnavailableError,
+    TransactionConflictError,
 )
 from .events import START, NewEvent, Position, RecordedEvent
 from .factory import create_store
@@ -40,5 +41,6 @@ __all__ = [
     "SchemaError",
     "StoreUnavailableError",
     "StreamState",
+    "TransactionConflictError",
     "create_store",
 ]

@@ -31,6 +31,11 @@ class BackendError(ProjectionistError):
     """A driver error that has no more specific meaning; the driver's exception is the cause."""
 
 
+class TransactionConflictError(ProjectionistError):
+    """The transaction lost a race it cannot win as it is; retrying the whole transaction will
+    succeed (on PostgreSQL: a younger transaction appended to the same stream first)."""
+
+
 class ConcurrencyError(ProjectionistError):
     """An append's expected version did not match the stream's actual version.
 

@@ -228,14 +228,25 @@ class EventStore(abc.ABC):
         when a wake-up cannot arrive (another process writing SQLite, a lost notification).
         """
         deadline = time.monotonic() + timeout
+        held_back_pause = 0.005
         while True:
             token = self._changes.token
-            if await self.head() > after:
+            head, held_back = await self._head_and_held_back()
+            if head > after:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            await self._changes.wait(token, min(remaining, self.poll_interval))
+            pause = self.poll_interval
+            if held_back:
+                # Committed events wait behind an open transaction. Its end sends no
+                # notification when it appended nothing, so look again soon, backing off.
+                pause = held_back_pause = min(held_back_pause * 2, self.poll_interval)
+            await self._changes.wait(token, min(remaining, pause))
+
+    async def _head_and_held_back(self) -> tuple[Position, bool]:
+        """The head, and whether events exist beyond it that readers cannot see yet."""
+        return await self.head(), False
 
     poll_interval: float = 1.0
     """Seconds between checks when no wake-up arrives."""

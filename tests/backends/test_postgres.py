@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import asyncpg
+import pytest
 
-from projectionist import NewEvent, create_store
+from projectionist import NewEvent, TransactionConflictError, create_store
 from projectionist.backends.postgres import PostgresEventStore
 from projectionist.migrations import latest_version, load_migrations
 from tests.conftest import PG_DSN, new_schema_name
@@ -103,3 +106,68 @@ async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
         plan = "\n".join(row[0] for row in rows)
         assert "events_global_order" in plan, plan
         assert "Seq Scan" not in plan, plan
+
+
+async def test_global_order_keeps_each_stream_in_version_order(pg_schema: str) -> None:
+    """An older transaction may not append a stream's next version after a younger one."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        older = await asyncpg.connect(PG_DSN)
+        try:
+            transaction = older.transaction()
+            await transaction.start()
+            await store.append_on(older, "other", [NewEvent("X", {})])  # takes its id first
+            await store.append("s", [NewEvent("V", {"v": 1})])  # younger, commits version 1
+            with pytest.raises(TransactionConflictError, match="retry the whole transaction"):
+                await store.append_on(older, "s", [NewEvent("V", {"v": 2})])
+            await transaction.rollback()
+        finally:
+            await older.close()
+        await store.append("s", [NewEvent("V", {"v": 2})])  # the retry succeeds
+        batch = await store.read_all()
+        assert [(e.stream_id, e.version) for e in batch.events] == [("s", 1), ("s", 2)]
+
+
+async def test_readers_wake_when_a_transaction_holding_them_back_ends(pg_schema: str) -> None:
+    """No NOTIFY comes when an unrelated write transaction ends; readers still wake fast."""
+    reader = create_store(PG_DSN, schema=pg_schema, poll_interval=60)
+    writer = create_store(PG_DSN, schema=pg_schema)
+    async with reader, writer:
+        await reader.apply_schema()
+        head = await reader.head()
+        blocker = await asyncpg.connect(PG_DSN)
+        try:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.fetchval("SELECT pg_current_xact_id()")  # an open writer, no events
+            await writer.append("s", [NewEvent("A", {})])
+            waiting = asyncio.create_task(reader.wait_for_events(head, timeout=30))
+            await asyncio.sleep(0.3)
+            assert not waiting.done(), "the event must stay hidden while the blocker is open"
+            await transaction.rollback()
+            ended = time.monotonic()
+            assert await asyncio.wait_for(waiting, 30) is True
+            assert time.monotonic() - ended < 2
+        finally:
+            await blocker.close()
+
+
+async def test_rolled_back_transaction_wakes_readers_of_what_it_held_back(pg_schema: str) -> None:
+    reader = create_store(PG_DSN, schema=pg_schema, poll_interval=60)
+    writer = create_store(PG_DSN, schema=pg_schema)
+    async with reader, writer:
+        await reader.apply_schema()
+        assert isinstance(writer, PostgresEventStore)
+        head = await reader.head()
+        waiting = asyncio.create_task(reader.wait_for_events(head, timeout=30))
+        with contextlib.suppress(RuntimeError):
+            async with writer.transaction() as tx:
+                await tx.append("a", [NewEvent("X", {})])
+                await writer.append("b", [NewEvent("Y", {})])
+                raise RuntimeError("roll back")
+        ended = time.monotonic()
+        assert await asyncio.wait_for(waiting, 30) is True
+        assert time.monotonic() - ended < 2
+        assert [e.stream_id for e in (await reader.read_all()).events] == ["b"]

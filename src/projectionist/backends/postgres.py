@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInputError,
     SchemaError,
     StoreUnavailableError,
+    TransactionConflictError,
 )
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
@@ -57,6 +58,7 @@ _EVENT_COLUMNS = (
     "e.position, e.tx_id, e.id, e.stream_id, e.version, e.type, "
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
 )
+_APPEND_ATTEMPTS = 5
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -120,6 +122,17 @@ class PostgresEventStore(EventStore):
             f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < {_HORIZON} "
             "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
         )
+        self._sql_head_held_back = f"""
+            WITH horizon AS (SELECT {_HORIZON} AS xmin)
+            SELECT h.tx_id, h.position, EXISTS (
+                SELECT FROM {q}.events b WHERE b.tx_id >= (SELECT xmin FROM horizon)
+            ) AS held_back
+            FROM (SELECT) AS one LEFT JOIN LATERAL (
+                SELECT e.tx_id, e.position FROM {q}.events e
+                WHERE e.tx_id < (SELECT xmin FROM horizon)
+                ORDER BY e.tx_id DESC, e.position DESC LIMIT 1
+            ) h ON true
+        """
         self._sql_read_stream = (
             f"SELECT {_EVENT_COLUMNS} FROM {q}.events e WHERE e.stream_id = $1 "
             "AND e.version >= $2 ORDER BY e.version LIMIT $3"
@@ -235,6 +248,10 @@ class PostgresEventStore(EventStore):
                 f"the event store schema {self.schema!r} is missing in {self.url}: "
                 "run 'projectionist schema apply' (or await store.apply_schema())"
             ) from exc
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+            raise TransactionConflictError(
+                f"{doing} failed: {exc}; roll back and retry the whole transaction"
+            ) from exc
         except asyncpg.InvalidSchemaNameError as exc:
             raise SchemaError(
                 f"schema {self.schema!r} does not exist in {self.url}: "
@@ -318,8 +335,15 @@ class PostgresEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        async with self._connection(f"appending to stream {stream_id!r}") as connection:
-            result = await self.append_on(connection, stream_id, events, expected_version)
+        for attempt in range(1, _APPEND_ATTEMPTS + 1):
+            try:
+                async with self._connection(f"appending to stream {stream_id!r}") as connection:
+                    result = await self.append_on(connection, stream_id, events, expected_version)
+                break
+            except TransactionConflictError:
+                # Our single-statement transaction rolled back; a retry gets a newer id.
+                if attempt == _APPEND_ATTEMPTS:
+                    raise
         self.events_committed()
         return result
 
@@ -330,12 +354,16 @@ class PostgresEventStore(EventStore):
         ``async with store.transaction() as tx: await tx.append(...); await
         tx.connection.execute(...)``. Everything commits together, or nothing on an error.
         """
-        async with (
-            self._connection("running a transaction") as connection,
-            connection.transaction(),
-        ):
-            yield PostgresTransaction(self, connection)
-        self.events_committed()
+        try:
+            async with (
+                self._connection("running a transaction") as connection,
+                connection.transaction(),
+            ):
+                yield PostgresTransaction(self, connection)
+        finally:
+            # Also after a rollback: ending a transaction moves the horizon, which may make
+            # other transactions' events visible.
+            self.events_committed()
 
     def events_committed(self) -> None:
         """Wake readers after a commit: in this process now, in others by a NOTIFY soon.
@@ -391,6 +419,11 @@ class PostgresEventStore(EventStore):
             except asyncpg.UniqueViolationError as exc:
                 raise InvalidInputError(
                     f"append to stream {stream_id!r}: an event id already exists ({exc.detail})"
+                ) from exc
+            except asyncpg.SerializationError as exc:
+                raise TransactionConflictError(
+                    f"append to stream {stream_id!r} conflicts with a younger transaction that "
+                    "appended to it first: roll back and retry the whole transaction"
                 ) from exc
         if rows[0]["position"] is None:
             raise ConcurrencyError(stream_id, expected_version, rows[0]["version"])
@@ -450,6 +483,13 @@ class PostgresEventStore(EventStore):
         async with self._connection("reading the head") as connection:
             row = await connection.fetchrow(self._sql_head)
         return START if row is None else Position(row["tx_id"], row["position"])
+
+    async def _head_and_held_back(self) -> tuple[Position, bool]:
+        async with self._connection("reading the head") as connection:
+            row = await connection.fetchrow(self._sql_head_held_back)
+        assert row is not None
+        head = START if row["tx_id"] is None else Position(row["tx_id"], row["position"])
+        return head, bool(row["held_back"])
 
 
 class PostgresTransaction:

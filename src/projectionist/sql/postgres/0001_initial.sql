@@ -7,7 +7,10 @@
 
 CREATE TABLE {{schema}}.streams (
     stream_id text PRIMARY KEY,
-    version bigint NOT NULL CHECK (version >= 0)
+    version bigint NOT NULL CHECK (version >= 0),
+    -- The transaction that appended the stream's latest version: a later version must come
+    -- from a transaction that is not older, so the global order keeps each stream's order.
+    last_tx_id bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE {{schema}}.events (
@@ -42,9 +45,11 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_current bigint;
+    v_last_tx bigint;
+    v_tx bigint := pg_current_xact_id()::text::bigint;
 BEGIN
     -- The row lock serializes appends to one stream only; other streams go on in parallel.
-    SELECT s.version INTO v_current FROM {{schema}}.streams s
+    SELECT s.version, s.last_tx_id INTO v_current, v_last_tx FROM {{schema}}.streams s
         WHERE s.stream_id = p_stream_id FOR UPDATE;
     IF NOT FOUND THEN
         IF p_expected IS NOT NULL AND p_expected <> 0 THEN
@@ -54,14 +59,20 @@ BEGIN
         INSERT INTO {{schema}}.streams (stream_id, version) VALUES (p_stream_id, 0)
             ON CONFLICT (stream_id) DO NOTHING;
         -- A concurrent creator may have won the insert: lock and read its row.
-        SELECT s.version INTO v_current FROM {{schema}}.streams s
+        SELECT s.version, s.last_tx_id INTO v_current, v_last_tx FROM {{schema}}.streams s
             WHERE s.stream_id = p_stream_id FOR UPDATE;
     END IF;
     IF p_expected IS NOT NULL AND v_current <> p_expected THEN
         RETURN QUERY SELECT NULL::bigint, NULL::bigint, v_current, NULL::timestamptz;
         RETURN;
     END IF;
-    UPDATE {{schema}}.streams SET version = v_current + cardinality(p_ids)
+    IF v_last_tx > v_tx THEN
+        -- A younger transaction appended to this stream first. Appending now would put this
+        -- later version before that earlier one in the global order. A retry gets a new id.
+        RAISE EXCEPTION 'stream % was appended to by a younger transaction', p_stream_id
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    UPDATE {{schema}}.streams SET version = v_current + cardinality(p_ids), last_tx_id = v_tx
         WHERE stream_id = p_stream_id;
     RETURN QUERY
         INSERT INTO {{schema}}.events (id, stream_id, version, type, data, metadata)
