@@ -9,12 +9,14 @@ import abc
 import asyncio
 import enum
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
 from .errors import InvalidInputError
 from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from .readmodel import ReadModelStore, ReadModelTransaction
 
 
 class StreamState(enum.Enum):
@@ -146,6 +148,26 @@ class ChangeSignal:
         return True
 
 
+InlineHook = Callable[[ReadModelTransaction, Sequence[RecordedEvent]], Awaitable[None]]
+"""Called inside an append's transaction with the events it recorded (inline projections)."""
+
+
+class ExclusiveReplay(abc.ABC):
+    """A transaction that keeps appends out while it reads every committed event.
+
+    For rebuilding inline projections: nothing can be appended (and so projected inline)
+    between the replay's last read and its commit.
+    """
+
+    read_model: ReadModelTransaction
+
+    @abc.abstractmethod
+    async def read_all(
+        self, after: Position, limit: int, types: Collection[str] | None = None
+    ) -> EventBatch:
+        """Like EventStore.read_all, inside this transaction."""
+
+
 class EventStore(abc.ABC):
     """An append-only store of events in streams, with one gap-free global order.
 
@@ -157,6 +179,7 @@ class EventStore(abc.ABC):
 
     def __init__(self) -> None:
         self._changes = ChangeSignal()
+        self.inline_hooks: list[InlineHook] = []
 
     async def __aenter__(self) -> EventStore:
         await self.open()
@@ -169,6 +192,22 @@ class EventStore(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def add_inline_hook(self, hook: InlineHook) -> None:
+        """Run ``hook`` inside every append's transaction; if it raises, the append rolls back."""
+        self.inline_hooks.append(hook)
+
+    @abc.abstractmethod
+    def read_models(self) -> ReadModelStore:
+        """The read-model store in this event store's own database."""
+
+    @abc.abstractmethod
+    def exclusive_replay(self) -> AbstractAsyncContextManager[ExclusiveReplay]:
+        """A transaction that blocks appends and reads every committed event."""
+
+    @abc.abstractmethod
+    async def count_after(self, after: Position) -> int:
+        """How many visible events lie after ``after`` (a projection's lag)."""
 
     @abc.abstractmethod
     async def open(self) -> None:

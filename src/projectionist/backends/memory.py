@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 
 import orjson
 
 from ..errors import ConcurrencyError, InvalidInputError
-from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ..readmodel import ReadModelStore
 from ..store import (
     ANY,
     DEFAULT_BATCH_SIZE,
     AppendResult,
     EventBatch,
     EventStore,
+    ExclusiveReplay,
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
     validate_types,
 )
+from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
 
 SCHEMA_VERSION = 1
 
@@ -27,8 +32,9 @@ SCHEMA_VERSION = 1
 class MemoryEventStore(EventStore):
     """Events in a list; the list index is the global position minus one.
 
-    Everything happens on the event loop without awaiting in the middle, so appends are
-    atomic and readers can never observe a half-written append.
+    Read models (and their checkpoints) live in an in-memory SQLite database, so SQL
+    projections run here unchanged. Appends take a lock and publish their events only after
+    inline projections succeeded: readers never see half an append.
     """
 
     def __init__(self, url: str = "memory://") -> None:
@@ -37,15 +43,33 @@ class MemoryEventStore(EventStore):
         self._events: list[RecordedEvent] = []
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: set[object] = set()
+        self._append_lock = asyncio.Lock()
+        self._database = SqliteDatabase(":memory:", url)
+        self._read_models = SqliteReadModelStore(self._database)
 
     async def open(self) -> None:
-        pass
+        await self._database.open()
 
     async def close(self) -> None:
-        pass
+        await self._database.close()
+
+    def read_models(self) -> ReadModelStore:
+        return self._read_models
 
     async def apply_schema(self) -> int:
+        await self._read_models.apply_schema()
         return SCHEMA_VERSION
+
+    async def count_after(self, after: Position) -> int:
+        return max(len(self._events) - after.seq, 0)
+
+    @contextlib.asynccontextmanager
+    async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
+        async with (
+            self._append_lock,
+            self._database.transaction("replaying", write=True) as connection,
+        ):
+            yield _MemoryReplay(self, SqliteReadModelTransaction(connection))
 
     async def schema_version(self) -> int:
         return SCHEMA_VERSION
@@ -57,6 +81,26 @@ class MemoryEventStore(EventStore):
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
         expected, encoded = prepare_append(stream_id, events, expected_version)
+        async with self._append_lock:
+            recorded = self._record(stream_id, encoded, expected, expected_version)
+            if self.inline_hooks:
+                async with self._database.transaction("appending", write=True) as connection:
+                    read_model = SqliteReadModelTransaction(connection)
+                    for hook in self.inline_hooks:
+                        await hook(read_model, recorded)
+            self._events.extend(recorded)
+            self._streams[stream_id] = self._streams.get(stream_id, []) + list(recorded)
+            self._ids.update(event.id for event in recorded)
+        self._changes.notify()
+        return AppendResult(recorded)
+
+    def _record(
+        self,
+        stream_id: str,
+        encoded: list[EncodedEvent],
+        expected: int | None,
+        expected_version: ExpectedVersion,
+    ) -> tuple[RecordedEvent, ...]:
         stream = self._streams.get(stream_id, [])
         if expected is not None and expected != len(stream):
             raise ConcurrencyError(stream_id, expected_version, len(stream))
@@ -64,7 +108,7 @@ class MemoryEventStore(EventStore):
         if duplicate is not None:
             raise InvalidInputError(f"an event with id {duplicate} already exists")
         now = datetime.now(UTC)
-        recorded = tuple(
+        return tuple(
             RecordedEvent(
                 id=event.id,
                 stream_id=stream_id,
@@ -79,11 +123,6 @@ class MemoryEventStore(EventStore):
             )
             for offset, event in enumerate(encoded, start=1)
         )
-        self._events.extend(recorded)
-        self._streams[stream_id] = stream + list(recorded)
-        self._ids.update(event.id for event in encoded)
-        self._changes.notify()
-        return AppendResult(recorded)
 
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
@@ -99,6 +138,9 @@ class MemoryEventStore(EventStore):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
     ) -> EventBatch:
+        return self._read_all(after, limit, types)
+
+    def _read_all(self, after: Position, limit: int, types: Collection[str] | None) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
         if wanted is None:
@@ -120,3 +162,14 @@ class MemoryEventStore(EventStore):
 
     def _head(self) -> Position:
         return self._events[-1].position if self._events else START
+
+
+class _MemoryReplay(ExclusiveReplay):
+    def __init__(self, store: MemoryEventStore, read_model: SqliteReadModelTransaction) -> None:
+        self.read_model = read_model
+        self._store = store
+
+    async def read_all(
+        self, after: Position, limit: int, types: Collection[str] | None = None
+    ) -> EventBatch:
+        return self._store._read_all(after, limit, types)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,15 +25,22 @@ from ..errors import (
     StoreUnavailableError,
     TransactionConflictError,
 )
-from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
 from ..migrations import latest_version, load_migrations
+from ..readmodel import (
+    Checkpoint,
+    CheckpointConflictError,
+    ReadModelStore,
+    ReadModelTransaction,
+)
 from ..store import (
     ANY,
     DEFAULT_BATCH_SIZE,
     AppendResult,
     EventBatch,
     EventStore,
+    ExclusiveReplay,
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
@@ -59,6 +66,17 @@ _EVENT_COLUMNS = (
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
 )
 _APPEND_ATTEMPTS = 5
+_CHECKPOINT_SELECT = "SELECT name, version, tx_id, position, events_processed, updated_at FROM"
+CHECKPOINTS_TABLE = """
+    CREATE TABLE IF NOT EXISTS {{schema}}.projection_checkpoints (
+        name text PRIMARY KEY,
+        version integer NOT NULL,
+        tx_id bigint NOT NULL,
+        position bigint NOT NULL,
+        events_processed bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -137,16 +155,24 @@ class PostgresEventStore(EventStore):
             f"SELECT {_EVENT_COLUMNS} FROM {q}.events e WHERE e.stream_id = $1 "
             "AND e.version >= $2 ORDER BY e.version LIMIT $3"
         )
+        self._sql_count_after = (
+            f"SELECT count(*) FROM {q}.events e WHERE (e.tx_id, e.position) > ($1, $2) "
+            f"AND e.tx_id < {_HORIZON}"
+        )
+        self._read_models = PostgresReadModelStore(lambda: self.pool, self._q)
         self._sql_read_all = self._read_all_sql(filtered=False)
         self._sql_read_all_types = self._read_all_sql(filtered=True)
+        self._sql_exclusive_read_all_types = self._read_all_sql(
+            filtered=True, horizon="9223372036854775807"
+        ).replace("AND e.type = ANY($4::text[])", "AND ($4::text[] IS NULL OR e.type = ANY($4))")
 
-    def _read_all_sql(self, *, filtered: bool) -> str:
+    def _read_all_sql(self, *, filtered: bool, horizon: str = _HORIZON) -> str:
         # One statement, one snapshot: the page and the head it was read against. The head
         # lets a filtered read move its checkpoint past events of other types it scanned.
         type_filter = "AND e.type = ANY($4::text[])" if filtered else ""
         q = self._q
         return f"""
-            WITH horizon AS (SELECT {_HORIZON} AS xmin),
+            WITH horizon AS (SELECT {horizon} AS xmin),
             head AS (
                 SELECT h.tx_id, h.position FROM {q}.events h
                 WHERE h.tx_id < (SELECT xmin FROM horizon)
@@ -171,7 +197,11 @@ class PostgresEventStore(EventStore):
             return
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size, reset=_keep_session
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                reset=_keep_session,
+                server_settings={"search_path": f"{self._q}, public"},
             )
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailableError(
@@ -304,6 +334,7 @@ class PostgresEventStore(EventStore):
                     migration.name,
                     extra={"action": "migration_applied", "schema": self.schema},
                 )
+            await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
         return len(migrations)
 
     async def schema_version(self) -> int:
@@ -405,6 +436,28 @@ class PostgresEventStore(EventStore):
         the commit (``transaction()`` does both for you).
         """
         expected, encoded = prepare_append(stream_id, events, expected_version)
+        if not self.inline_hooks:
+            return await self._append_rows(
+                connection, stream_id, expected, encoded, expected_version
+            )
+        # Inline projections run in the append's transaction (a savepoint inside yours).
+        async with connection.transaction():
+            result = await self._append_rows(
+                connection, stream_id, expected, encoded, expected_version
+            )
+            read_model = PostgresReadModelTransaction(connection, self._q)
+            for hook in self.inline_hooks:
+                await hook(read_model, result.events)
+        return result
+
+    async def _append_rows(
+        self,
+        connection: Connection,
+        stream_id: str,
+        expected: int | None,
+        encoded: list[EncodedEvent],
+        expected_version: ExpectedVersion,
+    ) -> AppendResult:
         with self._translate_errors(f"appending to stream {stream_id!r}"):
             try:
                 rows = await connection.fetch(
@@ -462,14 +515,30 @@ class PostgresEventStore(EventStore):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
     ) -> EventBatch:
+        async with self._connection("reading all events") as connection:
+            return await self._read_all_on(connection, after, limit, types, exclusive=False)
+
+    async def _read_all_on(
+        self,
+        connection: Connection,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None,
+        *,
+        exclusive: bool,
+    ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
         args: list[object] = [after.tx, after.seq, limit]
-        sql = self._sql_read_all
-        if wanted is not None:
+        if exclusive:  # appends are locked out: every committed event is final
+            sql = self._sql_exclusive_read_all_types
             args.append(wanted)
+        elif wanted is None:
+            sql = self._sql_read_all
+        else:
             sql = self._sql_read_all_types
-        async with self._connection("reading all events") as connection:
+            args.append(wanted)
+        with self._translate_errors("reading all events"):
             rows = await connection.fetch(sql, *args)
         if not rows:  # the store is empty (or nothing is visible yet)
             return EventBatch([], after)
@@ -478,6 +547,24 @@ class PostgresEventStore(EventStore):
             return EventBatch(events, events[-1].position)
         head = Position(rows[0]["head_tx"], rows[0]["head_position"])
         return EventBatch(events, max(after, head))
+
+    async def count_after(self, after: Position) -> int:
+        async with self._connection("counting events") as connection:
+            count: int = await connection.fetchval(self._sql_count_after, after.tx, after.seq)
+        return count
+
+    def read_models(self) -> ReadModelStore:
+        return self._read_models
+
+    @contextlib.asynccontextmanager
+    async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
+        async with (
+            self._connection("replaying") as connection,
+            connection.transaction(),
+        ):
+            # SHARE mode waits for appends in flight and blocks new ones; reads go on.
+            await connection.execute(f"LOCK TABLE {self._q}.events IN SHARE MODE")
+            yield _PostgresReplay(self, connection)
 
     async def head(self) -> Position:
         async with self._connection("reading the head") as connection:
@@ -506,3 +593,108 @@ class PostgresTransaction:
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
         return await self.store.append_on(self.connection, stream_id, events, expected_version)
+
+
+class _PostgresReplay(ExclusiveReplay):
+    def __init__(self, store: PostgresEventStore, connection: Connection) -> None:
+        self.read_model = PostgresReadModelTransaction(connection, store._q)
+        self._store = store
+        self._connection = connection
+
+    async def read_all(
+        self, after: Position, limit: int, types: Collection[str] | None = None
+    ) -> EventBatch:
+        return await self._store._read_all_on(self._connection, after, limit, types, exclusive=True)
+
+
+def _rows_changed(status: str) -> int:
+    """``"UPDATE 3"`` -> 3; statements without a count -> 0."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresReadModelTransaction(ReadModelTransaction):
+    dialect = "postgres"
+
+    def __init__(self, connection: Connection, quoted_schema: str) -> None:
+        self.connection = connection
+        self._table = f"{quoted_schema}.projection_checkpoints"
+
+    async def execute(self, sql: str, *args: object) -> int:
+        return _rows_changed(await self.connection.execute(sql, *args))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        await self.connection.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self.connection.fetch(sql, *args)]
+
+    async def load_checkpoint(self, name: str) -> Checkpoint | None:
+        row = await self.connection.fetchrow(
+            f"{_CHECKPOINT_SELECT} {self._table} WHERE name = $1", name
+        )
+        return None if row is None else _checkpoint_from_row(row)
+
+    async def save_checkpoint(
+        self, name: str, version: int, expected: Position | None, new: Position, processed: int
+    ) -> None:
+        if expected is None:
+            status = await self.connection.execute(
+                f"INSERT INTO {self._table} (name, version, tx_id, position, events_processed) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+                name, version, new.tx, new.seq, processed,
+            )  # fmt: skip
+        else:
+            status = await self.connection.execute(
+                f"UPDATE {self._table} SET version = $2, tx_id = $3, position = $4, "
+                "events_processed = events_processed + $5, updated_at = now() "
+                "WHERE name = $1 AND tx_id = $6 AND position = $7",
+                name, version, new.tx, new.seq, processed, expected.tx, expected.seq,
+            )  # fmt: skip
+        if _rows_changed(status) != 1:
+            raise CheckpointConflictError(
+                f"projection {name!r}: another runner moved the checkpoint first"
+            )
+
+    async def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            await self.connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
+
+
+class PostgresReadModelStore(ReadModelStore):
+    """Read models and checkpoints in a PostgreSQL schema.
+
+    Unqualified table names in handlers resolve in that schema first (the store's
+    connections set ``search_path`` to it, then ``public``).
+    """
+
+    dialect = "postgres"
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], quoted_schema: str) -> None:
+        self._pool = pool
+        self._q = quoted_schema
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
+        async with self._pool().acquire() as connection, connection.transaction():
+            yield PostgresReadModelTransaction(connection, self._q)
+
+    async def apply_schema(self) -> None:
+        async with self._pool().acquire() as connection:
+            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
+            await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
+
+    async def checkpoints(self) -> dict[str, Checkpoint]:
+        async with self._pool().acquire() as connection:
+            rows = await connection.fetch(f"{_CHECKPOINT_SELECT} {self._q}.projection_checkpoints")
+        return {row["name"]: _checkpoint_from_row(row) for row in rows}
+
+
+def _checkpoint_from_row(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(
+        name=row["name"],
+        version=row["version"],
+        position=Position(row["tx_id"], row["position"]),
+        events_processed=row["events_processed"],
+        updated_at=row["updated_at"],
+    )

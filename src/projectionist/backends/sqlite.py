@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import sqlite3
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,19 @@ from ..errors import (
     ConcurrencyError,
     ConfigurationError,
     InvalidInputError,
+    ProjectionistError,
     SchemaError,
     StoreUnavailableError,
 )
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..identifiers import quote_identifier
 from ..migrations import latest_version, load_migrations
+from ..readmodel import (
+    Checkpoint,
+    CheckpointConflictError,
+    ReadModelStore,
+    ReadModelTransaction,
+)
 from ..store import (
     ANY,
     DEFAULT_BATCH_SIZE,
@@ -36,12 +47,29 @@ from ..store import (
     ChangeSignal,
     EventBatch,
     EventStore,
+    ExclusiveReplay,
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
     validate_types,
 )
 
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_CHECKPOINT_SELECT = (
+    "SELECT name, version, tx_id, position, events_processed, updated_at "
+    "FROM projection_checkpoints"
+)
+CHECKPOINTS_TABLE = """
+    CREATE TABLE IF NOT EXISTS projection_checkpoints (
+        name TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        tx_id INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        events_processed INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+"""
+OWN_TABLES = ("events", "streams", "schema_migrations", "projection_checkpoints")
 _EVENT_COLUMNS = (
     "e.position, e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at"
 )
@@ -87,18 +115,18 @@ def _event_from_row(row: Sequence[Any]) -> RecordedEvent:
     )
 
 
-class SqliteEventStore(EventStore):
-    """Event store in one SQLite file (or ``sqlite:///:memory:``)."""
+class SqliteDatabase:
+    """One SQLite connection in WAL mode, shared by the event store and its read models.
 
-    def __init__(self, url: str, *, poll_interval: float = 1.0, busy_timeout: float = 5.0) -> None:
-        super().__init__()
+    The lock keeps one transaction at a time on the connection; write transactions begin
+    IMMEDIATE, so they also exclude writers in other processes.
+    """
+
+    def __init__(self, path: str, url: str, busy_timeout: float = 5.0) -> None:
+        self.path = path
         self.url = url
-        self.path = sqlite_path(url)
-        self._changes = _signal_for(self.path)
-        self.poll_interval = poll_interval
         self._busy_timeout = busy_timeout
         self._connection: aiosqlite.Connection | None = None
-        # One connection serves every caller; the lock keeps one transaction at a time on it.
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -126,7 +154,7 @@ class SqliteEventStore(EventStore):
 
     @contextlib.asynccontextmanager
     async def transaction(self, doing: str, *, write: bool) -> AsyncIterator[aiosqlite.Connection]:
-        """Hold the store's connection inside one transaction; roll back on any error."""
+        """Hold the connection inside one transaction; roll back on any error."""
         if self._connection is None:
             raise StoreUnavailableError(f"store {self.url} is not open: call open() first")
         connection = self._connection
@@ -140,14 +168,143 @@ class SqliteEventStore(EventStore):
                     raise
                 await connection.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    raise SchemaError(
-                        f"the event store schema is missing in {self.url}: "
-                        "run 'projectionist schema apply' (or await store.apply_schema())"
-                    ) from exc
-                raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+                raise _translate_operational_error(exc, doing, self.url) from exc
             except sqlite3.Error as exc:
                 raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+
+def _translate_operational_error(
+    exc: sqlite3.OperationalError, doing: str, url: str
+) -> ProjectionistError:
+    message = str(exc)
+    table = message.removeprefix("no such table: ") if message.startswith("no such table") else ""
+    if table in OWN_TABLES:
+        return SchemaError(
+            f"the projectionist schema is missing in {url} (no table {table!r}): "
+            "run 'projectionist schema apply' (or await store.apply_schema())"
+        )
+    if table:
+        return BackendError(
+            f"{doing} failed in {url}: table {table!r} does not exist; "
+            "does the projection's setup create it?"
+        )
+    return BackendError(f"{doing} failed in {url}: {exc}")
+
+
+@functools.lru_cache(maxsize=512)
+def to_sqlite_placeholders(sql: str) -> str:
+    """``$1`` -> ``?1``: SQLite's numbered parameters, so SQL is written once for both."""
+    translated: str = _PLACEHOLDER.sub(r"?\1", sql)
+    return translated
+
+
+class SqliteReadModelTransaction(ReadModelTransaction):
+    dialect = "sqlite"
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection
+
+    async def execute(self, sql: str, *args: object) -> int:
+        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+        return int(cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        await self.connection.executemany(to_sqlite_placeholders(sql), rows)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+        return [tuple(row) for row in await cursor.fetchall()]
+
+    async def load_checkpoint(self, name: str) -> Checkpoint | None:
+        rows = await self.fetch(f"{_CHECKPOINT_SELECT} WHERE name = $1", name)
+        return _checkpoint_from_row(rows[0]) if rows else None
+
+    async def save_checkpoint(
+        self, name: str, version: int, expected: Position | None, new: Position, processed: int
+    ) -> None:
+        now = datetime.now(UTC).isoformat()
+        if expected is None:
+            changed = await self.execute(
+                "INSERT INTO projection_checkpoints VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (name) DO NOTHING",
+                name, version, new.tx, new.seq, processed, now,
+            )  # fmt: skip
+        else:
+            changed = await self.execute(
+                "UPDATE projection_checkpoints SET version = $2, tx_id = $3, position = $4, "
+                "events_processed = events_processed + $5, updated_at = $6 "
+                "WHERE name = $1 AND tx_id = $7 AND position = $8",
+                name, version, new.tx, new.seq, processed, now, expected.tx, expected.seq,
+            )  # fmt: skip
+        if changed != 1:
+            raise CheckpointConflictError(
+                f"projection {name!r}: another runner moved the checkpoint first"
+            )
+
+    async def drop_tables(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            await self.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
+
+
+class SqliteReadModelStore(ReadModelStore):
+    """Read models and checkpoints in a SQLite database."""
+
+    dialect = "sqlite"
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
+        async with self.database.transaction("projecting", write=True) as connection:
+            yield SqliteReadModelTransaction(connection)
+
+    async def apply_schema(self) -> None:
+        async with self.database.transaction("creating checkpoints", write=True) as connection:
+            await connection.execute(CHECKPOINTS_TABLE)
+
+    async def checkpoints(self) -> dict[str, Checkpoint]:
+        async with self.database.transaction("reading checkpoints", write=False) as connection:
+            cursor = await connection.execute(_CHECKPOINT_SELECT)
+            rows = await cursor.fetchall()
+        return {row[0]: _checkpoint_from_row(tuple(row)) for row in rows}
+
+
+def _checkpoint_from_row(row: Sequence[Any]) -> Checkpoint:
+    return Checkpoint(
+        name=row[0],
+        version=row[1],
+        position=Position(row[2], row[3]),
+        events_processed=row[4],
+        updated_at=datetime.fromisoformat(row[5]),
+    )
+
+
+class SqliteEventStore(EventStore):
+    """Event store in one SQLite file (or ``sqlite:///:memory:``)."""
+
+    def __init__(self, url: str, *, poll_interval: float = 1.0, busy_timeout: float = 5.0) -> None:
+        super().__init__()
+        self.url = url
+        self.path = sqlite_path(url)
+        self._changes = _signal_for(self.path)
+        self.poll_interval = poll_interval
+        self.database = SqliteDatabase(self.path, url, busy_timeout)
+        self._read_models = SqliteReadModelStore(self.database)
+
+    async def open(self) -> None:
+        await self.database.open()
+
+    async def close(self) -> None:
+        await self.database.close()
+
+    def read_models(self) -> ReadModelStore:
+        return self._read_models
+
+    def transaction(
+        self, doing: str, *, write: bool
+    ) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+        return self.database.transaction(doing, write=write)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -172,6 +329,7 @@ class SqliteEventStore(EventStore):
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                     (migration.version, migration.name, datetime.now(UTC).isoformat()),
                 )
+            await connection.execute(CHECKPOINTS_TABLE)
         return len(migrations)
 
     async def schema_version(self) -> int:
@@ -249,9 +407,7 @@ class SqliteEventStore(EventStore):
                         f"append to stream {stream_id!r}: an event id already exists ({exc})"
                     ) from exc
                 positions += sorted(row[0] for row in await cursor.fetchall())
-        self._changes.notify()
-        return AppendResult(
-            tuple(
+            recorded = tuple(
                 RecordedEvent(
                     id=event.id,
                     stream_id=stream_id,
@@ -264,7 +420,11 @@ class SqliteEventStore(EventStore):
                 )
                 for index, (event, position) in enumerate(zip(encoded, positions, strict=True), 1)
             )
-        )
+            # Inline projections: same connection, same transaction as the events.
+            for hook in self.inline_hooks:
+                await hook(SqliteReadModelTransaction(connection), recorded)
+        self._changes.notify()
+        return AppendResult(recorded)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -291,32 +451,62 @@ class SqliteEventStore(EventStore):
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
-        type_filter = ""
-        params: list[object] = [after.seq]
-        if wanted is not None:
-            type_filter = f"AND e.type IN ({', '.join('?' * len(wanted))})" if wanted else "AND 0"
-            params += wanted
-        params.append(limit)
-        # One statement: the page and the head it was read against, from one snapshot.
-        sql = (
-            f"SELECT h.head, page.* FROM (SELECT max(position) AS head FROM events) h "
-            f"LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM events e WHERE e.position > ? {type_filter} "
-            "ORDER BY e.position LIMIT ?) page ON 1 ORDER BY page.position"
-        )
         async with self.transaction("reading all events", write=False) as connection:
-            cursor = await connection.execute(sql, params)
-            rows = list(await cursor.fetchall())
-        events = [_event_from_row(tuple(row)[1:]) for row in rows if row[1] is not None]
-        if len(events) == limit:
-            return EventBatch(events, events[-1].position)
-        head = rows[0][0] if rows and rows[0][0] is not None else 0
-        return EventBatch(events, max(after, Position(0, head)))
+            return await _read_all_on(connection, after, limit, wanted)
 
     async def head(self) -> Position:
         async with self.transaction("reading the head", write=False) as connection:
             cursor = await connection.execute("SELECT max(position) FROM events")
             row = await cursor.fetchone()
         return Position(0, row[0]) if row and row[0] is not None else START
+
+    async def count_after(self, after: Position) -> int:
+        async with self.transaction("counting events", write=False) as connection:
+            cursor = await connection.execute(
+                "SELECT count(*) FROM events WHERE position > ?", (after.seq,)
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    @contextlib.asynccontextmanager
+    async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
+        async with self.transaction("replaying", write=True) as connection:
+            yield _SqliteReplay(connection)
+
+
+class _SqliteReplay(ExclusiveReplay):
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.read_model = SqliteReadModelTransaction(connection)
+        self._connection = connection
+
+    async def read_all(
+        self, after: Position, limit: int, types: Collection[str] | None = None
+    ) -> EventBatch:
+        return await _read_all_on(self._connection, after, limit, validate_types(types))
+
+
+async def _read_all_on(
+    connection: aiosqlite.Connection, after: Position, limit: int, wanted: list[str] | None
+) -> EventBatch:
+    type_filter = ""
+    params: list[object] = [after.seq]
+    if wanted is not None:
+        type_filter = f"AND e.type IN ({', '.join('?' * len(wanted))})" if wanted else "AND 0"
+        params += wanted
+    params.append(limit)
+    # One statement: the page and the head it was read against, from one snapshot.
+    sql = (
+        f"SELECT h.head, page.* FROM (SELECT max(position) AS head FROM events) h "
+        f"LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM events e WHERE e.position > ? {type_filter} "
+        "ORDER BY e.position LIMIT ?) page ON 1 ORDER BY page.position"
+    )
+    cursor = await connection.execute(sql, params)
+    rows = list(await cursor.fetchall())
+    events = [_event_from_row(tuple(row)[1:]) for row in rows if row[1] is not None]
+    if len(events) == limit:
+        return EventBatch(events, events[-1].position)
+    head = rows[0][0] if rows and rows[0][0] is not None else 0
+    return EventBatch(events, max(after, Position(0, head)))
 
 
 def _split_statements(script: str) -> list[str]:

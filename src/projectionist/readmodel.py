@@ -1,0 +1,100 @@
+"""The read-model contract: where projections write, and where their checkpoints live.
+
+A projection's handlers and the engine's checkpoint write share one ReadModelTransaction, so
+rows and checkpoint commit together or not at all. The read-model store is the event store's
+own database unless you give another one: the checkpoint always lives with the read model.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import ProjectionistError
+from .events import Position
+
+
+class CheckpointConflictError(ProjectionistError):
+    """Another runner moved the projection's checkpoint first; this batch was rolled back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a projection has come, as stored with its read model."""
+
+    name: str
+    version: int
+    position: Position
+    events_processed: int
+    updated_at: datetime
+
+
+class ReadModelTransaction(abc.ABC):
+    """An open transaction on the read model's database.
+
+    SQL uses PostgreSQL's ``$1, $2`` placeholders on every backend (SQLite gets them
+    translated), so one projection runs unchanged on both. ``connection`` is the driver's own
+    connection (asyncpg or aiosqlite) inside the transaction, for anything else.
+    """
+
+    dialect: str
+    """``"postgres"`` or ``"sqlite"``: for the rare statement that must differ."""
+    connection: Any
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: object) -> int:
+        """Run one statement; return the number of rows it changed (when the driver says)."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement for each row of arguments, in one round trip where possible."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """All result rows as tuples."""
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        """The first column of the first row, or None."""
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+    # -- used by the engine -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def load_checkpoint(self, name: str) -> Checkpoint | None:
+        """The stored checkpoint of ``name``, locked against other runners until commit."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(
+        self, name: str, version: int, expected: Position | None, new: Position, processed: int
+    ) -> None:
+        """Move the checkpoint from ``expected`` (None: create it) to ``new``.
+
+        Raises CheckpointConflictError when the stored position is not ``expected``.
+        """
+
+    @abc.abstractmethod
+    async def drop_tables(self, tables: Sequence[str]) -> None:
+        """Drop the given (validated) tables if they exist."""
+
+
+class ReadModelStore(abc.ABC):
+    """A database that holds read models and their checkpoints."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[ReadModelTransaction]:
+        """A transaction: commits when the block ends, rolls back on an exception."""
+
+    @abc.abstractmethod
+    async def apply_schema(self) -> None:
+        """Create the checkpoint table if it is missing (idempotent)."""
+
+    @abc.abstractmethod
+    async def checkpoints(self) -> dict[str, Checkpoint]:
+        """Every stored checkpoint by projection name."""
