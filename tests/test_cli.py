@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from projectionist.demo import generate_orders
+from examples.shop.history import generate_orders
 from tests.conftest import PG_DSN
 
 
@@ -32,7 +32,7 @@ def test_demo_on_sqlite(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     expected = sum(len(append.events) for append in generate_orders(40))
     assert f"Appended {expected:,} events" in done.stdout
-    assert "OrderCreated" in done.stdout and "Stream order-000001" in done.stdout
+    assert "order_summaries" in done.stdout and "order-000001 folded now" in done.stdout
     assert (tmp_path / "projectionist-demo.db").exists()
     again = run_cli("demo", "--orders", "40", cwd=tmp_path)  # starts afresh, same history
     assert again.returncode == 0, again.stderr

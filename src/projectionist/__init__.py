@@ -1,17 +1,24 @@
 """projectionist: read models from event streams, for CQRS and event-sourced systems."""
 
+from .app import Application, ProjectionStatus
 from .errors import (
     BackendError,
     ConcurrencyError,
     ConfigurationError,
+    HandlerError,
     InvalidInputError,
     ProjectionistError,
+    ProjectionTimeoutError,
+    ProjectionVersionError,
     SchemaError,
     StoreUnavailableError,
     TransactionConflictError,
 )
 from .events import START, NewEvent, Position, RecordedEvent
 from .factory import create_store
+from .live import Evolver, LiveProjection, fold_stream
+from .projection import Kind, Projection
+from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .store import (
     ANY,
     NO_STREAM,
@@ -27,20 +34,33 @@ __all__ = [
     "NO_STREAM",
     "START",
     "AppendResult",
+    "Application",
     "BackendError",
+    "Checkpoint",
     "ConcurrencyError",
     "ConfigurationError",
     "EventBatch",
     "EventStore",
+    "Evolver",
     "ExpectedVersion",
+    "HandlerError",
     "InvalidInputError",
+    "Kind",
+    "LiveProjection",
     "NewEvent",
     "Position",
+    "Projection",
+    "ProjectionStatus",
+    "ProjectionTimeoutError",
+    "ProjectionVersionError",
     "ProjectionistError",
+    "ReadModelStore",
+    "ReadModelTransaction",
     "RecordedEvent",
     "SchemaError",
     "StoreUnavailableError",
     "StreamState",
     "TransactionConflictError",
     "create_store",
+    "fold_stream",
 ]

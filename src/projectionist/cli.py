@@ -7,24 +7,25 @@ and exit with status 1. Only this module configures logging; the library just na
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import signal
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .demo import generate_orders
-from .errors import ProjectionistError
-from .events import START, RecordedEvent
+from .app import Application, ProjectionStatus
+from .errors import ConfigurationError, ProjectionistError
 from .factory import create_store
-from .store import EventStore
+from .identifiers import quote_identifier
 
 T = TypeVar("T")
 DEFAULT_DEMO_URL = "sqlite:///projectionist-demo.db"
@@ -132,89 +133,184 @@ def demo(
         int, typer.Option(min=1, max=100_000, envvar="PROJECTIONIST_DEMO_ORDERS")
     ] = 500,
 ) -> None:
-    """Append a shop's order history to a fresh store and show it back."""
-    _run(lambda: _demo(url, orders))
+    """Run the shop example: history, four read models, their status (starts afresh)."""
+    postgres = url.startswith(("postgresql://", "postgres://"))
+
+    async def go() -> None:
+        run_demo = _load_demo()
+        await _reset_demo_store(url)
+        await run_demo(url, orders, console, schema=DEMO_SCHEMA if postgres else None)
+
+    _run(go)
 
 
-async def _demo(url: str, orders: int) -> None:
-    store = await _fresh_demo_store(url)
-    async with store:
-        started = time.perf_counter()
-        appended = 0
-        for append in generate_orders(orders):
-            result = await store.append(append.stream_id, append.events)
-            appended += len(result.events)
-        seconds = time.perf_counter() - started
-        console.print(
-            f"[bold]Appended {appended:,} events[/bold] to {store.url} in {seconds:.2f}s "
-            f"({appended / seconds:,.0f} events/s, one transaction per append); "
-            f"the last is at position {result.position}\n"
-        )
-        await _show_history(store)
+def _load_demo() -> Callable[..., Awaitable[None]]:
+    """The demo is the repository's examples/shop, readable code to copy; find it."""
+    checkout = Path(__file__).resolve().parents[2]
+    for root in (Path.cwd(), checkout):
+        if (root / "examples" / "shop" / "demo.py").exists() and str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    try:
+        from examples.shop.demo import run_demo
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the demo runs the repository's examples/shop: run it from a checkout of "
+            f"projectionist ({exc})"
+        ) from exc
+    return run_demo
 
 
-async def _fresh_demo_store(url: str) -> EventStore:
+async def _reset_demo_store(url: str) -> None:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
-    store = create_store(url, schema=DEMO_SCHEMA if url.startswith("postgres") else None)
-    await store.open()
+    elif url.startswith(("postgresql://", "postgres://")):
+        from .backends.postgres import PostgresEventStore
+
+        store = create_store(url, schema=DEMO_SCHEMA)
+        assert isinstance(store, PostgresEventStore)
+        async with store, store.pool.acquire() as connection:
+            await connection.execute(
+                f"DROP SCHEMA IF EXISTS {quote_identifier(DEMO_SCHEMA)} CASCADE"
+            )
+
+
+# -- applications -------------------------------------------------------------------------
+
+AppOption = Annotated[
+    str,
+    typer.Option(
+        "--app",
+        envvar="PROJECTIONIST_APP",
+        help="The application as module:attribute (a projectionist.Application)",
+    ),
+]
+AppUrlOption = Annotated[
+    str | None,
+    typer.Option("--url", envvar="PROJECTIONIST_URL", help="Override the application's store URL"),
+]
+
+
+def load_application(path: str) -> Application:
+    """Import ``module:attribute`` (the current directory is importable) and check it."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"application {path!r} must look like 'module:attribute'")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
-        await _drop_demo_schema(store)
-        await store.apply_schema()
-    except BaseException:
-        await store.close()
-        raise
-    return store
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"cannot import application module {module_name!r}: {exc}"
+        ) from exc
+    application = getattr(module, attribute, None)
+    if not isinstance(application, Application):
+        raise ConfigurationError(
+            f"{path!r} is {type(application).__name__}, not a projectionist.Application"
+        )
+    return application
 
 
-async def _drop_demo_schema(store: EventStore) -> None:
-    from .backends.postgres import PostgresEventStore
+@app.command("run")
+def run_command(
+    application: Annotated[
+        str, typer.Argument(envvar="PROJECTIONIST_APP", help="module:attribute of the Application")
+    ],
+    url: AppUrlOption = None,
+) -> None:
+    """Run the application's projections until SIGINT or SIGTERM (the batch finishes)."""
 
-    if isinstance(store, PostgresEventStore):
-        async with store.pool.acquire() as connection:
-            await connection.execute(f'DROP SCHEMA IF EXISTS "{DEMO_SCHEMA}" CASCADE')
+    async def go() -> None:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            await target.setup()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, target.stop)
+            await target.run()
+        finally:
+            await target.close()
+
+    _run(go)
 
 
-async def _show_history(store: EventStore) -> None:
-    counts: Counter[str] = Counter()
-    latest: list[RecordedEvent] = []
-    checkpoint = START
-    while True:
-        batch = await store.read_all(checkpoint, limit=1000)
-        if not batch.events:
-            break
-        counts.update(event.type for event in batch.events)
-        latest = (latest + batch.events)[-8:]
-        checkpoint = batch.checkpoint
-    table = Table(title="The global order, latest events")
-    for column in ("position", "stream", "version", "type"):
+@app.command()
+def status(
+    application: AppOption,
+    url: AppUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line")] = False,
+) -> None:
+    """Show each projection: kind, version, state, position, head, lag, last update."""
+
+    async def go() -> list[ProjectionStatus]:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.status()
+        finally:
+            await target.close()
+
+    statuses = _run(go)
+    if as_json:
+        for item in statuses:
+            print(orjson.dumps(item.as_dict()).decode())
+    else:
+        console.print(status_table(statuses))
+
+
+@app.command("rebuild")
+def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None) -> None:
+    """Drop NAME's read model and replay all history into it, showing progress."""
+
+    async def go() -> int:
+        target = load_application(application)
+        target.projection(name)  # fail fast on an unknown name
+        await target.open(url)
+        try:
+            await target.setup()
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} events/s"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task(f"rebuilding {name}", total=None, rate="-")
+                started = time.monotonic()
+
+                def report(done: int, total: int) -> None:
+                    rate = done / max(time.monotonic() - started, 1e-9)
+                    bar.update(task, completed=done, total=total, rate=f"{rate:,.0f}")
+
+                return await target.rebuild(name, report)
+        finally:
+            await target.close()
+
+    total = _run(go)
+    console.print(f"rebuilt {name} from {total:,} events")
+
+
+def status_table(statuses: Sequence[ProjectionStatus]) -> Table:
+    table = Table(title="Projections", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for column in ("kind", "version", "state", "position", "head", "lag", "updated"):
         table.add_column(column)
-    table.add_column("data", overflow="fold")
-    for event in latest:
+    for item in statuses:
         table.add_row(
-            str(event.position),
-            event.stream_id,
-            str(event.version),
-            event.type,
-            orjson.dumps(event.data).decode(),
+            item.name,
+            item.kind,
+            str(item.version),
+            item.state,
+            str(item.position),
+            str(item.head),
+            f"{item.lag:,}",
+            item.updated_at.strftime("%H:%M:%S") if item.updated_at else "-",
         )
-    console.print(table)
-    by_type = Table(title="Events by type")
-    by_type.add_column("type")
-    by_type.add_column("count", justify="right")
-    for type_, count in counts.most_common():
-        by_type.add_row(type_, f"{count:,}")
-    console.print(by_type)
-    order = await store.read_stream("order-000001")
-    console.print("[bold]Stream order-000001[/bold], read back:")
-    for event in order:
-        console.print(
-            f"  v{event.version} {event.type} {orjson.dumps(event.data).decode()}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    return table
 
 
 def main() -> None:

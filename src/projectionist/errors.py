@@ -51,3 +51,22 @@ class ConcurrencyError(ProjectionistError):
             f"stream {stream_id!r}: expected version {expected}, but the stream is at "
             f"version {actual}{' (it does not exist)' if actual == 0 else ''}; nothing was written"
         )
+
+
+class HandlerError(ProjectionistError):
+    """A projection's handler raised. The batch was rolled back and the checkpoint did not
+    move; the handler's exception is the cause. ``event`` is the event being handled (or the
+    first of the run a batch handler was given)."""
+
+    def __init__(self, projection: str, event: object, message: str) -> None:
+        self.projection = projection
+        self.event = event
+        super().__init__(message)
+
+
+class ProjectionVersionError(ProjectionistError):
+    """The stored read model was built by another version of the projection."""
+
+
+class ProjectionTimeoutError(ProjectionistError, TimeoutError):
+    """A projection did not reach a position in time (``wait_for``)."""

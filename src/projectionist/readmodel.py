@@ -78,6 +78,10 @@ class ReadModelTransaction(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def delete_checkpoint(self, name: str) -> None:
+        """Forget the checkpoint of ``name`` (before a rebuild)."""
+
+    @abc.abstractmethod
     async def drop_tables(self, tables: Sequence[str]) -> None:
         """Drop the given (validated) tables if they exist."""
 
@@ -98,3 +102,8 @@ class ReadModelStore(abc.ABC):
     @abc.abstractmethod
     async def checkpoints(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint by projection name."""
+
+    async def checkpoint(self, name: str) -> Checkpoint | None:
+        """The stored checkpoint of one projection, or None."""
+        async with self.transaction() as tx:
+            return await tx.load_checkpoint(name)

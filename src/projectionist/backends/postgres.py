@@ -656,6 +656,9 @@ class PostgresReadModelTransaction(ReadModelTransaction):
                 f"projection {name!r}: another runner moved the checkpoint first"
             )
 
+    async def delete_checkpoint(self, name: str) -> None:
+        await self.execute(f"DELETE FROM {self._table} WHERE name = $1", name)
+
     async def drop_tables(self, tables: Sequence[str]) -> None:
         for table in tables:
             await self.connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")

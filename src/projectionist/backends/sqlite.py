@@ -241,6 +241,9 @@ class SqliteReadModelTransaction(ReadModelTransaction):
                 f"projection {name!r}: another runner moved the checkpoint first"
             )
 
+    async def delete_checkpoint(self, name: str) -> None:
+        await self.execute("DELETE FROM projection_checkpoints WHERE name = $1", name)
+
     async def drop_tables(self, tables: Sequence[str]) -> None:
         for table in tables:
             await self.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")

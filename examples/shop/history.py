@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from .events import NewEvent
+from projectionist import NewEvent
 
 FIRST_DAY = date(2026, 1, 1)
 PRODUCT_NAMES = [

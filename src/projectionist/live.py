@@ -1,0 +1,96 @@
+"""In-memory projections: live state fed by new events, and folding one stream on demand.
+
+Nothing is stored: a live projection starts from the head (or from the beginning when asked)
+each time its process starts. Evolve functions are pure and synchronous:
+``state, event -> new state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+from .events import START, RecordedEvent
+from .identifiers import validate_identifier
+from .runner import sleep_until_new_events
+from .store import EventStore
+
+S = TypeVar("S")
+Evolve = Callable[[S, RecordedEvent], S]
+
+
+class Evolver(Generic[S]):
+    """Pure evolve functions per event type, registered with ``@evolver.on("Type")``."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, Evolve[S]] = {}
+
+    def on(self, *types: str) -> Callable[[Evolve[S]], Evolve[S]]:
+        def register(function: Evolve[S]) -> Evolve[S]:
+            for type_ in types:
+                self.functions[type_] = function
+            return function
+
+        return register
+
+    def fold(self, state: S, events: list[RecordedEvent]) -> S:
+        functions = self.functions
+        for event in events:
+            function = functions.get(event.type)
+            if function is not None:
+                state = function(state, event)
+        return state
+
+
+class LiveProjection(Evolver[S]):
+    """State kept in memory and updated as events arrive (dashboards, counters).
+
+    ``state`` is readable at any time; ``run(store)`` follows the store until ``stop()``.
+    """
+
+    def __init__(self, name: str, initial: Callable[[], S], *, from_start: bool = False) -> None:
+        super().__init__()
+        self.name = validate_identifier(name, "projection name")
+        self._initial = initial
+        self.state: S = initial()
+        self.from_start = from_start
+        self.position = START
+        self._stop = asyncio.Event()
+
+    async def run(self, store: EventStore, batch_size: int = 1000) -> None:
+        self._stop.clear()
+        self.state = self._initial()
+        self.position = START if self.from_start else await store.head()
+        types = frozenset(self.functions)
+        while not self._stop.is_set():
+            batch = await store.read_all(self.position, limit=batch_size, types=types)
+            self.state = self.fold(self.state, batch.events)
+            moved = batch.checkpoint != self.position
+            self.position = batch.checkpoint
+            if not moved:
+                await sleep_until_new_events(store, self.position, self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def fold_stream(
+    store: EventStore,
+    stream_id: str,
+    initial: S,
+    evolve: Mapping[str, Evolve[S]] | Evolver[S],
+) -> S:
+    """The current state of one stream: its events folded now, for a query."""
+    functions = evolve.functions if isinstance(evolve, Evolver) else evolve
+    state = initial
+    version = 1
+    while True:
+        events = await store.read_stream(stream_id, from_version=version, limit=1000)
+        for event in events:
+            function = functions.get(event.type)
+            if function is not None:
+                state = function(state, event)
+        if len(events) < 1000:
+            return state
+        version = events[-1].version + 1

@@ -1,0 +1,223 @@
+"""Feeding projections: the async runner (catch-up, then live), inline set-up, rebuilds.
+
+The runner reads from the projection's checkpoint in batches of the types it handles,
+applies a batch and moves the checkpoint in one read-model transaction. A crash anywhere
+leaves the last committed batch as the truth: the next start continues exactly there.
+Catch-up and live are the same loop (read from the checkpoint until nothing is left, then
+sleep until new events are visible), so there is no seam where events could slip through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+
+from .errors import ProjectionVersionError
+from .events import START, Position
+from .projection import Kind, Projection
+from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
+from .store import ChangeSignal, EventStore
+
+logger = logging.getLogger("projectionist.runner")
+
+Progress = Callable[[int, int], None]
+"""Called during rebuilds with (events done, events in all)."""
+
+
+class RunnerState(enum.StrEnum):
+    STOPPED = "stopped"
+    CATCHING_UP = "catching up"
+    LIVE = "live"
+
+
+class ProjectionRunner:
+    """Runs one async projection against a store until ``stop()``."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        read_models: ReadModelStore,
+        projection: Projection,
+        *,
+        batch_size: int | None = None,
+        progress: ChangeSignal | None = None,
+    ) -> None:
+        self.store = store
+        self.read_models = read_models
+        self.projection = projection
+        self.batch_size = batch_size or projection.batch_size
+        self.state = RunnerState.STOPPED
+        self.checkpoint: Position | None = None
+        self.progress = progress or ChangeSignal()
+        """Notified after every committed batch (``wait_for`` in this process listens)."""
+        self._stop = asyncio.Event()
+
+    async def prepare(self) -> Position:
+        """Create the read model and checkpoint when missing; return the checkpoint."""
+        async with self.read_models.transaction() as tx:
+            self.checkpoint = await prepare_read_model(tx, self.projection)
+        return self.checkpoint
+
+    async def step(self) -> bool:
+        """Apply the next batch. False when there was nothing new to read."""
+        if self.checkpoint is None:
+            await self.prepare()
+        assert self.checkpoint is not None
+        projection = self.projection
+        batch = await self.store.read_all(
+            self.checkpoint, limit=self.batch_size, types=projection.types
+        )
+        if batch.checkpoint == self.checkpoint:
+            return False
+        try:
+            async with self.read_models.transaction() as tx:
+                await projection.apply(batch.events, tx)
+                await tx.save_checkpoint(
+                    projection.name,
+                    projection.version,
+                    self.checkpoint,
+                    batch.checkpoint,
+                    len(batch.events),
+                )
+        except CheckpointConflictError:
+            # Someone else (a rebuild, a second runner) moved it: continue from theirs.
+            logger.warning(
+                "checkpoint moved by another runner; reloading",
+                extra={"action": "checkpoint_conflict", "projection": projection.name},
+            )
+            await self.prepare()
+            return True
+        self.checkpoint = batch.checkpoint
+        self.state = (
+            RunnerState.CATCHING_UP if len(batch.events) == self.batch_size else RunnerState.LIVE
+        )
+        self.progress.notify()
+        return True
+
+    async def run(self) -> None:
+        """Catch up, then follow live events, until ``stop()``; the current batch finishes."""
+        self._stop.clear()
+        await self.prepare()
+        self.state = RunnerState.CATCHING_UP
+        logger.info(
+            "projection started at %s",
+            self.checkpoint,
+            extra={"action": "runner_start", "projection": self.projection.name},
+        )
+        try:
+            while not self._stop.is_set():
+                if not await self.step():
+                    self.state = RunnerState.LIVE
+                    assert self.checkpoint is not None
+                    await sleep_until_new_events(self.store, self.checkpoint, self._stop)
+        finally:
+            self.state = RunnerState.STOPPED
+            logger.info(
+                "projection stopped at %s",
+                self.checkpoint,
+                extra={"action": "runner_stop", "projection": self.projection.name},
+            )
+
+    async def run_until_caught_up(self) -> None:
+        """Process everything visible now, then return."""
+        target = await self.store.head()
+        await self.prepare()
+        assert self.checkpoint is not None
+        while self.checkpoint < target and await self.step():
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def sleep_until_new_events(store: EventStore, after: Position, stop: asyncio.Event) -> None:
+    """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed."""
+    waiting = asyncio.ensure_future(store.wait_for_events(after, timeout=store.poll_interval))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, stopping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not waiting.cancelled() and waiting.exception() is not None:
+        raise waiting.exception()  # type: ignore[misc]
+
+
+async def prepare_read_model(tx: ReadModelTransaction, projection: Projection) -> Position:
+    """Run the projection's (idempotent) setup; create its checkpoint at START if missing."""
+    checkpoint = await tx.load_checkpoint(projection.name)
+    if checkpoint is not None and checkpoint.version != projection.version:
+        raise ProjectionVersionError(
+            f"projection {projection.name!r} is at version {projection.version} in code but "
+            f"its read model was built by version {checkpoint.version}: run "
+            f"'projectionist rebuild {projection.name}'"
+        )
+    await projection.run_setup(tx)
+    if checkpoint is None:
+        await tx.save_checkpoint(projection.name, projection.version, None, START, 0)
+        return START
+    return checkpoint.position
+
+
+async def rebuild(
+    store: EventStore,
+    read_models: ReadModelStore,
+    projection: Projection,
+    progress: Progress | None = None,
+) -> int:
+    """Drop the read model, reset the checkpoint, replay all history. Returns events applied.
+
+    Async projections replay batch by batch while appends go on (runners elsewhere notice
+    the moved checkpoint and follow it). Inline projections replay in one transaction that
+    holds appends back, so none can slip between the replay and the first inline append.
+    """
+    if projection.kind is Kind.INLINE:
+        return await _rebuild_inline(store, projection, progress)
+    async with read_models.transaction() as tx:
+        await _reset(tx, projection)
+    target = await store.head()
+    total = await store.count_after(START)
+    runner = ProjectionRunner(store, read_models, projection)
+    runner.checkpoint = START
+    last_report = 0.0
+    while runner.checkpoint < target and await runner.step():
+        if progress is not None and time.monotonic() - last_report > 0.25:
+            last_report = time.monotonic()  # counting is a query: not after every batch
+            progress(total - await store.count_after(runner.checkpoint), total)
+    if progress is not None:
+        progress(total, total)
+    return total
+
+
+async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
+    await projection.run_teardown(tx)
+    await tx.delete_checkpoint(projection.name)
+    await projection.run_setup(tx)
+    await tx.save_checkpoint(projection.name, projection.version, None, START, 0)
+
+
+async def _rebuild_inline(
+    store: EventStore, projection: Projection, progress: Progress | None
+) -> int:
+    async with store.exclusive_replay() as replay:
+        tx = replay.read_model
+        await _reset(tx, projection)
+        checkpoint = START
+        applied = 0
+        while True:
+            batch = await replay.read_all(checkpoint, projection.batch_size, projection.types)
+            if batch.checkpoint == checkpoint:
+                break
+            await projection.apply(batch.events, tx)
+            applied += len(batch.events)
+            checkpoint = batch.checkpoint
+            if progress is not None:
+                progress(applied, applied)
+        await tx.save_checkpoint(projection.name, projection.version, START, checkpoint, applied)
+    return applied
