@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import asyncpg
-
 from examples.shop.history import generate_orders
+
 from tests.conftest import PG_DSN
 
 

@@ -62,14 +62,16 @@ class Application:
 
     def __init__(
         self,
-        url: str,
+        url: str | EventStore,
         projections: Iterable[Projection] = (),
         *,
         live: Iterable[LiveProjection[Any]] = (),
         schema: str | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        self.url = url
+        # A store given as an object is shared, not owned: the caller opens and closes it.
+        self._shared_store = url if isinstance(url, EventStore) else None
+        self.url = url.url if isinstance(url, EventStore) else url
         self.schema = schema
         self.poll_interval = poll_interval
         self.projections = {p.name: p for p in projections}
@@ -80,6 +82,7 @@ class Application:
         self._store: EventStore | None = None
         self._runners: dict[str, ProjectionRunner] = {}
         self._progress = ChangeSignal()
+        self._hooks: list[InlineHook] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -99,17 +102,22 @@ class Application:
         """Open the store (``url`` overrides the application's) and register inline hooks."""
         if self._store is not None:
             return
-        store = create_store(url or self.url, schema=self.schema, poll_interval=self.poll_interval)
+        store = self._shared_store or create_store(
+            url or self.url, schema=self.schema, poll_interval=self.poll_interval
+        )
         await store.open()
-        for projection in self.projections.values():
-            if projection.kind is Kind.INLINE:
-                store.add_inline_hook(_inline_hook(projection))
+        self._hooks = [_inline_hook(p) for p in self.projections.values() if p.kind is Kind.INLINE]
+        for hook in self._hooks:
+            store.add_inline_hook(hook)
         self._store = store
 
     async def close(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
-            await store.close()
+            for hook in self._hooks:
+                store.inline_hooks.remove(hook)
+            if store is not self._shared_store:
+                await store.close()
 
     @property
     def store(self) -> EventStore:

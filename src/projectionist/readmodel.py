@@ -65,8 +65,8 @@ class ReadModelTransaction(abc.ABC):
     # -- used by the engine -----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def load_checkpoint(self, name: str) -> Checkpoint | None:
-        """The stored checkpoint of ``name``, locked against other runners until commit."""
+    async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
+        """The stored checkpoint of ``name``; with ``lock``, other runners wait for our commit."""
 
     @abc.abstractmethod
     async def save_checkpoint(

@@ -75,6 +75,11 @@ class ProjectionRunner:
             return False
         try:
             async with self.read_models.transaction() as tx:
+                # Lock the checkpoint before applying: a second runner waits here and then
+                # finds it moved, instead of applying the batch twice.
+                stored = await tx.load_checkpoint(projection.name, lock=True)
+                if stored is None or stored.position != self.checkpoint:
+                    raise CheckpointConflictError(f"projection {projection.name!r} moved on")
                 await projection.apply(batch.events, tx)
                 await tx.save_checkpoint(
                     projection.name,
@@ -127,8 +132,11 @@ class ProjectionRunner:
         target = await self.store.head()
         await self.prepare()
         assert self.checkpoint is not None
-        while self.checkpoint < target and await self.step():
-            pass
+        try:
+            while self.checkpoint < target and await self.step():
+                pass
+        finally:
+            self.state = RunnerState.STOPPED
 
     def stop(self) -> None:
         self._stop.set()

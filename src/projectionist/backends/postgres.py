@@ -629,9 +629,10 @@ class PostgresReadModelTransaction(ReadModelTransaction):
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in await self.connection.fetch(sql, *args)]
 
-    async def load_checkpoint(self, name: str) -> Checkpoint | None:
+    async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         row = await self.connection.fetchrow(
-            f"{_CHECKPOINT_SELECT} {self._table} WHERE name = $1", name
+            f"{_CHECKPOINT_SELECT} {self._table} WHERE name = $1{' FOR UPDATE' if lock else ''}",
+            name,
         )
         return None if row is None else _checkpoint_from_row(row)
 

@@ -13,7 +13,7 @@ import re
 import sqlite3
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,17 +160,37 @@ class SqliteDatabase:
         connection = self._connection
         async with self._lock:
             try:
-                await connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    await _uncancellable(
+                        connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    )
+                except asyncio.CancelledError:
+                    await _uncancellable(connection.execute("ROLLBACK"))
+                    raise
                 try:
                     yield connection
                 except BaseException:
-                    await connection.execute("ROLLBACK")
+                    await _uncancellable(connection.execute("ROLLBACK"))
                     raise
-                await connection.execute("COMMIT")
+                await _uncancellable(connection.execute("COMMIT"))
             except sqlite3.OperationalError as exc:
                 raise _translate_operational_error(exc, doing, self.url) from exc
             except sqlite3.Error as exc:
                 raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+
+async def _uncancellable(statement: Awaitable[object]) -> None:
+    """Let BEGIN, COMMIT and ROLLBACK finish even if the caller is cancelled meanwhile.
+
+    aiosqlite runs a statement in its thread whether or not anyone still awaits it, so a
+    cancelled BEGIN would otherwise leave a transaction open that nobody ends.
+    """
+    task = asyncio.ensure_future(statement)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def _translate_operational_error(
@@ -215,7 +235,8 @@ class SqliteReadModelTransaction(ReadModelTransaction):
         cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
         return [tuple(row) for row in await cursor.fetchall()]
 
-    async def load_checkpoint(self, name: str) -> Checkpoint | None:
+    async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
+        # Write transactions are exclusive on SQLite: the lock is implied.
         rows = await self.fetch(f"{_CHECKPOINT_SELECT} WHERE name = $1", name)
         return _checkpoint_from_row(rows[0]) if rows else None
 

@@ -1,0 +1,201 @@
+"""Async projections: catch-up, checkpoints with the rows, failures, catch-up-to-live."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from projectionist import (
+    Application,
+    HandlerError,
+    NewEvent,
+    ProjectionTimeoutError,
+    ProjectionVersionError,
+    ReadModelTransaction,
+    RecordedEvent,
+)
+from projectionist.projection import Projection
+from tests.engine.projections import ledger, ledger_rows, money
+
+
+async def test_catch_up_writes_rows_and_checkpoint_together(app_url: str) -> None:
+    async with Application(app_url, [ledger(batch_size=7)]) as app:
+        await app.setup()
+        for stream in range(5):
+            await app.store.append(f"account-{stream}", money(stream, 10))
+        await app.run_until_caught_up()
+        checkpoint = await app.read_models.checkpoint("ledger")
+        assert checkpoint is not None and checkpoint.position == await app.store.head()
+        handled = [e for s in range(5) for e in money(s, 10) if e.type != "Ignored"]
+        assert checkpoint.events_processed == len(handled)
+        async with app.read_models.transaction() as tx:
+            seen, totals = await ledger_rows(tx)
+        assert len(seen) == len(handled)  # type: ignore[arg-type]
+        expected = {
+            f"account-{s}": sum(
+                e.data["amount"] * (1 if e.type == "Deposited" else -1)
+                for e in money(s, 10)
+                if e.type in ("Deposited", "Withdrawn")
+            )
+            for s in range(5)
+        }
+        assert {row[0]: row[2] for row in totals} == expected  # type: ignore[attr-defined]
+
+
+async def test_unhandled_types_never_reach_handlers_but_move_the_checkpoint(app_url: str) -> None:
+    delivered: list[str] = []
+    projection = Projection("picky")
+
+    @projection.on("Wanted")
+    async def wanted(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        delivered.append(event.type)
+
+    async with Application(app_url, [projection]) as app:
+        await app.setup()
+        await app.store.append("s", [NewEvent("Other", {})] * 0 + [NewEvent("Other", {})])
+        await app.store.append("s", [NewEvent("Wanted", {}), NewEvent("Other", {})])
+        await app.store.append("t", [NewEvent("Other", {}) for _ in range(3)])
+        await app.run_until_caught_up()
+        checkpoint = await app.read_models.checkpoint("picky")
+        assert checkpoint is not None and checkpoint.position == await app.store.head()
+        assert delivered == ["Wanted"]
+
+
+async def test_failing_handler_rolls_back_the_batch_and_keeps_the_checkpoint(app_url: str) -> None:
+    projection = ledger()
+    poison = {"on": True}
+    original = projection._handlers["Withdrawn"]
+
+    async def flaky(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        await original[1](event, tx)  # type: ignore[arg-type]
+        if poison["on"] and event.data["amount"] == 3:
+            raise ValueError("poison event")
+
+    projection._handlers["Withdrawn"] = (False, flaky)
+    async with Application(app_url, [projection]) as app:
+        await app.setup()
+        await app.store.append("account-0", money(0, 10))
+        with pytest.raises(HandlerError) as caught:
+            await app.run_until_caught_up()
+        assert isinstance(caught.value.__cause__, ValueError)
+        assert "poison event" in str(caught.value) and "stream 'account-0' version 3" in str(
+            caught.value
+        )
+        assert isinstance(caught.value.event, RecordedEvent) and caught.value.event.version == 3
+        checkpoint = await app.read_models.checkpoint("ledger")
+        assert checkpoint is not None and checkpoint.events_processed == 0
+        async with app.read_models.transaction() as tx:
+            assert await ledger_rows(tx) == [[], []]
+        poison["on"] = False
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            seen, _ = await ledger_rows(tx)
+        assert len(seen) == 8  # type: ignore[arg-type]
+
+
+async def test_catch_up_then_live_misses_and_doubles_nothing(app_url: str) -> None:
+    async with Application(app_url, [ledger(batch_size=13)], poll_interval=0.05) as app:
+        await app.setup()
+        for stream in range(10):  # history, before the projection runs
+            await app.store.append(f"old-{stream}", money(stream, 20))
+        running = asyncio.create_task(app.run())
+        rng = random.Random(4)
+        appended: list[RecordedEvent] = []
+
+        async def appender(index: int) -> None:
+            for n in range(15):
+                result = await app.store.append(f"new-{index}-{n % 3}", money(n, rng.randint(1, 4)))
+                appended.extend(result.events)
+                await asyncio.sleep(rng.uniform(0, 0.005))
+
+        await asyncio.gather(*(appender(i) for i in range(4)))
+        last = max(event.position for event in appended)
+        await app.wait_for("ledger", last, timeout=30)
+        app.stop()
+        await asyncio.wait_for(running, 10)
+        async with app.read_models.transaction() as tx:
+            seen, totals = await ledger_rows(tx)
+        old = [e for s in range(10) for e in money(s, 20)]
+        handled = [e for e in old + appended if e.type != "Ignored"]
+        assert len(seen) == len(handled)  # type: ignore[arg-type]
+        assert sum(row[1] for row in totals) == sum(  # type: ignore[attr-defined]
+            1 for e in handled if e.type != "Audited"
+        )
+
+
+async def test_wait_for_times_out_naming_the_lag(app_url: str) -> None:
+    async with Application(app_url, [ledger()]) as app:
+        await app.setup()
+        result = await app.store.append("account-1", money(1, 6))
+        with pytest.raises(ProjectionTimeoutError) as caught:
+            await app.wait_for("ledger", result.position, timeout=0.2)
+        message = str(caught.value)
+        assert "did not reach position" in message and "6 events behind" in message
+        await app.run_until_caught_up()
+        await app.wait_for("ledger", result.position, timeout=0.2)
+
+
+async def test_rebuild_restores_a_damaged_read_model(app_url: str) -> None:
+    async with Application(app_url, [ledger()]) as app:
+        await app.setup()
+        for stream in range(3):
+            await app.store.append(f"account-{stream}", money(stream, 12))
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            before = await ledger_rows(tx)
+            await tx.execute("UPDATE ledger_totals SET amount = amount + 1000")
+        reports: list[tuple[int, int]] = []
+        total = await app.rebuild("ledger", lambda done, all_: reports.append((done, all_)))
+        assert total == 36 and reports[-1] == (36, 36)
+        async with app.read_models.transaction() as tx:
+            assert await ledger_rows(tx) == before
+        checkpoint = await app.read_models.checkpoint("ledger")
+        assert checkpoint is not None and checkpoint.position == await app.store.head()
+
+
+async def test_new_version_in_code_asks_for_a_rebuild(app_url: str) -> None:
+    async with Application(app_url, [ledger()]) as app:
+        await app.setup()
+        await app.store.append("account-1", money(1, 4))
+        await app.run_until_caught_up()
+    newer = ledger()
+    newer.version = 2
+    async with Application(app_url, [newer]) as app:
+        if app_url == "memory://":
+            return  # nothing survives a memory store
+        with pytest.raises(ProjectionVersionError, match="projectionist rebuild ledger"):
+            await app.setup()
+        await app.rebuild("ledger")
+        await app.setup()
+        statuses = {s.name: s for s in await app.status()}
+        assert statuses["ledger"].version == 2 and statuses["ledger"].lag == 0
+
+
+async def test_two_runners_on_one_projection_never_double_apply(app_url: str) -> None:
+    async with Application(app_url, [ledger(batch_size=5)]) as first:
+        await first.setup()
+        for stream in range(6):
+            await first.store.append(f"account-{stream}", money(stream, 10))
+        # A memory store is shared by passing the object; the others by their URL.
+        shared = first.store if app_url == "memory://" else app_url
+        async with Application(shared, [ledger(batch_size=5)]) as second:
+            await asyncio.gather(first.run_until_caught_up(), second.run_until_caught_up())
+        async with first.read_models.transaction() as tx:
+            seen, _ = await ledger_rows(tx)
+        assert len(seen) == sum(1 for s in range(6) for e in money(s, 10) if e.type != "Ignored")  # type: ignore[arg-type]
+
+
+async def test_status_reports_each_projection(app_url: str) -> None:
+    async with Application(app_url, [ledger(), ledger("inline_ledger", kind="inline")]) as app:
+        await app.setup()
+        await app.store.append("account-1", money(1, 5))
+        statuses = {s.name: s for s in await app.status()}
+        assert statuses["ledger"].lag == 5 and statuses["ledger"].state == "behind"
+        assert statuses["inline_ledger"].lag == 0 and statuses["inline_ledger"].kind == "inline"
+        await app.run_until_caught_up()
+        statuses = {s.name: s for s in await app.status()}
+        assert statuses["ledger"].state == "up to date"
+        assert statuses["ledger"].position == statuses["ledger"].head == await app.store.head()
+        assert statuses["ledger"].as_dict()["position"] == str(await app.store.head())
