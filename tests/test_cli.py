@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
 from examples.shop.history import generate_orders
 
+from projectionist import create_store
 from tests.conftest import PG_DSN
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(
@@ -70,3 +77,74 @@ def test_errors_are_one_line_and_exit_1() -> None:
 def test_unknown_log_level_is_refused() -> None:
     done = run_cli("--log-level", "LOUD", "schema", "apply", "--url", "memory://")
     assert done.returncode == 2 and "unknown log level" in done.stderr
+
+
+def _shop_history(url: str, orders: int) -> int:
+    async def append() -> int:
+        async with create_store(url) as store:
+            await store.apply_schema()
+            count = 0
+            for item in generate_orders(orders):
+                count += len((await store.append(item.stream_id, item.events)).events)
+            return count
+
+    return asyncio.run(append())
+
+
+def _statuses(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    done = run_cli("status", "--json", env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return {line["name"]: line for line in map(json.loads, done.stdout.splitlines())}
+
+
+def test_run_status_rebuild_an_application(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    events = _shop_history(url, 30)
+    env = {"PROJECTIONIST_URL": url, "PROJECTIONIST_APP": "examples.shop.app:app"}
+    before = _statuses(env)
+    assert before["order_summaries"]["state"] == "not set up"
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "projectionist.cli", "run"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = _statuses(env)
+            if all(s["lag"] == 0 and s["state"] != "not set up" for s in statuses.values()):
+                break
+            time.sleep(0.2)
+        assert all(s["lag"] == 0 for s in statuses.values()), statuses
+        assert statuses["order_summaries"]["position"] == statuses["order_summaries"]["head"]
+        assert statuses["product_catalogue"]["kind"] == "inline"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0, worker.stderr.read() if worker.stderr else ""
+    finally:
+        worker.kill()
+
+    table = run_cli("status", env=env, cwd=ROOT)
+    assert (
+        table.returncode == 0 and "order_summaries" in table.stdout and "up to date" in table.stdout
+    )
+    rebuilt = run_cli("rebuild", "daily_sales", env=env, cwd=ROOT)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"rebuilt daily_sales from {events:,} events" in rebuilt.stdout
+    assert _statuses(env)["daily_sales"]["lag"] == 0
+
+
+def test_application_errors_are_one_line(tmp_path: Path) -> None:
+    env = {"PROJECTIONIST_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    for app, message in [
+        ("nowhere", "must look like 'module:attribute'"),
+        ("no_such_module_here:app", "cannot import application module"),
+        ("examples.shop.projections:ALL", "not a projectionist.Application"),
+    ]:
+        done = run_cli("status", "--app", app, env=env, cwd=ROOT)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    unknown = run_cli("rebuild", "nope", "--app", "examples.shop.app:app", env=env, cwd=ROOT)
+    assert unknown.returncode == 1 and "no projection named 'nope'" in unknown.stderr

@@ -67,6 +67,7 @@ class Application:
         *,
         live: Iterable[LiveProjection[Any]] = (),
         schema: str | None = None,
+        read_model_url: str | None = None,
         poll_interval: float = 1.0,
     ) -> None:
         # A store given as an object is shared, not owned: the caller opens and closes it.
@@ -79,7 +80,16 @@ class Application:
         names = [p.name for p in projections] + [p.name for p in live]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"projection names must be unique, got {sorted(names)}")
+        self.read_model_url = read_model_url
+        if read_model_url and any(p.kind is Kind.INLINE for p in self.projections.values()):
+            raise ConfigurationError(
+                "inline projections write in the append's transaction: their read model must "
+                "live in the event store's database (drop read_model_url or make them async)"
+            )
         self._store: EventStore | None = None
+        # A read-model database of its own: reached through a store object on that URL,
+        # of which only the read-model side (tables and checkpoints) is used.
+        self._read_model_host: EventStore | None = None
         self._runners: dict[str, ProjectionRunner] = {}
         self._progress = ChangeSignal()
         self._hooks: list[InlineHook] = []
@@ -110,8 +120,15 @@ class Application:
         for hook in self._hooks:
             store.add_inline_hook(hook)
         self._store = store
+        if self.read_model_url:
+            host = create_store(self.read_model_url, schema=self.schema)
+            await host.open()
+            self._read_model_host = host
 
     async def close(self) -> None:
+        if self._read_model_host is not None:
+            host, self._read_model_host = self._read_model_host, None
+            await host.close()
         if self._store is not None:
             store, self._store = self._store, None
             for hook in self._hooks:
@@ -127,7 +144,8 @@ class Application:
 
     @property
     def read_models(self) -> ReadModelStore:
-        return self.store.read_models()
+        """Where the read models and their checkpoints live."""
+        return (self._read_model_host or self.store).read_models()
 
     def projection(self, name: str) -> Projection:
         try:
@@ -143,6 +161,7 @@ class Application:
         appends held back meanwhile, so it is complete before its first inline append.
         """
         await self.store.apply_schema()
+        await self.read_models.apply_schema()
         for projection in self.projections.values():
             checkpoint = await self.read_models.checkpoint(projection.name)
             if projection.kind is Kind.INLINE and checkpoint is None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from projectionist import (
     Application,
+    ConfigurationError,
     HandlerError,
     NewEvent,
     ProjectionTimeoutError,
@@ -199,3 +202,26 @@ async def test_status_reports_each_projection(app_url: str) -> None:
         assert statuses["ledger"].state == "up to date"
         assert statuses["ledger"].position == statuses["ledger"].head == await app.store.head()
         assert statuses["ledger"].as_dict()["position"] == str(await app.store.head())
+
+
+async def test_read_model_in_another_database(app_url: str, tmp_path: Path) -> None:
+    read_model_url = f"sqlite:///{tmp_path / 'read_models.db'}"
+    async with Application(app_url, [ledger()], read_model_url=read_model_url) as app:
+        await app.setup()
+        await app.store.append("account-1", money(1, 8))
+        await app.run_until_caught_up()
+        checkpoint = await app.read_models.checkpoint("ledger")
+        assert checkpoint is not None and checkpoint.position == await app.store.head()
+    with sqlite3.connect(tmp_path / "read_models.db") as connection:
+        rows = connection.execute("SELECT count(*) FROM ledger_seen").fetchone()
+        stored = connection.execute("SELECT name FROM projection_checkpoints").fetchall()
+    assert rows == (7,) and stored == [("ledger",)]
+    if app_url.startswith("sqlite"):
+        with sqlite3.connect(app_url.removeprefix("sqlite:///")) as connection:
+            tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
+        assert "ledger_seen" not in tables, "the read model must not be in the event store"
+
+
+def test_inline_projections_need_the_event_store_database() -> None:
+    with pytest.raises(ConfigurationError, match="must live in the event store's database"):
+        Application("memory://", [ledger(kind="inline")], read_model_url="sqlite:///x.db")
