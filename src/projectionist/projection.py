@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from .errors import ConfigurationError, HandlerError
-from .events import RecordedEvent, validate_name
+from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
 from .readmodel import ReadModelTransaction
+from .store import validate_batch_size
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
 BatchHandler = Callable[[Sequence[RecordedEvent], ReadModelTransaction], Awaitable[None]]
@@ -57,6 +58,7 @@ class Projection:
         kind: Kind | str = Kind.ASYNC,
         tables: Iterable[str] = (),
         batch_size: int = 1000,
+        start: Position = START,
     ) -> None:
         self.name = validate_identifier(name, "projection name")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -69,7 +71,12 @@ class Projection:
             ) from None
         self.version = version
         self.tables = tuple(validate_identifier(t, "table name") for t in tables)
-        self.batch_size = batch_size
+        self.batch_size = validate_batch_size(batch_size)
+        if not isinstance(start, Position):
+            raise ConfigurationError(f"projection {name!r}: start must be a Position")
+        self.start = start
+        """Where the projection begins (and a rebuild replays from): START, or a position
+        such as ``await store.head()`` to skip history."""
         self._handlers: dict[str, tuple[bool, EventHandler | BatchHandler]] = {}
         self._setup: SetupHook | None = None
         self._teardown: SetupHook | None = None

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from .errors import ProjectionVersionError
-from .events import START, Position
+from .events import Position
 from .projection import Kind, Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from .store import ChangeSignal, EventStore
@@ -128,13 +128,14 @@ class ProjectionRunner:
             )
 
     async def run_until_caught_up(self) -> None:
-        """Process everything visible now, then return."""
-        target = await self.store.head()
+        """Process every event committed before the call, then return."""
+        target = await self.store.last_committed()
         await self.prepare()
         assert self.checkpoint is not None
         try:
-            while self.checkpoint < target and await self.step():
-                pass
+            while self.checkpoint < target:
+                if not await self.step():  # committed, not yet visible: wait for it
+                    await self.store.wait_for_events(self.checkpoint, timeout=0.1)
         finally:
             self.state = RunnerState.STOPPED
 
@@ -158,7 +159,7 @@ async def sleep_until_new_events(store: EventStore, after: Position, stop: async
 
 
 async def prepare_read_model(tx: ReadModelTransaction, projection: Projection) -> Position:
-    """Run the projection's (idempotent) setup; create its checkpoint at START if missing."""
+    """Run the projection's (idempotent) setup; create its checkpoint if missing."""
     checkpoint = await tx.load_checkpoint(projection.name)
     if checkpoint is not None and checkpoint.version != projection.version:
         raise ProjectionVersionError(
@@ -168,8 +169,8 @@ async def prepare_read_model(tx: ReadModelTransaction, projection: Projection) -
         )
     await projection.run_setup(tx)
     if checkpoint is None:
-        await tx.save_checkpoint(projection.name, projection.version, None, START, 0)
-        return START
+        await tx.save_checkpoint(projection.name, projection.version, None, projection.start, 0)
+        return projection.start
     return checkpoint.position
 
 
@@ -189,15 +190,19 @@ async def rebuild(
         return await _rebuild_inline(store, projection, progress)
     async with read_models.transaction() as tx:
         await _reset(tx, projection)
-    target = await store.head()
-    total = await store.count_after(START)
+    target = await store.last_committed()
+    total = await store.count_after(projection.start)
     runner = ProjectionRunner(store, read_models, projection)
-    runner.checkpoint = START
+    runner.checkpoint = projection.start
     last_report = 0.0
-    while runner.checkpoint < target and await runner.step():
+    while runner.checkpoint < target:
+        if not await runner.step():
+            await store.wait_for_events(runner.checkpoint, timeout=0.1)
         if progress is not None and time.monotonic() - last_report > 0.25:
             last_report = time.monotonic()  # counting is a query: not after every batch
             progress(total - await store.count_after(runner.checkpoint), total)
+    # Counted again: events held back when the rebuild began are in by now.
+    total = await store.count_after(projection.start) - await store.count_after(runner.checkpoint)
     if progress is not None:
         progress(total, total)
     return total
@@ -207,7 +212,7 @@ async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
     await projection.run_teardown(tx)
     await tx.delete_checkpoint(projection.name)
     await projection.run_setup(tx)
-    await tx.save_checkpoint(projection.name, projection.version, None, START, 0)
+    await tx.save_checkpoint(projection.name, projection.version, None, projection.start, 0)
 
 
 async def _rebuild_inline(
@@ -216,7 +221,7 @@ async def _rebuild_inline(
     async with store.exclusive_replay() as replay:
         tx = replay.read_model
         await _reset(tx, projection)
-        checkpoint = START
+        checkpoint = projection.start
         applied = 0
         while True:
             batch = await replay.read_all(checkpoint, projection.batch_size, projection.types)
@@ -227,5 +232,7 @@ async def _rebuild_inline(
             checkpoint = batch.checkpoint
             if progress is not None:
                 progress(applied, applied)
-        await tx.save_checkpoint(projection.name, projection.version, START, checkpoint, applied)
+        await tx.save_checkpoint(
+            projection.name, projection.version, projection.start, checkpoint, applied
+        )
     return applied

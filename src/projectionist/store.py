@@ -260,6 +260,11 @@ class EventStore(abc.ABC):
     async def head(self) -> Position:
         """The position of the last event readers can see (START for an empty store)."""
 
+    async def last_committed(self) -> Position:
+        """The last committed event, even if readers cannot see it yet (PostgreSQL: events
+        held back by an older open transaction). To catch up "to now", aim here and wait."""
+        return await self.head()
+
     async def wait_for_events(self, after: Position, timeout: float) -> bool:
         """Wait until an event after ``after`` is visible; False when ``timeout`` passed first.
 

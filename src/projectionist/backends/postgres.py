@@ -140,6 +140,10 @@ class PostgresEventStore(EventStore):
             f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < {_HORIZON} "
             "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
         )
+        self._sql_last_committed = (
+            f"SELECT e.tx_id, e.position FROM {q}.events e "
+            "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
+        )
         self._sql_head_held_back = f"""
             WITH horizon AS (SELECT {_HORIZON} AS xmin)
             SELECT h.tx_id, h.position, EXISTS (
@@ -569,6 +573,11 @@ class PostgresEventStore(EventStore):
     async def head(self) -> Position:
         async with self._connection("reading the head") as connection:
             row = await connection.fetchrow(self._sql_head)
+        return START if row is None else Position(row["tx_id"], row["position"])
+
+    async def last_committed(self) -> Position:
+        async with self._connection("reading the last committed event") as connection:
+            row = await connection.fetchrow(self._sql_last_committed)
         return START if row is None else Position(row["tx_id"], row["position"])
 
     async def _head_and_held_back(self) -> tuple[Position, bool]:
