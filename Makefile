@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test lint typecheck pytest bench bench-append services clean
+.PHONY: demo test bench bench-append bench-inline services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ test: $(VENV)/.installed-dev  ## lint, type-check and run every test (needs Post
 bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs a table lock
 	$(BIN)/python bench/append_concurrency.py
 
-bench: bench-append  ## every benchmark
+bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inline projection
+	$(BIN)/python bench/inline_latency.py
+
+bench: bench-append bench-inline  ## every benchmark
 
 services:  ## start local PostgreSQL if it is down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
