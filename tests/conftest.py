@@ -109,3 +109,9 @@ class StoreFactory:
 @pytest.fixture
 async def store(store_factory: StoreFactory) -> EventStore:
     return await store_factory.open()
+
+
+async def settle(store: EventStore) -> None:
+    """Wait until everything committed so far is visible to readers (PostgreSQL can hold
+    a just-committed append back for a moment while an older transaction finishes)."""
+    assert await store.wait_until_visible(await store.last_committed(), timeout=10)

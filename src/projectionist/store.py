@@ -271,12 +271,23 @@ class EventStore(abc.ABC):
         Backends wake this in-process or by notification; ``poll_interval`` bounds the wait
         when a wake-up cannot arrive (another process writing SQLite, a lost notification).
         """
+        return await self._wait_for_head(lambda head: head > after, timeout)
+
+    async def wait_until_visible(self, position: Position, timeout: float = 5.0) -> bool:
+        """Wait until readers can see ``position`` (e.g. what ``append`` returned).
+
+        On PostgreSQL an append can stay invisible for a moment after it returns, while an
+        older write transaction is still open (docs/global-order.md); elsewhere at once.
+        """
+        return await self._wait_for_head(lambda head: head >= position, timeout)
+
+    async def _wait_for_head(self, reached: Callable[[Position], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        held_back_pause = 0.005
+        held_back_pause = 0.0005
         while True:
             token = self._changes.token
             head, held_back = await self._head_and_held_back()
-            if head > after:
+            if reached(head):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:

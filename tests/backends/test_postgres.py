@@ -12,7 +12,7 @@ import pytest
 from projectionist import NewEvent, TransactionConflictError, create_store
 from projectionist.backends.postgres import PostgresEventStore
 from projectionist.migrations import latest_version, load_migrations
-from tests.conftest import PG_DSN, new_schema_name
+from tests.conftest import PG_DSN, new_schema_name, settle
 
 
 async def test_schemas_are_isolated(pg_schema: str) -> None:
@@ -70,6 +70,8 @@ async def test_events_of_an_open_transaction_hold_back_later_ones(pg_schema: str
             await transaction.commit()
         finally:
             await slow.close()
+        # Visible once no older transaction (e.g. the store's own NOTIFY) is still committing.
+        assert await store.wait_for_events(early.position, timeout=5)
         batch = await store.read_all()
         assert [e.type for e in batch.events] == ["Early", "Late"]
         assert batch.checkpoint == late.position == await store.head()
@@ -126,6 +128,7 @@ async def test_global_order_keeps_each_stream_in_version_order(pg_schema: str) -
         finally:
             await older.close()
         await store.append("s", [NewEvent("V", {"v": 2})])  # the retry succeeds
+        await settle(store)
         batch = await store.read_all()
         assert [(e.stream_id, e.version) for e in batch.events] == [("s", 1), ("s", 2)]
 
@@ -170,4 +173,5 @@ async def test_rolled_back_transaction_wakes_readers_of_what_it_held_back(pg_sch
         ended = time.monotonic()
         assert await asyncio.wait_for(waiting, 30) is True
         assert time.monotonic() - ended < 2
+        await settle(reader)
         assert [e.stream_id for e in (await reader.read_all()).events] == ["b"]

@@ -19,7 +19,7 @@ from projectionist import (
     NewEvent,
 )
 from projectionist.migrations import latest_version
-from tests.conftest import StoreFactory
+from tests.conftest import StoreFactory, settle
 
 
 def events(*types: str, **data: object) -> list[NewEvent]:
@@ -85,7 +85,7 @@ async def test_no_stream_expectation(store: EventStore) -> None:
 @pytest.mark.parametrize("expected", [0, 1, 3])
 async def test_wrong_exact_version_writes_nothing(store: EventStore, expected: int) -> None:
     await store.append("s", events("A", "B"))
-    head = await store.head()
+    head = await store.last_committed()
     with pytest.raises(ConcurrencyError) as caught:
         await store.append("s", events("X", "Y", "Z"), expected_version=expected)
     assert (caught.value.stream_id, caught.value.expected, caught.value.actual) == (
@@ -94,7 +94,7 @@ async def test_wrong_exact_version_writes_nothing(store: EventStore, expected: i
         2,
     )
     assert f"expected version {expected}" in str(caught.value)
-    assert await store.head() == head
+    assert await store.last_committed() == head
     assert [e.type for e in await store.read_stream("s")] == ["A", "B"]
 
 
@@ -136,6 +136,7 @@ async def test_concurrent_any_appends_to_one_stream_keep_versions_dense(
 async def test_read_all_pages_through_global_order(store: EventStore) -> None:
     for i in range(7):
         await store.append(f"s-{i % 3}", events("A", "B", "C"))
+    await settle(store)
     everything = await read_everything(store, limit=4)
     assert len(everything) == 21
     positions = [e.position for e in everything]  # type: ignore[attr-defined]
@@ -148,6 +149,7 @@ async def test_read_all_pages_through_global_order(store: EventStore) -> None:
 async def test_read_all_filters_types_and_moves_checkpoint_past_others(store: EventStore) -> None:
     await store.append("a", events("Wanted", "Other", "Other"))
     await store.append("b", events("Other", "Wanted", "Other"))
+    await settle(store)
     batch = await store.read_all(START, limit=10, types=["Wanted"])
     assert [(e.stream_id, e.type) for e in batch.events] == [("a", "Wanted"), ("b", "Wanted")]
     assert batch.checkpoint == await store.head()
@@ -227,7 +229,7 @@ async def test_follower_sees_each_committed_event_once_under_concurrent_appends(
             seen += [e.id for e in batch.events]
             checkpoint = batch.checkpoint
             if not batch.events:
-                if done.is_set() and checkpoint == await follower.head():
+                if done.is_set() and checkpoint >= await follower.last_committed():
                     return seen
                 await follower.wait_for_events(checkpoint, timeout=0.05)
 
@@ -237,3 +239,14 @@ async def test_follower_sees_each_committed_event_once_under_concurrent_appends(
     seen = await asyncio.wait_for(following, 60)
     assert len(seen) == len(set(seen)) == len(written) == 480
     assert set(seen) == set(written)
+
+
+async def test_appended_position_becomes_visible(store: EventStore) -> None:
+    result = await store.append("s", events("A", "B"))
+    assert await store.last_committed() == result.position
+    assert await store.wait_until_visible(result.position, timeout=10) is True
+    assert await store.head() == result.position
+    assert (
+        await store.wait_until_visible(Position(result.position.tx, result.position.seq + 1), 0.05)
+        is False
+    )

@@ -20,6 +20,7 @@ from projectionist import (
     RecordedEvent,
 )
 from projectionist.projection import Projection
+from tests.conftest import settle
 from tests.engine.projections import ledger, ledger_rows, money
 
 
@@ -132,6 +133,7 @@ async def test_wait_for_times_out_naming_the_lag(app_url: str) -> None:
     async with Application(app_url, [ledger()]) as app:
         await app.setup()
         result = await app.store.append("account-1", money(1, 6))
+        await settle(app.store)
         with pytest.raises(ProjectionTimeoutError) as caught:
             await app.wait_for("ledger", result.position, timeout=0.2)
         message = str(caught.value)
@@ -194,6 +196,7 @@ async def test_status_reports_each_projection(app_url: str) -> None:
     async with Application(app_url, [ledger(), ledger("inline_ledger", kind="inline")]) as app:
         await app.setup()
         await app.store.append("account-1", money(1, 5))
+        await settle(app.store)
         statuses = {s.name: s for s in await app.status()}
         assert statuses["ledger"].lag == 5 and statuses["ledger"].state == "behind"
         assert statuses["inline_ledger"].lag == 0 and statuses["inline_ledger"].kind == "inline"

@@ -19,6 +19,7 @@ from projectionist import (
     create_store,
     fold_stream,
 )
+from tests.conftest import settle
 from tests.engine.projections import ledger, ledger_rows, money
 
 
@@ -46,7 +47,7 @@ async def test_failing_inline_projection_rolls_back_the_append(app_url: str) -> 
     async with Application(app_url, [failing_inline()]) as app:
         await app.setup()
         await app.store.append("account-1", money(1, 3))
-        head = await app.store.head()
+        head = await app.store.last_committed()
         async with app.read_models.transaction() as tx:
             before = await ledger_rows(tx, "strict")
         with pytest.raises(HandlerError) as caught:
@@ -54,7 +55,7 @@ async def test_failing_inline_projection_rolls_back_the_append(app_url: str) -> 
                 "account-1", [NewEvent("Deposited", {"amount": 5}), NewEvent("Refused", {})]
             )
         assert isinstance(caught.value.__cause__, PermissionError)
-        assert await app.store.head() == head
+        assert await app.store.last_committed() == head
         assert len(await app.store.read_stream("account-1")) == 3
         async with app.read_models.transaction() as tx:
             assert await ledger_rows(tx, "strict") == before
@@ -96,6 +97,7 @@ async def test_live_projection_follows_new_events_only(app_url: str) -> None:
     async with Application(app_url, [], live=[counts], poll_interval=0.05) as app:
         await app.setup()
         await app.store.append("before", money(0, 10))  # history: not counted
+        await settle(app.store)
         running = asyncio.create_task(app.run())
         await asyncio.sleep(0.2)
         await app.store.append("after", [NewEvent("Deposited", {"amount": 1}) for _ in range(3)])

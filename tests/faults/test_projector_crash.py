@@ -235,8 +235,8 @@ async def spawn(url: str, *options: str) -> asyncio.subprocess.Process:
     )
 
 
-async def finish(process: asyncio.subprocess.Process, what: str) -> str:
-    """Wait for the child's end; fail with its stderr if it died of an error."""
+async def finish(process: asyncio.subprocess.Process, what: str) -> tuple[str, str]:
+    """Wait for the child's end and return its output; fail if it died of an error."""
     try:
         out, err = await asyncio.wait_for(process.communicate(), FINAL_TIMEOUT)
     except TimeoutError:
@@ -245,7 +245,7 @@ async def finish(process: asyncio.subprocess.Process, what: str) -> str:
         pytest.fail(f"{what} did not end within {FINAL_TIMEOUT}s")
     if process.returncode not in (0, -signal.SIGKILL):
         pytest.fail(f"{what} exited with {process.returncode}:\n{err.decode()}")
-    return out.decode()
+    return out.decode(), err.decode()
 
 
 async def wait_until_ready(process: asyncio.subprocess.Process) -> None:
@@ -358,8 +358,10 @@ async def test_sigkilled_projector_equals_clean_rebuild(crash_url: str) -> None:
 
         clock = time.monotonic()
         last = await spawn(crash_url)
-        out = await finish(last, "the last child")
-        assert last.returncode == 0 and out.split() == [READY, DONE, str(head)], out
+        out, err = await finish(last, "the last child")
+        assert last.returncode == 0 and out.split() == [READY, DONE, str(head)], (
+            f"the last child exited with {last.returncode}, printing {out!r} and {err!r}"
+        )
         timings["last child"] = time.monotonic() - clock
 
         checkpoint, processed = await position(app)

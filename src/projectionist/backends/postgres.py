@@ -66,6 +66,7 @@ _EVENT_COLUMNS = (
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
 )
 _APPEND_ATTEMPTS = 5
+_OWN_OBJECTS = ("events", "streams", "schema_migrations", "projection_checkpoints", "append_events")
 _CHECKPOINT_SELECT = "SELECT name, version, tx_id, position, events_processed, updated_at FROM"
 CHECKPOINTS_TABLE = """
     CREATE TABLE IF NOT EXISTS {{schema}}.projection_checkpoints (
@@ -163,7 +164,9 @@ class PostgresEventStore(EventStore):
             f"SELECT count(*) FROM {q}.events e WHERE (e.tx_id, e.position) > ($1, $2) "
             f"AND e.tx_id < {_HORIZON}"
         )
-        self._read_models = PostgresReadModelStore(lambda: self.pool, self._q)
+        self._read_models = PostgresReadModelStore(
+            lambda: self.pool, self._q, self._translate_errors
+        )
         self._sql_read_all = self._read_all_sql(filtered=False)
         self._sql_read_all_types = self._read_all_sql(filtered=True)
         self._sql_exclusive_read_all_types = self._read_all_sql(
@@ -278,6 +281,8 @@ class PostgresEventStore(EventStore):
         try:
             yield
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+            if not any(name in str(exc) for name in _OWN_OBJECTS):
+                raise BackendError(f"{doing} failed: {exc}") from exc
             raise SchemaError(
                 f"the event store schema {self.schema!r} is missing in {self.url}: "
                 "run 'projectionist schema apply' (or await store.apply_schema())"
@@ -683,23 +688,36 @@ class PostgresReadModelStore(ReadModelStore):
 
     dialect = "postgres"
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], quoted_schema: str) -> None:
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        quoted_schema: str,
+        translate_errors: Callable[[str], contextlib.AbstractContextManager[None]],
+    ) -> None:
         self._pool = pool
         self._q = quoted_schema
+        self._translate_errors = translate_errors
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
-        async with self._pool().acquire() as connection, connection.transaction():
-            yield PostgresReadModelTransaction(connection, self._q)
+        # Driver errors of the engine's own statements (checkpoints, a lost connection)
+        # become projectionist errors; a handler's failure arrives as a HandlerError already.
+        with self._translate_errors("projecting"):
+            async with self._pool().acquire() as connection, connection.transaction():
+                yield PostgresReadModelTransaction(connection, self._q)
 
     async def apply_schema(self) -> None:
-        async with self._pool().acquire() as connection:
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
-            await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
+        with self._translate_errors("creating the checkpoint table"):
+            async with self._pool().acquire() as connection:
+                await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
+                await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
-        async with self._pool().acquire() as connection:
-            rows = await connection.fetch(f"{_CHECKPOINT_SELECT} {self._q}.projection_checkpoints")
+        with self._translate_errors("reading checkpoints"):
+            async with self._pool().acquire() as connection:
+                rows = await connection.fetch(
+                    f"{_CHECKPOINT_SELECT} {self._q}.projection_checkpoints"
+                )
         return {row["name"]: _checkpoint_from_row(row) for row in rows}
 
 
