@@ -17,6 +17,7 @@ from projectionist import (
     EventStore,
     InvalidInputError,
     NewEvent,
+    Position,
 )
 from projectionist.migrations import latest_version
 from tests.conftest import StoreFactory, settle
