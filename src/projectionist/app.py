@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 from .errors import ConfigurationError, ProjectionTimeoutError
@@ -27,7 +26,7 @@ from .live import LiveProjection
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
-from .store import ChangeSignal, EventStore, InlineHook
+from .store import ChangeSignal, EventStore, InlineHook, OpenClose
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,7 @@ class ProjectionStatus:
         }
 
 
-class Application:
+class Application(OpenClose):
     """The store URL, the projections, and the operations on them."""
 
     def __init__(
@@ -95,18 +94,6 @@ class Application:
         self._hooks: list[InlineHook] = []
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Application:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self, url: str | None = None) -> None:
         """Open the store (``url`` overrides the application's) and register inline hooks."""

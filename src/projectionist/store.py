@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 from .errors import InvalidInputError
 from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
@@ -168,7 +169,29 @@ class ExclusiveReplay(abc.ABC):
         """Like EventStore.read_all, inside this transaction."""
 
 
-class EventStore(abc.ABC):
+class OpenClose:
+    """``async with thing:`` opens it and closes it, for classes with open() and close()."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class EventStore(OpenClose, abc.ABC):
     """An append-only store of events in streams, with one gap-free global order.
 
     Use it as an async context manager, or call ``open()`` and ``close()``.
@@ -180,18 +203,6 @@ class EventStore(abc.ABC):
     def __init__(self) -> None:
         self._changes = ChangeSignal()
         self.inline_hooks: list[InlineHook] = []
-
-    async def __aenter__(self) -> EventStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def add_inline_hook(self, hook: InlineHook) -> None:
         """Run ``hook`` inside every append's transaction; if it raises, the append rolls back."""
