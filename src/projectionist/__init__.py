@@ -19,6 +19,7 @@ from .factory import create_store
 from .live import Evolver, LiveProjection, fold_stream
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
+from .state import DELETE, State, StateProjection
 from .store import (
     ANY,
     NO_STREAM,
@@ -31,6 +32,7 @@ from .store import (
 
 __all__ = [
     "ANY",
+    "DELETE",
     "NO_STREAM",
     "START",
     "AppendResult",
@@ -58,6 +60,8 @@ __all__ = [
     "ReadModelTransaction",
     "RecordedEvent",
     "SchemaError",
+    "State",
+    "StateProjection",
     "StoreUnavailableError",
     "StreamState",
     "TransactionConflictError",

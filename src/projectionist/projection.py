@@ -168,10 +168,10 @@ class Projection:
         except HandlerError:
             raise
         except Exception as exc:  # the handler's own error or its SQL's, kept as the cause
-            raise HandlerError(self.name, event, _failure(self.name, event, exc)) from exc
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
 
 
-def _failure(name: str, event: RecordedEvent, exc: BaseException) -> str:
+def failure(name: str, event: RecordedEvent, exc: BaseException) -> str:
     return (
         f"projection {name!r} failed on {event.type} (stream {event.stream_id!r} version "
         f"{event.version}, position {event.position}): {type(exc).__name__}: {exc}"

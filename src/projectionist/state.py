@@ -1,0 +1,234 @@
+"""State projections: one row (or JSON document) per key, folded per batch, written set-based.
+
+The most common read model is "the current state of each order / customer / day". Declare
+the key of each event, an initial state and pure evolve functions; the engine then, per
+batch: loads the current state of every key the batch touches in one query, folds the
+batch's events in memory in order, and writes only each touched key's final state in one
+set-based statement (PostgreSQL: COPY into a temporary table, then one
+``INSERT ... ON CONFLICT DO UPDATE``), deletes included, in the transaction that also moves
+the checkpoint.
+
+    orders = StateProjection(
+        "order_totals", table="order_totals", key_column="order_id",
+        columns={"status": "TEXT", "total": "DOUBLE PRECISION"},
+        initial=lambda: {"status": "open", "total": 0.0},
+    )
+
+    @orders.evolve("ItemAdded")
+    def item_added(state: State, event: RecordedEvent) -> State:
+        return {**state, "total": state["total"] + event.data["price"]}
+
+Without ``columns`` each key's state is one JSON document (``jsonb`` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import orjson
+
+from .errors import ConfigurationError, HandlerError
+from .events import RecordedEvent
+from .identifiers import quote_identifier, validate_identifier
+from .projection import Kind, Projection, failure
+from .readmodel import ReadModelTransaction
+
+State = dict[str, Any]
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE: Final = _Delete()
+"""Return this from an evolve function to delete the key's row."""
+
+Evolve = Callable[[State, RecordedEvent], "State | _Delete"]
+KeyOf = Callable[[RecordedEvent], str]
+_SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
+
+
+class StateProjection(Projection):
+    """A projection of one state per key; see the module documentation."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        table: str,
+        initial: Callable[[], State],
+        key: str | KeyOf = "stream_id",
+        key_column: str = "key",
+        columns: dict[str, str] | None = None,
+        version: int = 1,
+        batch_size: int = 5000,
+        kind: Kind | str = Kind.ASYNC,
+    ) -> None:
+        super().__init__(name, version=version, kind=kind, tables=[table], batch_size=batch_size)
+        self.table = table
+        self.key_column = validate_identifier(key_column, "key column")
+        self.columns = dict(columns) if columns is not None else None
+        for column, sql_type in (self.columns or {}).items():
+            validate_identifier(column, "column name")
+            if column == key_column or not _SQL_TYPE.fullmatch(sql_type):
+                raise ConfigurationError(f"projection {name!r}: bad column {column} {sql_type!r}")
+        self.initial = initial
+        self.key_of = _key_function(key)
+        self._evolvers: dict[str, Evolve] = {}
+        self.setup(self._create_table)
+
+    def evolve(self, *types: str) -> Callable[[Evolve], Evolve]:
+        """Register a pure ``evolve(state, event) -> new state | DELETE`` for ``types``."""
+
+        def register(function: Evolve) -> Evolve:
+            for type_ in types:
+                self._evolvers[type_] = function
+
+            async def unused(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+                raise AssertionError("state projections fold whole batches")
+
+            self.on(*types)(unused)  # declares the types, so only they are read
+            return function
+
+        return register
+
+    async def apply(self, events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> None:
+        evolvers = self._evolvers
+        handled = [event for event in events if event.type in evolvers]
+        if not handled:
+            return
+        keyed = [(self._key(event), event) for event in handled]
+        keys = list(dict.fromkeys(key for key, _ in keyed))
+        states: dict[str, State | _Delete] = dict(await self._load(tx, keys))
+        for key, event in keyed:
+            state = states.get(key)
+            if state is None or isinstance(state, _Delete):
+                state = self.initial()
+            try:
+                states[key] = evolvers[event.type](state, event)
+            except Exception as exc:
+                raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+        await self._write(tx, {key: states[key] for key in keys})
+
+    def _key(self, event: RecordedEvent) -> str:
+        try:
+            return self.key_of(event)
+        except Exception as exc:
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def _value_columns(self) -> list[str]:
+        return list(self.columns) if self.columns is not None else ["state"]
+
+    async def _create_table(self, tx: ReadModelTransaction) -> None:
+        if self.columns is None:
+            document = "JSONB" if tx.dialect == "postgres" else "TEXT"
+            definitions = [f"state {document} NOT NULL"]
+        else:
+            definitions = [f"{quote_identifier(c)} {t}" for c, t in self.columns.items()]
+        await tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)} "
+            f"({quote_identifier(self.key_column)} TEXT PRIMARY KEY, {', '.join(definitions)})"
+        )
+
+    async def _load(self, tx: ReadModelTransaction, keys: list[str]) -> dict[str, State]:
+        table, key = quote_identifier(self.table), quote_identifier(self.key_column)
+        values = self._value_columns()
+        selected = ", ".join(
+            "state::text" if self.columns is None and tx.dialect == "postgres" else
+            quote_identifier(column) for column in values
+        )  # fmt: skip
+        if tx.dialect == "postgres":
+            where = f"{key} = ANY($1::text[])"
+            argument: object = keys
+        else:
+            where = f"{key} IN (SELECT value FROM json_each($1))"
+            argument = orjson.dumps(keys).decode()
+        rows = await tx.fetch(f"SELECT {key}, {selected} FROM {table} WHERE {where}", argument)
+        if self.columns is None:
+            return {row[0]: orjson.loads(row[1]) for row in rows}
+        return {row[0]: dict(zip(values, row[1:], strict=True)) for row in rows}
+
+    async def _write(self, tx: ReadModelTransaction, states: dict[str, State | _Delete]) -> None:
+        deleted = [key for key, state in states.items() if state is DELETE]
+        rows = [
+            (key, *self._row_values(state))
+            for key, state in states.items()
+            if not isinstance(state, _Delete)
+        ]
+        table, key = quote_identifier(self.table), quote_identifier(self.key_column)
+        columns = [quote_identifier(c) for c in self._value_columns()]
+        if deleted:
+            if tx.dialect == "postgres":
+                await tx.execute(f"DELETE FROM {table} WHERE {key} = ANY($1::text[])", deleted)
+            else:
+                await tx.execute(
+                    f"DELETE FROM {table} WHERE {key} IN (SELECT value FROM json_each($1))",
+                    orjson.dumps(deleted).decode(),
+                )
+        if not rows:
+            return
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+        if tx.dialect == "postgres":
+            await self._copy_upsert(tx, rows, table, key, columns, updates)
+        else:
+            marks = ", ".join(f"${n}" for n in range(1, len(columns) + 2))
+            await tx.executemany(
+                f"INSERT INTO {table} ({key}, {', '.join(columns)}) VALUES ({marks}) "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+                rows,
+            )
+
+    async def _copy_upsert(
+        self,
+        tx: ReadModelTransaction,
+        rows: list[tuple[Any, ...]],
+        table: str,
+        key: str,
+        columns: list[str],
+        updates: str,
+    ) -> None:
+        # COPY into a per-connection staging table, then one upsert: the fastest set-based
+        # write PostgreSQL offers. The staging table empties itself at commit.
+        stage = f"pj_stage_{self.table}"
+        await tx.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote_identifier(stage)} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await tx.connection.copy_records_to_table(stage, records=rows, schema_name=None)
+        names = f"{key}, {', '.join(columns)}"
+        await tx.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {quote_identifier(stage)} "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        )
+
+    def _row_values(self, state: State) -> list[Any]:
+        if self.columns is None:
+            return [orjson.dumps(state).decode()]
+        try:
+            return [state[column] for column in self.columns]
+        except KeyError as exc:
+            raise ConfigurationError(
+                f"projection {self.name!r}: state lacks column {exc.args[0]!r}: {state!r}"
+            ) from None
+
+
+def _key_function(key: str | KeyOf) -> KeyOf:
+    if callable(key):
+        return key
+    if key == "stream_id":
+        return _stream_key
+    field = key
+
+    def data_key(event: RecordedEvent) -> str:
+        return str(event.data[field])
+
+    return data_key
+
+
+def _stream_key(event: RecordedEvent) -> str:
+    return event.stream_id
