@@ -19,7 +19,7 @@ from .factory import create_store
 from .live import Evolver, LiveProjection, fold_stream
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
-from .state import DELETE, State, StateProjection
+from .state import DELETE, Evolved, State, StateProjection
 from .store import (
     ANY,
     NO_STREAM,
@@ -43,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "EventBatch",
     "EventStore",
+    "Evolved",
     "Evolver",
     "ExpectedVersion",
     "HandlerError",

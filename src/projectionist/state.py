@@ -46,7 +46,9 @@ class _Delete:
 DELETE: Final = _Delete()
 """Return this from an evolve function to delete the key's row."""
 
-Evolve = Callable[[State, RecordedEvent], "State | _Delete"]
+Evolved = State | _Delete
+"""What an evolve function returns: the new state, or DELETE."""
+Evolve = Callable[[State, RecordedEvent], Evolved]
 KeyOf = Callable[[RecordedEvent], str]
 _SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from projectionist import Application, HandlerError, NewEvent, RecordedEvent
-from projectionist.state import DELETE, State, StateProjection
+from projectionist.state import DELETE, Evolved, State, StateProjection
 from tests.conftest import settle
 
 
@@ -32,7 +32,7 @@ def order_totals(batch_size: int = 5000) -> StateProjection:
         return {**state, "status": "shipped"}
 
     @projection.evolve("Cancelled")
-    def cancelled(state: State, event: RecordedEvent) -> object:
+    def cancelled(state: State, event: RecordedEvent) -> Evolved:
         return DELETE
 
     return projection
@@ -72,7 +72,7 @@ def history() -> list[tuple[str, list[NewEvent]]]:
 
 
 def expected_totals() -> list[tuple[object, ...]]:
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for n in range(30):
         if n % 10 == 7:
             continue
