@@ -14,13 +14,13 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .errors import ProjectionVersionError
 from .events import Position
 from .projection import Kind, Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
-from .store import ChangeSignal, EventStore
+from .store import ChangeSignal, EventBatch, EventStore
 
 logger = logging.getLogger("projectionist.runner")
 
@@ -55,6 +55,7 @@ class ProjectionRunner:
         self.progress = progress or ChangeSignal()
         """Notified after every committed batch (``wait_for`` in this process listens)."""
         self._stop = asyncio.Event()
+        self._prefetch: tuple[Position, asyncio.Future[EventBatch]] | None = None
 
     async def prepare(self) -> Position:
         """Create the read model and checkpoint when missing; return the checkpoint."""
@@ -68,11 +69,12 @@ class ProjectionRunner:
             await self.prepare()
         assert self.checkpoint is not None
         projection = self.projection
-        batch = await self.store.read_all(
-            self.checkpoint, limit=self.batch_size, types=projection.types
-        )
+        batch = await self._read_from(self.checkpoint)
         if batch.checkpoint == self.checkpoint:
             return False
+        if len(batch.events) == self.batch_size:
+            # More history follows: read the next batch while this one is applied.
+            self._prefetch = (batch.checkpoint, asyncio.ensure_future(self._read(batch.checkpoint)))
         try:
             async with self.read_models.transaction() as tx:
                 # Lock the checkpoint before applying: a second runner waits here and then
@@ -88,7 +90,10 @@ class ProjectionRunner:
                     batch.checkpoint,
                     len(batch.events),
                 )
-        except CheckpointConflictError:
+        except BaseException as exc:
+            await self.discard_prefetch()
+            if not isinstance(exc, CheckpointConflictError):
+                raise
             # Someone else (a rebuild, a second runner) moved it: continue from theirs.
             logger.warning(
                 "checkpoint moved by another runner; reloading",
@@ -102,6 +107,26 @@ class ProjectionRunner:
         )
         self.progress.notify()
         return True
+
+    def _read(self, after: Position) -> Awaitable[EventBatch]:
+        return self.store.read_all(after, limit=self.batch_size, types=self.projection.types)
+
+    async def _read_from(self, after: Position) -> EventBatch:
+        """The batch after ``after``: the prefetched one when it matches, else a fresh read."""
+        if self._prefetch is not None and self._prefetch[0] == after:
+            task = self._prefetch[1]
+            self._prefetch = None
+            return await task
+        await self.discard_prefetch()
+        return await self._read(after)
+
+    async def discard_prefetch(self) -> None:
+        if self._prefetch is not None:
+            task = self._prefetch[1]
+            self._prefetch = None
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     async def run(self) -> None:
         """Catch up, then follow live events, until ``stop()``; the current batch finishes."""
@@ -120,6 +145,7 @@ class ProjectionRunner:
                     assert self.checkpoint is not None
                     await sleep_until_new_events(self.store, self.checkpoint, self._stop)
         finally:
+            await self.discard_prefetch()
             self.state = RunnerState.STOPPED
             logger.info(
                 "projection stopped at %s",
@@ -137,6 +163,7 @@ class ProjectionRunner:
                 if not await self.step():  # committed, not yet visible: wait for it
                     await self.store.wait_for_events(self.checkpoint, timeout=0.1)
         finally:
+            await self.discard_prefetch()
             self.state = RunnerState.STOPPED
 
     def stop(self) -> None:
@@ -195,12 +222,15 @@ async def rebuild(
     runner = ProjectionRunner(store, read_models, projection)
     runner.checkpoint = projection.start
     last_report = 0.0
-    while runner.checkpoint < target:
-        if not await runner.step():
-            await store.wait_for_events(runner.checkpoint, timeout=0.1)
-        if progress is not None and time.monotonic() - last_report > 0.25:
-            last_report = time.monotonic()  # counting is a query: not after every batch
-            progress(total - await store.count_after(runner.checkpoint), total)
+    try:
+        while runner.checkpoint < target:
+            if not await runner.step():
+                await store.wait_for_events(runner.checkpoint, timeout=0.1)
+            if progress is not None and time.monotonic() - last_report > 0.25:
+                last_report = time.monotonic()  # counting is a query: not after every batch
+                progress(total - await store.count_after(runner.checkpoint), total)
+    finally:
+        await runner.discard_prefetch()
     # Counted again: events held back when the rebuild began are in by now.
     total = await store.count_after(projection.start) - await store.count_after(runner.checkpoint)
     if progress is not None:
