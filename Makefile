@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test bench bench-append bench-inline services clean
+.PHONY: demo test bench bench-projections bench-append bench-inline services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,10 @@ bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs
 bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inline projection
 	$(BIN)/python bench/inline_latency.py
 
-bench: bench-append bench-inline  ## every benchmark
+bench-projections: $(VENV)/.installed-dev  ## the projection suite on EVENTS events (default 1,000,000)
+	$(BIN)/python bench/projections.py --events $(EVENTS)
+
+bench: bench-projections bench-append bench-inline  ## every benchmark
 
 services:  ## start local PostgreSQL if it is down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

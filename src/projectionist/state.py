@@ -18,7 +18,8 @@ the checkpoint.
     def item_added(state: State, event: RecordedEvent) -> State:
         return {**state, "total": state["total"] + event.data["price"]}
 
-Without ``columns`` each key's state is one JSON document (``jsonb`` on PostgreSQL).
+Without ``columns`` each key's state is one JSON document (``jsonb`` on PostgreSQL). A column
+of type ``"JSON"`` holds any JSON value (lists, nested dicts) the same way.
 """
 
 from __future__ import annotations
@@ -124,14 +125,20 @@ class StateProjection(Projection):
     # -- storage ---------------------------------------------------------------------------
 
     def _value_columns(self) -> list[str]:
-        return list(self.columns) if self.columns is not None else ["state"]
+        return list(self._column_types())
+
+    def _column_types(self) -> dict[str, str]:
+        return self.columns if self.columns is not None else {"state": "JSON"}
+
+    def _json_columns(self) -> set[str]:
+        return {c for c, t in self._column_types().items() if t.upper() == "JSON"}
 
     async def _create_table(self, tx: ReadModelTransaction) -> None:
-        if self.columns is None:
-            document = "JSONB" if tx.dialect == "postgres" else "TEXT"
-            definitions = [f"state {document} NOT NULL"]
-        else:
-            definitions = [f"{quote_identifier(c)} {t}" for c, t in self.columns.items()]
+        document = "JSONB" if tx.dialect == "postgres" else "TEXT"
+        definitions = [
+            f"{quote_identifier(c)} {document if t.upper() == 'JSON' else t}"
+            for c, t in self._column_types().items()
+        ]
         await tx.execute(
             f"CREATE TABLE IF NOT EXISTS {quote_identifier(self.table)} "
             f"({quote_identifier(self.key_column)} TEXT PRIMARY KEY, {', '.join(definitions)})"
@@ -140,10 +147,11 @@ class StateProjection(Projection):
     async def _load(self, tx: ReadModelTransaction, keys: list[str]) -> dict[str, State]:
         table, key = quote_identifier(self.table), quote_identifier(self.key_column)
         values = self._value_columns()
+        json_columns = self._json_columns()
+        cast = "::text" if tx.dialect == "postgres" else ""
         selected = ", ".join(
-            "state::text" if self.columns is None and tx.dialect == "postgres" else
-            quote_identifier(column) for column in values
-        )  # fmt: skip
+            quote_identifier(column) + (cast if column in json_columns else "") for column in values
+        )
         if tx.dialect == "postgres":
             where = f"{key} = ANY($1::text[])"
             argument: object = keys
@@ -153,7 +161,14 @@ class StateProjection(Projection):
         rows = await tx.fetch(f"SELECT {key}, {selected} FROM {table} WHERE {where}", argument)
         if self.columns is None:
             return {row[0]: orjson.loads(row[1]) for row in rows}
-        return {row[0]: dict(zip(values, row[1:], strict=True)) for row in rows}
+        decoded = [column in json_columns for column in values]
+        return {
+            row[0]: {
+                column: orjson.loads(value) if is_json else value
+                for column, value, is_json in zip(values, row[1:], decoded, strict=True)
+            }
+            for row in rows
+        }
 
     async def _write(self, tx: ReadModelTransaction, states: dict[str, State | _Delete]) -> None:
         deleted = [key for key, state in states.items() if state is DELETE]
@@ -211,8 +226,12 @@ class StateProjection(Projection):
     def _row_values(self, state: State) -> list[Any]:
         if self.columns is None:
             return [orjson.dumps(state).decode()]
+        json_columns = self._json_columns()
         try:
-            return [state[column] for column in self.columns]
+            return [
+                orjson.dumps(state[column]).decode() if column in json_columns else state[column]
+                for column in self.columns
+            ]
         except KeyError as exc:
             raise ConfigurationError(
                 f"projection {self.name!r}: state lacks column {exc.args[0]!r}: {state!r}"
