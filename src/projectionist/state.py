@@ -51,6 +51,7 @@ Evolved = State | _Delete
 """What an evolve function returns: the new state, or DELETE."""
 Evolve = Callable[[State, RecordedEvent], Evolved]
 KeyOf = Callable[[RecordedEvent], str]
+_COPY_THRESHOLD = 100
 _SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
 
 
@@ -190,9 +191,9 @@ class StateProjection(Projection):
         if not rows:
             return
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
-        if tx.dialect == "postgres":
+        if tx.dialect == "postgres" and len(rows) >= _COPY_THRESHOLD:
             await self._copy_upsert(tx, rows, table, key, columns, updates)
-        else:
+        else:  # few rows (a live batch): one pipelined upsert beats three COPY round trips
             marks = ", ".join(f"${n}" for n in range(1, len(columns) + 2))
             await tx.executemany(
                 f"INSERT INTO {table} ({key}, {', '.join(columns)}) VALUES ({marks}) "

@@ -134,6 +134,11 @@ class PostgresEventStore(EventStore):
         self._background: list[asyncio.Task[None]] = []
         self._notify_requested = asyncio.Event()
         self.channel = f"projectionist_{self.schema}"
+        # The channel is built from a validated identifier, so it is safe as a literal.
+        self._sql_notify = (
+            "BEGIN; SET LOCAL synchronous_commit = off; "
+            f"SELECT pg_notify('{self.channel}', ''); COMMIT"
+        )
         q = quote_identifier(self.schema)
         self._q = q
         self._sql_append = f"SELECT * FROM {q}.append_events($1, $2, $3, $4, $5, $6)"
@@ -420,7 +425,9 @@ class PostgresEventStore(EventStore):
             self._notify_requested.clear()
             try:
                 async with self.pool.acquire() as connection:
-                    await connection.execute("SELECT pg_notify($1, '')", self.channel)
+                    # One round trip, and no wait for a WAL flush: a NOTIFY is delivered at
+                    # commit, and its (short) transaction holds readers back until then.
+                    await connection.execute(self._sql_notify)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - readers still poll
@@ -703,8 +710,20 @@ class PostgresReadModelStore(ReadModelStore):
         # Driver errors of the engine's own statements (checkpoints, a lost connection)
         # become projectionist errors; a handler's failure arrives as a HandlerError already.
         with self._translate_errors("projecting"):
-            async with self._pool().acquire() as connection, connection.transaction():
-                yield PostgresReadModelTransaction(connection, self._q)
+            async with self._pool().acquire() as connection:
+                # Commit without waiting for the WAL flush: a server crash can lose the last
+                # read-model commits, but rows and checkpoint together, so the projection
+                # re-applies those batches; it never double-applies or skips. Appends (and
+                # inline projections, in the append's transaction) stay fully durable.
+                await connection.execute("BEGIN; SET LOCAL synchronous_commit = off")
+                try:
+                    yield PostgresReadModelTransaction(connection, self._q)
+                except BaseException:
+                    # A dead connection cannot roll back; the pool discards it anyway.
+                    with contextlib.suppress(Exception):
+                        await connection.execute("ROLLBACK")
+                    raise
+                await connection.execute("COMMIT")
 
     async def apply_schema(self) -> None:
         with self._translate_errors("creating the checkpoint table"):
