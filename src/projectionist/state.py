@@ -225,12 +225,15 @@ class StateProjection(Projection):
         )
 
     def _row_values(self, state: State) -> list[Any]:
+        # Sorted keys: one state is always one text, however it was reached.
         if self.columns is None:
-            return [orjson.dumps(state).decode()]
+            return [orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()]
         json_columns = self._json_columns()
         try:
             return [
-                orjson.dumps(state[column]).decode() if column in json_columns else state[column]
+                orjson.dumps(state[column], option=orjson.OPT_SORT_KEYS).decode()
+                if column in json_columns
+                else state[column]
                 for column in self.columns
             ]
         except KeyError as exc:

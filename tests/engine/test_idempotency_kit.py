@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from examples.shop.history import generate_orders
 from examples.shop.projections import (
+    ORDER_STATUS,
     customer_activity,
     daily_sales,
     order_summaries,
@@ -30,6 +31,67 @@ HISTORY = [(append.stream_id, append.events) for append in generate_orders(60)]
 async def test_shop_projections_are_safe_to_replay(projection: Projection, query: str) -> None:
     rows = await assert_idempotent(projection, HISTORY, query)
     assert rows, "the projection produced a read model"
+
+
+async def test_the_state_projections_agree_with_the_history() -> None:
+    # What the shop's state projections must hold, worked out from the events directly (every
+    # order event names its order in its data).
+    events = [event for _, appended in HISTORY for event in appended]
+    created = {e.data["order_id"]: e.data for e in events if e.type == "OrderCreated"}
+    status = dict.fromkeys(created, "open")
+    lines: dict[str, dict[str, tuple[int, float]]] = {order_id: {} for order_id in created}
+    for event in events:
+        if event.type == "ItemAdded":
+            line = (event.data["quantity"], event.data["quantity"] * event.data["unit_price"])
+            lines[event.data["order_id"]][event.data["sku"]] = line
+        elif event.type == "ItemRemoved":
+            del lines[event.data["order_id"]][event.data["sku"]]
+        elif event.type in ORDER_STATUS:
+            status[event.data["order_id"]] = ORDER_STATUS[event.type]
+    assert "ItemRemoved" in {event.type for event in events}
+
+    summaries = await assert_idempotent(
+        order_summaries,
+        HISTORY,
+        "SELECT order_id, customer_id, day, status, items, total FROM order_summary "
+        "ORDER BY order_id",
+    )
+    assert summaries == [
+        (
+            order_id,
+            created[order_id]["customer_id"],
+            created[order_id]["day"],
+            status[order_id],
+            sum(quantity for quantity, _ in lines[order_id].values()),
+            pytest.approx(sum(amount for _, amount in lines[order_id].values())),
+        )
+        for order_id in sorted(created)
+    ]
+
+    registered = {e.data["customer_id"]: e.data for e in events if e.type == "CustomerRegistered"}
+    days = {
+        customer: sorted(
+            order["day"] for order in created.values() if order["customer_id"] == customer
+        )
+        for customer in registered
+    }
+    activity = await project(
+        customer_activity,
+        HISTORY,
+        "SELECT customer_id, name, country, orders, first_order_day, last_order_day "
+        "FROM customers ORDER BY customer_id",
+    )
+    assert activity == [
+        (
+            customer,
+            registered[customer]["name"],
+            registered[customer]["country"],
+            len(days[customer]),
+            days[customer][0] if days[customer] else None,
+            days[customer][-1] if days[customer] else None,
+        )
+        for customer in sorted(registered)
+    ]
 
 
 async def test_a_counting_projection_is_caught() -> None:
