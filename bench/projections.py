@@ -59,7 +59,7 @@ async def load_history(schema: str, events: int) -> int:
         rows: list[tuple[Any, ...]] = []
         written = 0
         async with store.pool.acquire() as connection:
-            for append in generate_orders(orders=max(events // 6, 1), seed=11):
+            for append in generate_orders(orders=max(events // 5, 1), seed=11):
                 for event in append.events:
                     version = versions[append.stream_id] = versions.get(append.stream_id, 0) + 1
                     rows.append((event.id, append.stream_id, version, event.type,

@@ -30,7 +30,7 @@ from .errors import ConfigurationError, HandlerError
 from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
 from .readmodel import ReadModelTransaction
-from .store import validate_batch_size
+from .store import validate_batch_size, validate_max_bytes
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
 BatchHandler = Callable[[Sequence[RecordedEvent], ReadModelTransaction], Awaitable[None]]
@@ -58,6 +58,7 @@ class Projection:
         kind: Kind | str = Kind.ASYNC,
         tables: Iterable[str] = (),
         batch_size: int = 1000,
+        max_batch_bytes: int = 16 * 1024 * 1024,
         start: Position = START,
     ) -> None:
         self.name = validate_identifier(name, "projection name")
@@ -72,6 +73,8 @@ class Projection:
         self.version = version
         self.tables = tuple(validate_identifier(t, "table name") for t in tables)
         self.batch_size = validate_batch_size(batch_size)
+        self.max_batch_bytes = validate_max_bytes(max_batch_bytes)
+        """A batch also ends once its events' stored payload reaches this many bytes."""
         if not isinstance(start, Position):
             raise ConfigurationError(f"projection {name!r}: start must be a Position")
         self.start = start

@@ -109,7 +109,12 @@ class ProjectionRunner:
         return True
 
     def _read(self, after: Position) -> Awaitable[EventBatch]:
-        return self.store.read_all(after, limit=self.batch_size, types=self.projection.types)
+        return self.store.read_all(
+            after,
+            limit=self.batch_size,
+            types=self.projection.types,
+            max_bytes=self.projection.max_batch_bytes,
+        )
 
     async def _read_from(self, after: Position) -> EventBatch:
         """The batch after ``after``: the prefetched one when it matches, else a fresh read."""

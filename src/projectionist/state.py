@@ -69,9 +69,17 @@ class StateProjection(Projection):
         columns: dict[str, str] | None = None,
         version: int = 1,
         batch_size: int = 5000,
+        max_batch_bytes: int = 16 * 1024 * 1024,
         kind: Kind | str = Kind.ASYNC,
     ) -> None:
-        super().__init__(name, version=version, kind=kind, tables=[table], batch_size=batch_size)
+        super().__init__(
+            name,
+            version=version,
+            kind=kind,
+            tables=[table],
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+        )
         self.table = table
         self.key_column = validate_identifier(key_column, "key column")
         self.columns = dict(columns) if columns is not None else None

@@ -88,6 +88,15 @@ def validate_batch_size(limit: object) -> int:
     return limit
 
 
+def validate_max_bytes(max_bytes: object) -> int:
+    """``None`` (no byte bound) or a positive size; returns the bound to use."""
+    if max_bytes is None:
+        return 2**62
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InvalidInputError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
+    return max_bytes
+
+
 def validate_types(types: Collection[str] | None) -> list[str] | None:
     if types is None:
         return None
@@ -260,8 +269,13 @@ class EventStore(OpenClose, abc.ABC):
         after: Position = START,
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
+        max_bytes: int | None = None,
     ) -> EventBatch:
         """At most ``limit`` events after ``after`` in global order, only of ``types`` if given.
+
+        With ``max_bytes`` the page also ends once its events' stored data and metadata reach
+        that size (it always holds at least one event), so memory stays bounded whatever
+        the events weigh.
 
         An event is returned only once every event before it in the global order is visible:
         a reader that continues from ``batch.checkpoint`` never skips or repeats an event.

@@ -104,10 +104,17 @@ async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
             await store.append(f"s{i}", [NewEvent(f"T{n % 5}", {"n": n}) for n in range(500)])
         async with store.pool.acquire() as connection:
             await connection.execute(f'ANALYZE "{pg_schema}".events')
-            rows = await connection.fetch(f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, ["T1"])
+            rows = await connection.fetch(
+                f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, 2**62, ["T1"]
+            )
         plan = "\n".join(row[0] for row in rows)
         assert "events_global_order" in plan, plan
         assert "Seq Scan" not in plan, plan
+        # The wake-up check runs on every notification: it must stay an index lookup.
+        async with store.pool.acquire() as connection:
+            for sql in (store._sql_head, store._sql_head_held_back, store._sql_last_committed):
+                plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {sql}"))
+                assert "Seq Scan" not in plan, plan
 
 
 async def test_global_order_keeps_each_stream_in_version_order(pg_schema: str) -> None:

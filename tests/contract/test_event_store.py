@@ -251,3 +251,26 @@ async def test_appended_position_becomes_visible(store: EventStore) -> None:
         await store.wait_until_visible(Position(result.position.tx, result.position.seq + 1), 0.05)
         is False
     )
+
+
+async def test_read_all_is_bounded_by_bytes(store: EventStore) -> None:
+    big = "x" * 1000
+    await store.append("s", [NewEvent("Big", {"blob": big, "n": n}) for n in range(20)])
+    await store.append("s", [NewEvent("Small", {"n": n}) for n in range(5)])
+    await settle(store)
+    first = await store.read_all(START, limit=100, max_bytes=3500)
+    assert 3 <= len(first.events) <= 5, "about 3.5 KB of 1 KB events, at least one"
+    assert first.checkpoint == first.events[-1].position, "a cut page must not skip ahead"
+    one = await store.read_all(START, limit=100, max_bytes=1)
+    assert len(one.events) == 1 and one.checkpoint == one.events[0].position
+    seen, checkpoint = [], START
+    while True:
+        batch = await store.read_all(checkpoint, limit=100, max_bytes=2500, types=["Big"])
+        if not batch.events:
+            break
+        assert len(batch.events) <= 3
+        seen += [e.data["n"] for e in batch.events]
+        checkpoint = batch.checkpoint
+    assert seen == list(range(20)) and checkpoint == await store.head()
+    with pytest.raises(InvalidInputError, match="max_bytes must be a positive integer"):
+        await store.read_all(START, max_bytes=0)

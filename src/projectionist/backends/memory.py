@@ -22,6 +22,7 @@ from ..store import (
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
+    validate_max_bytes,
     validate_types,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
@@ -41,6 +42,7 @@ class MemoryEventStore(EventStore):
         super().__init__()
         self.url = url
         self._events: list[RecordedEvent] = []
+        self._sizes: list[int] = []  # encoded data + metadata per event, for max_bytes
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: set[object] = set()
         self._append_lock = asyncio.Lock()
@@ -89,6 +91,7 @@ class MemoryEventStore(EventStore):
                     for hook in self.inline_hooks:
                         await hook(read_model, recorded)
             self._events.extend(recorded)
+            self._sizes.extend(len(e.data) + len(e.metadata) for e in encoded)
             self._streams[stream_id] = self._streams.get(stream_id, []) + list(recorded)
             self._ids.update(event.id for event in recorded)
         self._changes.notify()
@@ -137,24 +140,32 @@ class MemoryEventStore(EventStore):
         after: Position = START,
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
+        max_bytes: int | None = None,
     ) -> EventBatch:
-        return self._read_all(after, limit, types)
+        return self._read_all(after, limit, types, max_bytes)
 
-    def _read_all(self, after: Position, limit: int, types: Collection[str] | None) -> EventBatch:
+    def _read_all(
+        self,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None,
+        max_bytes: int | None = None,
+    ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
-        if wanted is None:
-            page = self._events[after.seq : after.seq + limit]
-        else:
-            wanted_set = set(wanted)
-            page = []
-            for event in self._events[after.seq :]:
-                if event.type in wanted_set:
-                    page.append(event)
-                    if len(page) == limit:
-                        break
-        if len(page) == limit:
-            return EventBatch(page, page[-1].position)
+        budget = validate_max_bytes(max_bytes)
+        page: list[RecordedEvent] = []
+        used = 0
+        for index in range(after.seq, len(self._events)):
+            event = self._events[index]
+            if wanted is not None and event.type not in wanted:
+                continue
+            if page and used >= budget:
+                return EventBatch(page, page[-1].position)  # cut by bytes
+            page.append(event)
+            used += self._sizes[index]
+            if len(page) == limit:
+                return EventBatch(page, page[-1].position)
         return EventBatch(page, max(after, self._head()))
 
     async def head(self) -> Position:

@@ -44,6 +44,7 @@ from ..store import (
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
+    validate_max_bytes,
     validate_types,
 )
 from ..urls import pop_query_option, redact_url
@@ -60,7 +61,9 @@ START_HINT = (
 )
 # The horizon: transactions with smaller ids have all ended, so no event can still appear
 # below it. Evaluated once per statement, with the statement's own snapshot.
-_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# A scalar subquery, so PostgreSQL computes it once (an InitPlan) and uses it as an index
+# bound; written inline, it would be evaluated for every row of a full index scan.
+_HORIZON = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
 _EVENT_COLUMNS = (
     "e.position, e.tx_id, e.id, e.stream_id, e.version, e.type, "
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
@@ -152,9 +155,11 @@ class PostgresEventStore(EventStore):
         )
         self._sql_head_held_back = f"""
             WITH horizon AS (SELECT {_HORIZON} AS xmin)
-            SELECT h.tx_id, h.position, EXISTS (
-                SELECT FROM {q}.events b WHERE b.tx_id >= (SELECT xmin FROM horizon)
-            ) AS held_back
+            SELECT h.tx_id, h.position, coalesce((
+                -- the newest committed event (one index entry), not an EXISTS the planner
+                -- may answer with a sequential scan
+                SELECT b.tx_id FROM {q}.events b ORDER BY b.tx_id DESC, b.position DESC LIMIT 1
+            ) >= (SELECT xmin FROM horizon), false) AS held_back
             FROM (SELECT) AS one LEFT JOIN LATERAL (
                 SELECT e.tx_id, e.position FROM {q}.events e
                 WHERE e.tx_id < (SELECT xmin FROM horizon)
@@ -176,12 +181,14 @@ class PostgresEventStore(EventStore):
         self._sql_read_all_types = self._read_all_sql(filtered=True)
         self._sql_exclusive_read_all_types = self._read_all_sql(
             filtered=True, horizon="9223372036854775807"
-        ).replace("AND e.type = ANY($4::text[])", "AND ($4::text[] IS NULL OR e.type = ANY($4))")
+        ).replace("AND e.type = ANY($5::text[])", "AND ($5::text[] IS NULL OR e.type = ANY($5))")
 
     def _read_all_sql(self, *, filtered: bool, horizon: str = _HORIZON) -> str:
         # One statement, one snapshot: the page and the head it was read against. The head
         # lets a filtered read move its checkpoint past events of other types it scanned.
-        type_filter = "AND e.type = ANY($4::text[])" if filtered else ""
+        # The page stops at $3 events or once $4 bytes of payload are reached (at least one
+        # event); "fetched" tells the caller whether bytes cut it short.
+        type_filter = "AND e.type = ANY($5::text[])" if filtered else ""
         q = self._q
         return f"""
             WITH horizon AS (SELECT {horizon} AS xmin),
@@ -192,12 +199,25 @@ class PostgresEventStore(EventStore):
             )
             SELECT head.tx_id AS head_tx, head.position AS head_position, page.*
             FROM head LEFT JOIN LATERAL (
-                SELECT {_EVENT_COLUMNS} FROM {q}.events e
-                WHERE e.tx_id < (SELECT xmin FROM horizon)
-                  AND (e.tx_id, e.position) > ($1::bigint, $2::bigint)
-                  {type_filter}
-                ORDER BY e.tx_id, e.position
-                LIMIT $3
+                SELECT w.position, w.tx_id, w.id, w.stream_id, w.version, w.type,
+                       w.data::text AS data, w.metadata::text AS metadata, w.recorded_at,
+                       w.fetched
+                FROM (
+                    SELECT c.*, count(*) OVER () AS fetched,
+                           sum(c.size) OVER (ORDER BY c.tx_id, c.position) - c.size AS before
+                    FROM (
+                        SELECT e.position, e.tx_id, e.id, e.stream_id, e.version, e.type,
+                               e.data, e.metadata, e.recorded_at,
+                               pg_column_size(e.data) + pg_column_size(e.metadata) AS size
+                        FROM {q}.events e
+                        WHERE e.tx_id < (SELECT xmin FROM horizon)
+                          AND (e.tx_id, e.position) > ($1::bigint, $2::bigint)
+                          {type_filter}
+                        ORDER BY e.tx_id, e.position
+                        LIMIT $3
+                    ) c
+                ) w
+                WHERE w.before < $4::bigint
             ) page ON true
             ORDER BY page.tx_id, page.position
         """
@@ -530,9 +550,12 @@ class PostgresEventStore(EventStore):
         after: Position = START,
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
+        max_bytes: int | None = None,
     ) -> EventBatch:
         async with self._connection("reading all events") as connection:
-            return await self._read_all_on(connection, after, limit, types, exclusive=False)
+            return await self._read_all_on(
+                connection, after, limit, types, exclusive=False, max_bytes=max_bytes
+            )
 
     async def _read_all_on(
         self,
@@ -542,10 +565,11 @@ class PostgresEventStore(EventStore):
         types: Collection[str] | None,
         *,
         exclusive: bool,
+        max_bytes: int | None = None,
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
-        args: list[object] = [after.tx, after.seq, limit]
+        args: list[object] = [after.tx, after.seq, limit, validate_max_bytes(max_bytes)]
         if exclusive:  # appends are locked out: every committed event is final
             sql = self._sql_exclusive_read_all_types
             args.append(wanted)
@@ -559,8 +583,8 @@ class PostgresEventStore(EventStore):
         if not rows:  # the store is empty (or nothing is visible yet)
             return EventBatch([], after)
         events = [_event_from_row(row) for row in rows if row["position"] is not None]
-        if len(events) == limit:
-            return EventBatch(events, events[-1].position)
+        if len(events) == limit or (events and rows[0]["fetched"] > len(events)):
+            return EventBatch(events, events[-1].position)  # cut by count or by bytes
         head = Position(rows[0]["head_tx"], rows[0]["head_position"])
         return EventBatch(events, max(after, head))
 

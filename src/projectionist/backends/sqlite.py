@@ -51,6 +51,7 @@ from ..store import (
     ExpectedVersion,
     prepare_append,
     validate_batch_size,
+    validate_max_bytes,
     validate_types,
 )
 
@@ -472,11 +473,12 @@ class SqliteEventStore(EventStore):
         after: Position = START,
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
+        max_bytes: int | None = None,
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
         async with self.transaction("reading all events", write=False) as connection:
-            return await _read_all_on(connection, after, limit, wanted)
+            return await _read_all_on(connection, after, limit, wanted, max_bytes)
 
     async def head(self) -> Position:
         async with self.transaction("reading the head", write=False) as connection:
@@ -510,25 +512,33 @@ class _SqliteReplay(ExclusiveReplay):
 
 
 async def _read_all_on(
-    connection: aiosqlite.Connection, after: Position, limit: int, wanted: list[str] | None
+    connection: aiosqlite.Connection,
+    after: Position,
+    limit: int,
+    wanted: list[str] | None,
+    max_bytes: int | None = None,
 ) -> EventBatch:
     type_filter = ""
     params: list[object] = [after.seq]
     if wanted is not None:
         type_filter = f"AND e.type IN ({', '.join('?' * len(wanted))})" if wanted else "AND 0"
         params += wanted
-    params.append(limit)
-    # One statement: the page and the head it was read against, from one snapshot.
+    params += [limit, validate_max_bytes(max_bytes)]
+    # One statement: the page and the head it was read against, from one snapshot. The page
+    # ends at ``limit`` events or once ``max_bytes`` of payload are reached.
     sql = (
         f"SELECT h.head, page.* FROM (SELECT max(position) AS head FROM events) h "
-        f"LEFT JOIN (SELECT {_EVENT_COLUMNS} FROM events e WHERE e.position > ? {type_filter} "
-        "ORDER BY e.position LIMIT ?) page ON 1 ORDER BY page.position"
+        "LEFT JOIN (SELECT w.* FROM (SELECT c.*, count(*) OVER () AS fetched, "
+        "sum(c.size) OVER (ORDER BY c.position) - c.size AS before FROM ("
+        f"SELECT {_EVENT_COLUMNS}, length(e.data) + length(e.metadata) AS size FROM events e "
+        f"WHERE e.position > ? {type_filter} ORDER BY e.position LIMIT ?) c) w "
+        "WHERE w.before < ?) page ON 1 ORDER BY page.position"
     )
     cursor = await connection.execute(sql, params)
     rows = list(await cursor.fetchall())
-    events = [_event_from_row(tuple(row)[1:]) for row in rows if row[1] is not None]
-    if len(events) == limit:
-        return EventBatch(events, events[-1].position)
+    events = [_event_from_row(tuple(row)[1:9]) for row in rows if row[1] is not None]
+    if len(events) == limit or (events and rows[0][10] > len(events)):
+        return EventBatch(events, events[-1].position)  # cut by count or by bytes
     head = rows[0][0] if rows and rows[0][0] is not None else 0
     return EventBatch(events, max(after, Position(0, head)))
 
