@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from orjson import loads
 from asyncpg.pool import PoolConnectionProxy
+from orjson import loads
 
 from ..errors import (
     BackendError,
