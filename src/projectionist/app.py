@@ -109,7 +109,11 @@ class Application(OpenClose):
         self._store = store
         if self.read_model_url:
             host = create_store(self.read_model_url, schema=self.schema)
-            await host.open()
+            try:
+                await host.open()
+            except BaseException:
+                await self.close()
+                raise
             self._read_model_host = host
 
     async def close(self) -> None:

@@ -270,7 +270,10 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
         target.projection(name)  # fail fast on an unknown name
         await target.open(url)
         try:
-            await target.setup()
+            # Not setup(): it refuses a read model of another version, which is what a
+            # rebuild is for.
+            await target.store.apply_schema()
+            await target.read_models.apply_schema()
             with Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

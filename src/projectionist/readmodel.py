@@ -78,6 +78,10 @@ class ReadModelTransaction(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def lock_projection(self, name: str) -> None:
+        """Hold a lock on ``name`` until the transaction ends (set-up and resets queue on it)."""
+
+    @abc.abstractmethod
     async def delete_checkpoint(self, name: str) -> None:
         """Forget the checkpoint of ``name`` (before a rebuild)."""
 

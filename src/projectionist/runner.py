@@ -80,7 +80,11 @@ class ProjectionRunner:
                 # Lock the checkpoint before applying: a second runner waits here and then
                 # finds it moved, instead of applying the batch twice.
                 stored = await tx.load_checkpoint(projection.name, lock=True)
-                if stored is None or stored.position != self.checkpoint:
+                if (
+                    stored is None
+                    or stored.position != self.checkpoint
+                    or stored.version != projection.version  # rebuilt by another version
+                ):
                     raise CheckpointConflictError(f"projection {projection.name!r} moved on")
                 await projection.apply(batch.events, tx)
                 await tx.save_checkpoint(
@@ -192,6 +196,8 @@ async def sleep_until_new_events(store: EventStore, after: Position, stop: async
 
 async def prepare_read_model(tx: ReadModelTransaction, projection: Projection) -> Position:
     """Run the projection's (idempotent) setup; create its checkpoint if missing."""
+    # Runners starting together queue here: one creates the tables and the checkpoint.
+    await tx.lock_projection(projection.name)
     checkpoint = await tx.load_checkpoint(projection.name)
     if checkpoint is not None and checkpoint.version != projection.version:
         raise ProjectionVersionError(
@@ -244,6 +250,7 @@ async def rebuild(
 
 
 async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
+    await tx.lock_projection(projection.name)
     await projection.run_teardown(tx)
     await tx.delete_checkpoint(projection.name)
     await projection.run_setup(tx)

@@ -220,7 +220,7 @@ class StateProjection(Projection):
     ) -> None:
         # COPY into a per-connection staging table, then one upsert: the fastest set-based
         # write PostgreSQL offers. The staging table empties itself at commit.
-        stage = f"pj_stage_{self.table}"
+        stage = f"pj_stage_{self.table}_v{self.version}"  # a new version: new columns
         await tx.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote_identifier(stage)} "
             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

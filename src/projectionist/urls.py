@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+_SECRET_OPTIONS = {"password", "sslpassword"}
+
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs and error messages."""
+    """The URL with its passwords (in the user part or the query) replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[2]}"))
+    if password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in _SECRET_OPTIONS for key, _ in pairs):
+        hidden = [(key, "***" if key in _SECRET_OPTIONS else value) for key, value in pairs]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return urlunsplit(parts)
 
 
 def pop_query_option(url: str, name: str) -> tuple[str, str | None]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from projectionist import (
+    BackendError,
     ConfigurationError,
     InvalidInputError,
     SchemaError,
@@ -102,3 +103,31 @@ async def test_missing_schema_says_how_to_apply_it(pg_schema: str, tmp_path: Pat
                 await store.append("s", [NewEvent("A", {})])
             with pytest.raises(SchemaError, match="projectionist schema apply"):
                 await store.read_all()
+
+
+def test_passwords_in_the_query_string_are_redacted() -> None:
+    store = create_store("postgresql://u@h/db?password=s3cret&sslmode=disable")
+    assert "s3cret" not in store.url and "password=***" in store.url
+
+
+async def test_bad_port_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="invalid PostgreSQL URL"):
+        await create_store("postgresql://u@127.0.0.1:notaport/db").open()
+
+
+async def test_sqlite_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
+    from projectionist import NewEvent
+
+    async with create_store(f"sqlite:///{tmp_path}/fk.db") as store:
+        await store.apply_schema()
+        models = store.read_models()
+        async with models.transaction() as tx:
+            await tx.execute("CREATE TABLE parent (id TEXT PRIMARY KEY)")
+            await tx.execute(
+                "CREATE TABLE child (id TEXT, parent TEXT REFERENCES parent (id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        with pytest.raises(BackendError, match="FOREIGN KEY"):
+            async with models.transaction() as tx:
+                await tx.execute("INSERT INTO child VALUES ('c', 'missing')")
+        assert (await store.append("s", [NewEvent("A", {})])).version == 1

@@ -18,6 +18,7 @@ from projectionist import (
     ProjectionVersionError,
     ReadModelTransaction,
     RecordedEvent,
+    create_store,
 )
 from projectionist.projection import Projection
 from tests.conftest import settle
@@ -249,3 +250,39 @@ async def test_projection_started_from_a_chosen_position(app_url: str) -> None:
         assert await app.rebuild("ledger") == 10  # a rebuild replays from the same start
         async with app.read_models.transaction() as tx:
             assert await ledger_rows(tx) == [seen, totals]
+
+
+async def test_a_runner_of_an_old_version_stops_after_a_rebuild(app_url: str) -> None:
+    store = create_store(app_url)
+    await store.open()
+    try:
+        async with Application(store, [ledger()]) as old:
+            await old.setup()
+            await old.store.append("account-1", money(1, 4))
+            await old.run_until_caught_up()
+            newer = ledger()
+            newer.version = 2
+            async with Application(store, [newer]) as new:
+                await new.rebuild("ledger")  # ends where the old runner stands
+            await old.store.append("account-1", money(1, 2))
+            with pytest.raises(ProjectionVersionError, match="built by version 2"):
+                await old.run_until_caught_up()
+    finally:
+        await store.close()
+
+
+async def test_runners_starting_a_new_projection_together(app_url: str) -> None:
+    shared: object = app_url
+    async with Application(app_url, [ledger()]) as first:
+        if app_url == "memory://":
+            shared = first.store
+        await first.store.apply_schema()
+        await first.store.append("account-1", money(1, 6))
+        async with Application(shared, [ledger()]) as second:  # type: ignore[arg-type]
+            await asyncio.gather(
+                first.runner("ledger").prepare(), second.runner("ledger").prepare()
+            )
+            await asyncio.gather(first.run_until_caught_up(), second.run_until_caught_up())
+        async with first.read_models.transaction() as tx:
+            seen, _ = await ledger_rows(tx)
+        assert len(seen) == 5  # type: ignore[arg-type]

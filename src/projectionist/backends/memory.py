@@ -86,16 +86,29 @@ class MemoryEventStore(EventStore):
         async with self._append_lock:
             recorded = self._record(stream_id, encoded, expected, expected_version)
             if self.inline_hooks:
-                async with self._database.transaction("appending", write=True) as connection:
-                    read_model = SqliteReadModelTransaction(connection)
-                    for hook in self.inline_hooks:
-                        await hook(read_model, recorded)
-            self._events.extend(recorded)
-            self._sizes.extend(len(e.data) + len(e.metadata) for e in encoded)
-            self._streams[stream_id] = self._streams.get(stream_id, []) + list(recorded)
-            self._ids.update(event.id for event in recorded)
+                # Shielded: once the inline rows commit, the events must be published too,
+                # even if the caller is cancelled meanwhile.
+                await asyncio.shield(self._project_inline_and_publish(recorded, encoded))
+            else:
+                self._publish(recorded, encoded)
         self._changes.notify()
         return AppendResult(recorded)
+
+    async def _project_inline_and_publish(
+        self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]
+    ) -> None:
+        async with self._database.transaction("appending", write=True) as connection:
+            read_model = SqliteReadModelTransaction(connection)
+            for hook in self.inline_hooks:
+                await hook(read_model, recorded)
+        self._publish(recorded, encoded)
+
+    def _publish(self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]) -> None:
+        stream_id = recorded[0].stream_id
+        self._events.extend(recorded)
+        self._sizes.extend(len(e.data) + len(e.metadata) for e in encoded)
+        self._streams[stream_id] = self._streams.get(stream_id, []) + list(recorded)
+        self._ids.update(event.id for event in recorded)
 
     def _record(
         self,

@@ -21,6 +21,7 @@ from orjson import loads
 from ..errors import (
     BackendError,
     ConcurrencyError,
+    ConfigurationError,
     InvalidInputError,
     SchemaError,
     StoreUnavailableError,
@@ -242,6 +243,8 @@ class PostgresEventStore(EventStore):
             raise StoreUnavailableError(
                 f"cannot connect to {self.url}: {exc} ({START_HINT})"
             ) from exc
+        except ValueError as exc:  # asyncpg's own parsing of the URL: a bad port or host
+            raise ConfigurationError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
         self._background = [
             asyncio.create_task(self._listen_forever(), name=f"projectionist-listen-{self.schema}"),
             asyncio.create_task(self._notify_forever(), name=f"projectionist-notify-{self.schema}"),
@@ -449,7 +452,7 @@ class PostgresEventStore(EventStore):
             try:
                 async with self.pool.acquire() as connection:
                     # One round trip, and no wait for a WAL flush: a NOTIFY is delivered at
-                    # commit, and its (short) transaction holds readers back until then.
+                    # commit whether or not the commit record reached the disk.
                     await connection.execute(self._sql_notify)
             except asyncio.CancelledError:
                 raise
@@ -704,6 +707,12 @@ class PostgresReadModelTransaction(ReadModelTransaction):
             raise CheckpointConflictError(
                 f"projection {name!r}: another runner moved the checkpoint first"
             )
+
+    async def lock_projection(self, name: str) -> None:
+        await self.connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('projectionist.projection.' || $1))",
+            f"{self._table}.{name}",
+        )
 
     async def delete_checkpoint(self, name: str) -> None:
         await self.execute(f"DELETE FROM {self._table} WHERE name = $1", name)

@@ -171,13 +171,26 @@ class SqliteDatabase:
                 try:
                     yield connection
                 except BaseException:
-                    await _uncancellable(connection.execute("ROLLBACK"))
+                    await _rollback(connection)
                     raise
-                await _uncancellable(connection.execute("COMMIT"))
+                try:
+                    await _uncancellable(connection.execute("COMMIT"))
+                except sqlite3.Error:
+                    # A failed COMMIT (a deferred constraint) leaves the transaction open on
+                    # the store's only connection: end it, or nothing could run after.
+                    await _rollback(connection)
+                    raise
             except sqlite3.OperationalError as exc:
                 raise _translate_operational_error(exc, doing, self.url) from exc
             except sqlite3.Error as exc:
                 raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+
+async def _rollback(connection: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open, keeping the error that led here if it fails."""
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await _uncancellable(connection.execute("ROLLBACK"))
 
 
 async def _uncancellable(statement: Awaitable[object]) -> None:
@@ -262,6 +275,9 @@ class SqliteReadModelTransaction(ReadModelTransaction):
             raise CheckpointConflictError(
                 f"projection {name!r}: another runner moved the checkpoint first"
             )
+
+    async def lock_projection(self, name: str) -> None:
+        pass  # write transactions are exclusive on SQLite
 
     async def delete_checkpoint(self, name: str) -> None:
         await self.execute("DELETE FROM projection_checkpoints WHERE name = $1", name)
