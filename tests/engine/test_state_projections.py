@@ -151,3 +151,26 @@ def test_state_projection_definitions_are_checked() -> None:
         StateProjection("p", table="t", initial=dict, columns={"x": "TEXT; DROP TABLE y"})
     with pytest.raises(Exception, match="invalid key column"):
         StateProjection("p", table="t", initial=dict, key_column="Order Id")
+
+
+async def test_json_columns_hold_nested_values(app_url: str) -> None:
+    tags = StateProjection(
+        "tags",
+        table="tags",
+        columns={"count": "BIGINT", "names": "JSON"},
+        initial=lambda: {"count": 0, "names": {"seen": []}},
+    )
+
+    @tags.evolve("Tagged")
+    def tagged(state: State, event: RecordedEvent) -> Evolved:
+        names = sorted({*state["names"]["seen"], event.data["tag"]})
+        return {"count": state["count"] + 1, "names": {"seen": names, "last": event.data["tag"]}}
+
+    async with Application(app_url, [tags]) as app:
+        await app.setup()
+        for tag in ["b", "a", "b"]:
+            await app.store.append("post-1", [NewEvent("Tagged", {"tag": tag})])
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            loaded = await tags._load(tx, ["post-1"])
+        assert loaded == {"post-1": {"count": 3, "names": {"seen": ["a", "b"], "last": "b"}}}
