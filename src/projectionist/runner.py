@@ -13,16 +13,41 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
-from .errors import ProjectionVersionError
+from .errors import ProjectionVersionError, StoreUnavailableError, TransactionConflictError
 from .events import Position
 from .projection import Kind, Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from .store import ChangeSignal, EventBatch, EventStore
 
 logger = logging.getLogger("projectionist.runner")
+
+RETRY_BASE_DELAY = 0.1
+RETRY_MAX_DELAY = 30.0
+# SQLSTATE classes of failures that pass: connection exceptions, transaction rollbacks
+# (serialization failures, deadlocks), insufficient resources, operator intervention.
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "57P")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is worth retrying as is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current, StoreUnavailableError | TransactionConflictError | OSError | TimeoutError
+        ):
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
 
 Progress = Callable[[int, int], None]
 """Called during rebuilds with (events done, events in all)."""
@@ -147,12 +172,20 @@ class ProjectionRunner:
             self.checkpoint,
             extra={"action": "runner_start", "projection": self.projection.name},
         )
+        failures = 0
         try:
             while not self._stop.is_set():
-                if not await self.step():
-                    self.state = RunnerState.LIVE
-                    assert self.checkpoint is not None
-                    await sleep_until_new_events(self.store, self.checkpoint, self._stop)
+                try:
+                    if not await self.step():
+                        self.state = RunnerState.LIVE
+                        assert self.checkpoint is not None
+                        await sleep_until_new_events(self.store, self.checkpoint, self._stop)
+                    failures = 0
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    failures += 1
+                    await self._back_off(exc, failures)
         finally:
             await self.discard_prefetch()
             self.state = RunnerState.STOPPED
@@ -161,6 +194,22 @@ class ProjectionRunner:
                 self.checkpoint,
                 extra={"action": "runner_stop", "projection": self.projection.name},
             )
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        """After a transient failure (lost connection, serialization failure, timeout):
+        wait with exponential backoff and jitter, then go on from the last commit."""
+        await self.discard_prefetch()
+        delay = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (failures - 1))
+        delay *= random.uniform(0.5, 1.5)
+        logger.warning(
+            "transient failure %d, retrying in %.2fs: %s",
+            failures,
+            delay,
+            exc,
+            extra={"action": "transient_retry", "projection": self.projection.name},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
 
     async def run_until_caught_up(self) -> None:
         """Process every event committed before the call, then return."""

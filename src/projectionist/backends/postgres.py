@@ -88,6 +88,7 @@ _CONNECTION_ERRORS = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
 )
 
@@ -336,7 +337,12 @@ class PostgresEventStore(EventStore):
     async def _connection(self, doing: str) -> AsyncIterator[PoolConnectionProxy]:
         with self._translate_errors(doing):
             async with self.pool.acquire() as connection:
-                yield connection
+                try:
+                    yield connection
+                except _CONNECTION_ERRORS:
+                    # Never hand a broken or confused connection to the next user.
+                    connection.terminate()
+                    raise
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -658,6 +664,16 @@ class _PostgresReplay(ExclusiveReplay):
         return await self._store._read_all_on(self._connection, after, limit, types, exclusive=True)
 
 
+@contextlib.contextmanager
+def _lost_connection_is_unavailable() -> Iterator[None]:
+    """A handler's statement on a dead connection: say so in our terms (retried as transient),
+    keeping the driver's exception as the cause. Other driver errors stay as they are."""
+    try:
+        yield
+    except _CONNECTION_ERRORS as exc:
+        raise StoreUnavailableError(f"lost the read model's connection: {exc}") from exc
+
+
 def _rows_changed(status: str) -> int:
     """``"UPDATE 3"`` -> 3; statements without a count -> 0."""
     last = status.rpartition(" ")[2]
@@ -672,13 +688,16 @@ class PostgresReadModelTransaction(ReadModelTransaction):
         self._table = f"{quoted_schema}.projection_checkpoints"
 
     async def execute(self, sql: str, *args: object) -> int:
-        return _rows_changed(await self.connection.execute(sql, *args))
+        with _lost_connection_is_unavailable():
+            return _rows_changed(await self.connection.execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        await self.connection.executemany(sql, rows)
+        with _lost_connection_is_unavailable():
+            await self.connection.executemany(sql, rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self.connection.fetch(sql, *args)]
+        with _lost_connection_is_unavailable():
+            return [tuple(row) for row in await self.connection.fetch(sql, *args)]
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         row = await self.connection.fetchrow(
@@ -755,9 +774,12 @@ class PostgresReadModelStore(ReadModelStore):
                 try:
                     yield PostgresReadModelTransaction(connection, self._q)
                 except BaseException:
-                    # A dead connection cannot roll back; the pool discards it anyway.
-                    with contextlib.suppress(Exception):
+                    try:
                         await connection.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - keep the original error
+                        # It cannot roll back (dead, or busy with a cancelled command):
+                        # close it rather than return it to the pool in that state.
+                        connection.terminate()
                     raise
                 await connection.execute("COMMIT")
 
