@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -182,3 +183,32 @@ async def test_rolled_back_transaction_wakes_readers_of_what_it_held_back(pg_sch
         assert time.monotonic() - ended < 2
         await settle(reader)
         assert [e.stream_id for e in (await reader.read_all()).events] == ["b"]
+
+
+async def test_appending_many_events_is_one_round_trip(pg_schema: str) -> None:
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    calls: list[str] = []
+
+    class Counting:
+        """Records every call that would reach the server."""
+
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            attribute = getattr(self._inner, name)
+            if callable(attribute):
+                calls.append(name)
+            return attribute
+
+    async with store:
+        await store.apply_schema()
+        async with store.pool.acquire() as connection:
+            result = await store.append_on(
+                Counting(connection),  # type: ignore[arg-type]
+                "many",
+                [NewEvent("A", {"n": n}) for n in range(200)],
+            )
+        assert result.version == 200
+        assert calls == ["fetch"], calls

@@ -6,6 +6,7 @@ import asyncio
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,3 +287,34 @@ async def test_runners_starting_a_new_projection_together(app_url: str) -> None:
         async with first.read_models.transaction() as tx:
             seen, _ = await ledger_rows(tx)
         assert len(seen) == 5  # type: ignore[arg-type]
+
+
+async def test_catch_up_reads_the_next_batch_while_applying() -> None:
+    async with Application("memory://", [ledger(batch_size=5)]) as app:
+        await app.setup()
+        for stream in range(6):
+            await app.store.append(f"account-{stream}", money(stream, 10))
+        timeline: list[str] = []
+        store = app.store
+        read_all = store.read_all
+
+        async def reading(*args: Any, **kwargs: Any) -> Any:
+            timeline.append("read")
+            await asyncio.sleep(0)
+            return await read_all(*args, **kwargs)
+
+        store.read_all = reading  # type: ignore[method-assign]
+        runner = app.runner("ledger")
+        step = runner.step
+
+        async def stepping() -> bool:
+            timeline.append("step")
+            return await step()
+
+        runner.step = stepping  # type: ignore[method-assign]
+        await app.run_until_caught_up()
+        # Without prefetching every step would do exactly one read: "step", "read", ...
+        first_reads = [i for i, entry in enumerate(timeline) if entry == "read"]
+        steps = timeline.count("step")
+        assert len(first_reads) >= steps - 1
+        assert "step" in timeline[1:] and timeline[:3] == ["step", "read", "read"], timeline[:6]
