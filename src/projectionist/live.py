@@ -35,12 +35,7 @@ class Evolver(Generic[S]):
         return register
 
     def fold(self, state: S, events: list[RecordedEvent]) -> S:
-        functions = self.functions
-        for event in events:
-            function = functions.get(event.type)
-            if function is not None:
-                state = function(state, event)
-        return state
+        return _fold(self.functions, state, events)
 
 
 class LiveProjection(Evolver[S]):
@@ -87,10 +82,15 @@ async def fold_stream(
     version = 1
     while True:
         events = await store.read_stream(stream_id, from_version=version, limit=1000)
-        for event in events:
-            function = functions.get(event.type)
-            if function is not None:
-                state = function(state, event)
+        state = _fold(functions, state, events)
         if len(events) < 1000:
             return state
         version = events[-1].version + 1
+
+
+def _fold(functions: Mapping[str, Evolve[S]], state: S, events: list[RecordedEvent]) -> S:
+    for event in events:
+        function = functions.get(event.type)
+        if function is not None:
+            state = function(state, event)
+    return state

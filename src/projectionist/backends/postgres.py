@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
-from ..migrations import latest_version, load_migrations
+from ..migrations import load_migrations
 from ..readmodel import (
     Checkpoint,
     CheckpointConflictError,
@@ -394,15 +394,6 @@ class PostgresEventStore(EventStore):
                 f"SELECT coalesce(max(version), 0) FROM {self._q}.schema_migrations"
             )
             return version
-
-    async def check_schema(self) -> None:
-        """Raise SchemaError unless the schema is applied and current."""
-        version = await self.schema_version()
-        if version != latest_version("postgres"):
-            raise SchemaError(
-                f"schema {self.schema!r} in {self.url} is at version {version}, expected "
-                f"{latest_version('postgres')}: run 'projectionist schema apply'"
-            )
 
     # -- writing ----------------------------------------------------------------------------
 

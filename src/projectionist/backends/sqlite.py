@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
-from ..migrations import latest_version, load_migrations
+from ..migrations import load_migrations
 from ..readmodel import (
     Checkpoint,
     CheckpointConflictError,
@@ -376,14 +376,6 @@ class SqliteEventStore(EventStore):
     async def schema_version(self) -> int:
         async with self.transaction("reading the schema version", write=False) as connection:
             return await self._current_version(connection)
-
-    async def check_schema(self) -> None:
-        version = await self.schema_version()
-        if version != latest_version("sqlite"):
-            raise SchemaError(
-                f"{self.url} has schema version {version}, expected {latest_version('sqlite')}: "
-                "run 'projectionist schema apply'"
-            )
 
     @staticmethod
     async def _current_version(connection: aiosqlite.Connection) -> int:
