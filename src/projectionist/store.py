@@ -17,6 +17,7 @@ from typing import Self
 
 from .errors import InvalidInputError
 from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from .partitions import Partition
 from .readmodel import ReadModelStore, ReadModelTransaction
 
 
@@ -173,7 +174,11 @@ class ExclusiveReplay(abc.ABC):
 
     @abc.abstractmethod
     async def read_all(
-        self, after: Position, limit: int, types: Collection[str] | None = None
+        self,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
         """Like EventStore.read_all, inside this transaction."""
 
@@ -270,8 +275,10 @@ class EventStore(OpenClose, abc.ABC):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
-        """At most ``limit`` events after ``after`` in global order, only of ``types`` if given.
+        """At most ``limit`` events after ``after`` in global order, only of ``types`` if given
+        and only of the streams in ``partition`` if given (see ``partitions.partition_of``).
 
         With ``max_bytes`` the page also ends once its events' stored data and metadata reach
         that size (it always holds at least one event), so memory stays bounded whatever

@@ -18,8 +18,10 @@ from projectionist import (
     InvalidInputError,
     NewEvent,
     Position,
+    RecordedEvent,
 )
 from projectionist.migrations import latest_version
+from projectionist.partitions import Partition, partition_of
 from tests.conftest import StoreFactory, settle
 
 
@@ -274,3 +276,44 @@ async def test_read_all_is_bounded_by_bytes(store: EventStore) -> None:
     assert seen == list(range(20)) and checkpoint == await store.head()
     with pytest.raises(InvalidInputError, match="max_bytes must be a positive integer"):
         await store.read_all(START, max_bytes=0)
+
+
+async def test_partitioned_reads_split_streams_stably_and_keep_stream_order(
+    store: EventStore,
+) -> None:
+    for round_ in range(3):
+        for n in range(12):
+            await store.append(f"s-{n}", events("A", "B", round=round_))
+    await settle(store)
+    everything = await read_everything(store)
+    parts: list[list[RecordedEvent]] = []
+    for index in range(3):
+        seen: list[RecordedEvent] = []
+        checkpoint = START
+        while True:
+            batch = await store.read_all(checkpoint, limit=5, partition=Partition(index, 3))
+            seen += batch.events
+            if batch.checkpoint == checkpoint:
+                break
+            checkpoint = batch.checkpoint
+        assert checkpoint == everything[-1].position  # type: ignore[attr-defined]
+        assert {partition_of(e.stream_id, 3) for e in seen} <= {index}
+        parts.append(seen)
+    # Every event in exactly one partition, each partition in global (so stream) order.
+    assert sorted(e.id for part in parts for e in part) == sorted(
+        e.id  # type: ignore[attr-defined]
+        for e in everything
+    )
+    for part in parts:
+        assert [e.position for e in part] == sorted(e.position for e in part)
+    assert all(parts)  # 12 streams over 3 partitions: none empty
+    only_b = await store.read_all(START, limit=1000, types=["B"], partition=Partition(1, 3))
+    assert [e.id for e in only_b.events] == [e.id for e in parts[1] if e.type == "B"]
+    single = await store.read_all(START, limit=1000, partition=Partition(0, 1))
+    assert len(single.events) == len(everything)
+
+
+@pytest.mark.parametrize("partition", [Partition(3, 3), Partition(-1, 2), Partition(0, 0)])
+async def test_invalid_partition_is_refused(store: EventStore, partition: Partition) -> None:
+    with pytest.raises(InvalidInputError, match="partition"):
+        await store.read_all(START, limit=10, partition=partition)

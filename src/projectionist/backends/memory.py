@@ -11,6 +11,7 @@ import orjson
 
 from ..errors import ConcurrencyError, InvalidInputError
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ..partitions import Partition
 from ..readmodel import ReadModelStore
 from ..store import (
     ANY,
@@ -154,8 +155,9 @@ class MemoryEventStore(EventStore):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
-        return self._read_all(after, limit, types, max_bytes)
+        return self._read_all(after, limit, types, max_bytes, partition)
 
     def _read_all(
         self,
@@ -163,15 +165,19 @@ class MemoryEventStore(EventStore):
         limit: int,
         types: Collection[str] | None,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
         budget = validate_max_bytes(max_bytes)
+        part = (partition or Partition(0, 1)).validate()
         page: list[RecordedEvent] = []
         used = 0
         for index in range(after.seq, len(self._events)):
             event = self._events[index]
             if wanted is not None and event.type not in wanted:
+                continue
+            if not part.holds(event.stream_id):
                 continue
             if page and used >= budget:
                 return EventBatch(page, page[-1].position)  # cut by bytes
@@ -194,6 +200,10 @@ class _MemoryReplay(ExclusiveReplay):
         self._store = store
 
     async def read_all(
-        self, after: Position, limit: int, types: Collection[str] | None = None
+        self,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
-        return self._store._read_all(after, limit, types)
+        return self._store._read_all(after, limit, types, None, partition)

@@ -30,6 +30,7 @@ from ..errors import (
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
 from ..migrations import load_migrations
+from ..partitions import PARTITION_SQL, Partition
 from ..readmodel import (
     Checkpoint,
     CheckpointConflictError,
@@ -184,16 +185,24 @@ class PostgresEventStore(EventStore):
         )
         self._sql_read_all = self._read_all_sql(filtered=False)
         self._sql_read_all_types = self._read_all_sql(filtered=True)
-        self._sql_exclusive_read_all_types = self._read_all_sql(
-            filtered=True, horizon="9223372036854775807"
-        ).replace("AND e.type = ANY($5::text[])", "AND ($5::text[] IS NULL OR e.type = ANY($5))")
+        self._sql_read_all_partition = self._read_all_sql(filtered=True, partitioned=True)
+        self._sql_exclusive_read_all = self._read_all_sql(
+            filtered=True, partitioned=True, horizon="9223372036854775807"
+        )
 
-    def _read_all_sql(self, *, filtered: bool, horizon: str = _HORIZON) -> str:
+    def _read_all_sql(
+        self, *, filtered: bool, partitioned: bool = False, horizon: str = _HORIZON
+    ) -> str:
         # One statement, one snapshot: the page and the head it was read against. The head
         # lets a filtered read move its checkpoint past events of other types it scanned.
         # The page stops at $3 events or once $4 bytes of payload are reached (at least one
-        # event); "fetched" tells the caller whether bytes cut it short.
+        # event); "fetched" tells the caller whether bytes cut it short. A partitioned read
+        # ($6 of $7) keeps the streams whose hash falls in its partition.
         type_filter = "AND e.type = ANY($5::text[])" if filtered else ""
+        if partitioned:  # types optional: NULL for all
+            type_filter = "AND ($5::text[] IS NULL OR e.type = ANY($5))"
+            part = PARTITION_SQL.format(column="e.stream_id", count="$7::bigint")
+            type_filter += f" AND ($7::bigint = 1 OR {part} = $6::bigint)"
         q = self._q
         return f"""
             WITH horizon AS (SELECT {horizon} AS xmin),
@@ -554,10 +563,17 @@ class PostgresEventStore(EventStore):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
         async with self._connection("reading all events") as connection:
             return await self._read_all_on(
-                connection, after, limit, types, exclusive=False, max_bytes=max_bytes
+                connection,
+                after,
+                limit,
+                types,
+                exclusive=False,
+                max_bytes=max_bytes,
+                partition=partition,
             )
 
     async def _read_all_on(
@@ -569,13 +585,18 @@ class PostgresEventStore(EventStore):
         *,
         exclusive: bool,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
+        part = (partition or Partition(0, 1)).validate()
         args: list[object] = [after.tx, after.seq, limit, validate_max_bytes(max_bytes)]
         if exclusive:  # appends are locked out: every committed event is final
-            sql = self._sql_exclusive_read_all_types
-            args.append(wanted)
+            sql = self._sql_exclusive_read_all
+            args += [wanted, part.index, part.count]
+        elif part.count > 1:
+            sql = self._sql_read_all_partition
+            args += [wanted, part.index, part.count]
         elif wanted is None:
             sql = self._sql_read_all
         else:
@@ -650,9 +671,15 @@ class _PostgresReplay(ExclusiveReplay):
         self._connection = connection
 
     async def read_all(
-        self, after: Position, limit: int, types: Collection[str] | None = None
+        self,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
-        return await self._store._read_all_on(self._connection, after, limit, types, exclusive=True)
+        return await self._store._read_all_on(
+            self._connection, after, limit, types, exclusive=True, partition=partition
+        )
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from ..errors import (
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
 from ..migrations import load_migrations
+from ..partitions import Partition, partition_of
 from ..readmodel import (
     Checkpoint,
     CheckpointConflictError,
@@ -144,6 +145,7 @@ class SqliteDatabase:
             await connection.execute("PRAGMA journal_mode=WAL")
             await connection.execute("PRAGMA synchronous=NORMAL")
             await connection.execute("PRAGMA foreign_keys=ON")
+            await connection.create_function("pj_partition", 2, partition_of, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
         self._connection = connection
@@ -482,11 +484,12 @@ class SqliteEventStore(EventStore):
         limit: int = DEFAULT_BATCH_SIZE,
         types: Collection[str] | None = None,
         max_bytes: int | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
         async with self.transaction("reading all events", write=False) as connection:
-            return await _read_all_on(connection, after, limit, wanted, max_bytes)
+            return await _read_all_on(connection, after, limit, wanted, max_bytes, partition)
 
     async def head(self) -> Position:
         async with self.transaction("reading the head", write=False) as connection:
@@ -514,9 +517,15 @@ class _SqliteReplay(ExclusiveReplay):
         self._connection = connection
 
     async def read_all(
-        self, after: Position, limit: int, types: Collection[str] | None = None
+        self,
+        after: Position,
+        limit: int,
+        types: Collection[str] | None = None,
+        partition: Partition | None = None,
     ) -> EventBatch:
-        return await _read_all_on(self._connection, after, limit, validate_types(types))
+        return await _read_all_on(
+            self._connection, after, limit, validate_types(types), None, partition
+        )
 
 
 async def _read_all_on(
@@ -525,12 +534,17 @@ async def _read_all_on(
     limit: int,
     wanted: list[str] | None,
     max_bytes: int | None = None,
+    partition: Partition | None = None,
 ) -> EventBatch:
     type_filter = ""
     params: list[object] = [after.seq]
     if wanted is not None:
         type_filter = f"AND e.type IN ({', '.join('?' * len(wanted))})" if wanted else "AND 0"
         params += wanted
+    part = (partition or Partition(0, 1)).validate()
+    if part.count > 1:  # pj_partition is partition_of, registered on every connection
+        type_filter += " AND pj_partition(e.stream_id, ?) = ?"
+        params += [part.count, part.index]
     params += [limit, validate_max_bytes(max_bytes)]
     # One statement: the page and the head it was read against, from one snapshot. The page
     # ends at ``limit`` events or once ``max_bytes`` of payload are reached.
