@@ -8,7 +8,7 @@ an event of a stream always lands in the same partition: order within a stream i
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from .errors import ConfigurationError, InvalidInputError
 
@@ -25,7 +25,8 @@ def partition_of(stream_id: str, count: int) -> int:
     return int.from_bytes(digest[:4], "big") % count
 
 
-class Partition(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Partition:
     """Part ``index`` of ``count``: a read returns only events of its streams."""
 
     index: int
@@ -35,10 +36,10 @@ class Partition(NamedTuple):
         return f"{self.index}/{self.count}"
 
     def validate(self) -> Partition:
-        index, count = self
+        index, count = self.index, self.count
         for value in (index, count):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidInputError(f"partition must be two integers, got {tuple(self)!r}")
+                raise InvalidInputError(f"partition must be two integers, got {self!r}")
         if not 1 <= count <= MAX_PARTITIONS or not 0 <= index < count:
             raise InvalidInputError(
                 f"partition {index}/{count} is invalid: need 0 <= index < count <= {MAX_PARTITIONS}"
