@@ -127,9 +127,7 @@ def test_run_status_rebuild_an_application(tmp_path: Path) -> None:
         worker.kill()
 
     table = run_cli("status", env=env, cwd=ROOT)
-    assert (
-        table.returncode == 0 and "order_summaries" in table.stdout and "up to date" in table.stdout
-    )
+    assert table.returncode == 0 and "order_summaries" in table.stdout and "stopped" in table.stdout
     rebuilt = run_cli("rebuild", "daily_sales", env=env, cwd=ROOT)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt daily_sales from {events:,} events" in rebuilt.stdout

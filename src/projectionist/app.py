@@ -13,46 +13,86 @@ and what a program embeds:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from .errors import ConfigurationError, ProjectionTimeoutError
+from . import leases, operations
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    HandlerError,
+    InvalidInputError,
+    ProjectionTimeoutError,
+)
 from .events import Position, RecordedEvent
 from .factory import create_store
 from .live import LiveProjection
+from .operations import DeadLetter, Fault
+from .partitions import split_unit
 from .projection import Kind, Projection
-from .readmodel import ReadModelStore, ReadModelTransaction
+from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
+from .worker import Worker
 
 
 @dataclass(frozen=True, slots=True)
 class ProjectionStatus:
+    """One unit of a projection (the projection, or one of its partitions), as of now."""
+
     name: str
     kind: str
     version: int
     state: str
+    """not set up, catching up, live, faulted, stopped (no worker runs it), needs rebuild..."""
     position: Position | None
     head: Position
     lag: int
     """Events after the projection's position (0 for inline projections)."""
     events_processed: int
     updated_at: datetime | None
+    partition: str | None = None
+    """"2/4" for partition 2 of 4; None when the projection is not partitioned."""
+    owner: str | None = None
+    """The worker holding its lease, if any."""
+    lag_seconds: float | None = None
+    """Age of the oldest event it has still to process (0 when caught up)."""
+    events_per_second: float | None = None
+    """Over the last minute, as reported by its owner."""
+    last_batch_seconds: float | None = None
+    errors: int = 0
+    """Failures seen by its current owner (transient ones included)."""
+    last_error: str | None = None
+    dead_letters: int = 0
+    fault: Fault | None = None
+    held_back_by: str | None = None
+    """An old open transaction that keeps new events invisible to every reader."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
             "version": self.version,
+            "partition": self.partition,
             "state": self.state,
+            "owner": self.owner,
             "position": None if self.position is None else str(self.position),
             "head": str(self.head),
             "lag": self.lag,
+            "lag_seconds": self.lag_seconds,
+            "events_per_second": self.events_per_second,
             "events_processed": self.events_processed,
+            "last_batch_seconds": self.last_batch_seconds,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "dead_letters": self.dead_letters,
+            "fault": None if self.fault is None else self.fault.as_dict(),
             "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+            "held_back_by": self.held_back_by,
         }
 
 
@@ -90,7 +130,9 @@ class Application(OpenClose):
         # of which only the read-model side (tables and checkpoints) is used.
         self._read_model_host: EventStore | None = None
         self._runners: dict[str, ProjectionRunner] = {}
-        self._progress = ChangeSignal()
+        self._worker: Worker | None = None
+        self.progress = ChangeSignal()
+        """Notified after every batch committed in this process (``wait_for`` listens)."""
         self._hooks: list[InlineHook] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -145,46 +187,70 @@ class Application(OpenClose):
             known = ", ".join(sorted(self.projections)) or "none"
             raise ConfigurationError(f"no projection named {name!r} (known: {known})") from None
 
+    async def prepare_schema(self) -> None:
+        """Create or migrate the store's schema, the checkpoint and operations tables
+        (leases, workers, faults, dead letters: see ``operations``)."""
+        await self.store.apply_schema()
+        await self.read_models.apply_schema()
+
     async def setup(self) -> None:
         """Apply the schema and prepare every read model (idempotent).
 
         An inline projection seen for the first time is built from the whole history, with
         appends held back meanwhile, so it is complete before its first inline append.
         """
-        await self.store.apply_schema()
-        await self.read_models.apply_schema()
+        await self.prepare_schema()
         for projection in self.projections.values():
             checkpoint = await self.read_models.checkpoint(projection.name)
             if projection.kind is Kind.INLINE and checkpoint is None:
                 await rebuild(self.store, self.read_models, projection)
-            else:
+                continue
+            for unit in projection.units:
                 async with self.read_models.transaction() as tx:
-                    await prepare_read_model(tx, projection)
+                    await prepare_read_model(tx, projection, unit)
 
     # -- running ----------------------------------------------------------------------------
 
     def runner(self, name: str) -> ProjectionRunner:
+        """The runner of an unpartitioned async projection, in this process."""
+        runners = self.runners(name)
+        if len(runners) != 1:
+            raise ConfigurationError(f"projection {name!r} has partitions: use runners()")
+        return runners[0]
+
+    def runners(self, name: str) -> list[ProjectionRunner]:
+        """The runners of an async projection in this process, one per partition."""
         projection = self.projection(name)
         if projection.kind is not Kind.ASYNC:
             raise ConfigurationError(f"projection {name!r} is {projection.kind}: it has no runner")
-        if name not in self._runners:
-            self._runners[name] = ProjectionRunner(
-                self.store, self.read_models, projection, progress=self._progress
-            )
-        return self._runners[name]
+        for partition, unit in zip(projection.partition_list, projection.units, strict=True):
+            if unit not in self._runners:
+                self._runners[unit] = ProjectionRunner(
+                    self.store,
+                    self.read_models,
+                    projection,
+                    progress=self.progress,
+                    partition=partition,
+                )
+        return [self._runners[unit] for unit in projection.units]
 
     def _async_names(self) -> list[str]:
         return [p.name for p in self.projections.values() if p.kind is Kind.ASYNC]
 
-    async def run(self) -> None:
-        """Run every async and live projection until ``stop()``; the current batches finish.
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this application's async projections (see ``Worker`` for options)."""
+        return Worker(self, **options)
 
-        If one projection's handler raises, the others are stopped and the error surfaces.
+    async def run(self, **worker_options: Any) -> None:
+        """Run every async projection (through a ``Worker``, sharing them with any other
+        workers on the same database) and every live projection, until ``stop()``.
+
+        A projection whose handler fails is handled by its ``on_error`` policy; it never
+        stops the others. Returns once the current batches have committed.
         """
-        tasks = [asyncio.ensure_future(self.runner(name).run()) for name in self._async_names()]
+        worker = self._worker = self.worker(**worker_options)
+        tasks = [asyncio.ensure_future(worker.run())]
         tasks += [asyncio.ensure_future(live.run(self.store)) for live in self.live.values()]
-        if not tasks:
-            return
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -193,8 +259,11 @@ class Application(OpenClose):
         finally:
             self.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._worker = None
 
     def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
         for runner in self._runners.values():
             runner.stop()
         for live in self.live.values():
@@ -203,7 +272,8 @@ class Application(OpenClose):
     async def run_until_caught_up(self) -> None:
         """Bring every async projection up to the current head, then return."""
         for name in self._async_names():
-            await self.runner(name).run_until_caught_up()
+            for runner in self.runners(name):
+                await runner.run_until_caught_up()
 
     async def wait_for(self, name: str, position: Position, timeout: float = 5.0) -> None:
         """Return once projection ``name`` has processed ``position`` (read your writes).
@@ -215,58 +285,159 @@ class Application(OpenClose):
             return  # written in the same transaction as the events
         deadline = time.monotonic() + timeout
         while True:
-            token = self._progress.token
-            checkpoint = await self.read_models.checkpoint(name)
-            if checkpoint is not None and checkpoint.position >= position:
+            token = self.progress.token
+            checkpoints = await self.read_models.checkpoints()
+            at = [checkpoints[u].position if u in checkpoints else None for u in projection.units]
+            if all(p is not None and p >= position for p in at):
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                at = checkpoint.position if checkpoint else None
-                behind = await self.store.count_after(at) if at is not None else "all"
+                slowest = min((p for p in at if p is not None), default=None)
+                behind = await self.store.count_after(slowest) if slowest is not None else "all"
                 raise ProjectionTimeoutError(
                     f"projection {name!r} did not reach position {position} within "
-                    f"{timeout:g}s: it is at {at or 'no checkpoint'}, {behind} events behind "
-                    "the head (is a worker running it?)"
+                    f"{timeout:g}s: it is at {slowest or 'no checkpoint'}, {behind} events "
+                    "behind the head (is a worker running it?)"
                 )
             # Runners in this process wake us at once; others are polled.
-            await self._progress.wait(token, min(remaining, 0.05))
+            await self.progress.wait(token, min(remaining, 0.05))
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Drop the read model of ``name`` and replay all history into it."""
         return await rebuild(self.store, self.read_models, self.projection(name), progress)
 
+    # -- errors -----------------------------------------------------------------------------
+
+    async def restart(self, name: str) -> int:
+        """Clear the faults of projection ``name``: its workers resume it (and retry the
+        event that stopped it). Returns how many faulted units were cleared."""
+        self.projection(name)
+        async with self.read_models.transaction() as tx:
+            return await operations.clear_faults(tx, name)
+
+    async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        """Events skipped by ``on_error="skip"`` projections, oldest first."""
+        if name is not None:
+            self.projection(name)
+        async with self.read_models.transaction() as tx:
+            return await operations.dead_letters(tx, name)
+
+    async def retry_dead_letters(self, ids: Sequence[int]) -> list[tuple[int, str | None]]:
+        """Apply each dead letter's event again (after a fix). A letter that succeeds is
+        removed in the same transaction; one that fails again stays. Returns (id, error)."""
+        results: list[tuple[int, str | None]] = []
+        for letter_id in ids:
+            try:
+                async with self.read_models.transaction() as tx:
+                    letter = await self._dead_letter(tx, letter_id)
+                    await self.projection(letter.projection).apply([letter.event], tx)
+                    await operations.delete_dead_letter(tx, letter_id)
+                results.append((letter_id, None))
+            except HandlerError as exc:
+                results.append((letter_id, operations.describe(exc)[0]))
+        return results
+
+    async def discard_dead_letters(self, ids: Sequence[int]) -> int:
+        """Forget dead letters for good. Returns how many were removed."""
+        async with self.read_models.transaction() as tx:
+            for letter_id in ids:
+                await self._dead_letter(tx, letter_id)
+                await operations.delete_dead_letter(tx, letter_id)
+        return len(ids)
+
+    async def _dead_letter(self, tx: ReadModelTransaction, letter_id: int) -> DeadLetter:
+        found = await operations.dead_letters(tx, ids=[letter_id])
+        if not found:
+            raise InvalidInputError(f"there is no dead letter {letter_id}")
+        return found[0]
+
+    # -- status -----------------------------------------------------------------------------
+
     async def status(self) -> list[ProjectionStatus]:
+        """Every projection (every partition of partitioned ones), as of now."""
         head = await self.store.head()
         checkpoints = await self.read_models.checkpoints()
+        try:
+            held_back_by = await self.store.holdup()
+            lease_rows = await leases.all_leases(self.read_models)
+            faults = await operations.all_faults(self.read_models)
+            letters = await operations.count_dead_letters(self.read_models)
+        except BackendError:  # operations tables missing: set up by an older release
+            lease_rows, faults, letters, held_back_by = {}, {}, {}, None
         statuses = []
         for projection in self.projections.values():
-            checkpoint = checkpoints.get(projection.name)
-            inline = projection.kind is Kind.INLINE
-            position = None if checkpoint is None else head if inline else checkpoint.position
-            lag = 0 if inline or position is None else await self.store.count_after(position)
-            runner = self._runners.get(projection.name)
-            if checkpoint is None:
-                state = "not set up"
-            elif checkpoint.version != projection.version:
-                state = f"needs rebuild (read model is version {checkpoint.version})"
-            elif runner is not None and runner.state is not RunnerState.STOPPED:
-                state = runner.state.value
-            else:
-                state = "up to date" if lag == 0 else "behind"
-            statuses.append(
-                ProjectionStatus(
-                    name=projection.name,
-                    kind=projection.kind.value,
-                    version=projection.version,
-                    state=state,
-                    position=position,
-                    head=head,
-                    lag=lag,
-                    events_processed=checkpoint.events_processed if checkpoint else 0,
-                    updated_at=checkpoint.updated_at if checkpoint else None,
+            for partition, unit in zip(projection.partition_list, projection.units, strict=True):
+                status = await self._unit_status(
+                    projection, unit, head, checkpoints.get(unit), lease_rows.get(unit)
                 )
-            )
+                statuses.append(
+                    dataclasses.replace(
+                        status,
+                        partition=None if partition is None else str(partition),
+                        fault=faults.get(unit),
+                        state="faulted" if unit in faults else status.state,
+                        dead_letters=letters.get(unit, 0),
+                        held_back_by=held_back_by,
+                    )
+                )
         return statuses
+
+    async def _unit_status(
+        self,
+        projection: Projection,
+        unit: str,
+        head: Position,
+        checkpoint: Checkpoint | None,
+        lease: leases.LeaseRow | None,
+    ) -> ProjectionStatus:
+        inline = projection.kind is Kind.INLINE
+        position = None if checkpoint is None else head if inline else checkpoint.position
+        lag = 0 if inline or position is None else await self.store.count_after(position)
+        report = lease.report if lease is not None else None
+        runner = self._runners.get(unit)
+        if checkpoint is None:
+            state = "not set up"
+        elif checkpoint.version != projection.version:
+            state = f"needs rebuild (read model is version {checkpoint.version})"
+        elif inline:
+            state = "inline"
+        elif report is not None:
+            state = report.state
+        elif runner is not None and runner.state is not RunnerState.STOPPED:
+            state = runner.state.value
+        else:
+            state = "stopped"
+        return ProjectionStatus(
+            name=projection.name,
+            kind=projection.kind.value,
+            version=projection.version,
+            state=state,
+            position=position,
+            head=head,
+            lag=lag,
+            events_processed=checkpoint.events_processed if checkpoint else 0,
+            updated_at=checkpoint.updated_at if checkpoint else None,
+            owner=lease.owner if lease is not None else None,
+            lag_seconds=await self._lag_seconds(projection, unit, position) if lag else 0.0,
+            events_per_second=report.events_per_second if report else None,
+            last_batch_seconds=report.last_batch_seconds if report else None,
+            errors=report.errors if report else 0,
+            last_error=report.last_error if report else None,
+        )
+
+    async def _lag_seconds(
+        self, projection: Projection, unit: str, position: Position | None
+    ) -> float | None:
+        """How old the first event it has still to process is."""
+        if position is None:
+            return None
+        _, partition = split_unit(unit)
+        batch = await self.store.read_all(
+            position, limit=1, types=projection.types, partition=partition
+        )
+        if not batch.events:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - batch.events[0].recorded_at).total_seconds())
 
 
 def _inline_hook(projection: Projection) -> InlineHook:

@@ -70,3 +70,8 @@ class ProjectionVersionError(ProjectionistError):
 
 class ProjectionTimeoutError(ProjectionistError, TimeoutError):
     """A projection did not reach a position in time (``wait_for``)."""
+
+
+class LeaseLostError(ProjectionistError):
+    """This worker no longer owns the projection (or partition) it was about to write: its
+    lease expired or another worker took it over. The batch was rolled back."""

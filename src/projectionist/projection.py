@@ -29,6 +29,7 @@ from typing import TypeVar
 from .errors import ConfigurationError, HandlerError
 from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
+from .partitions import Partition, unit_name, validate_partition_count
 from .readmodel import ReadModelTransaction
 from .store import validate_batch_size, validate_max_bytes
 
@@ -47,6 +48,16 @@ class Kind(enum.StrEnum):
     """Inside each append's own transaction: the read model is never behind."""
 
 
+class OnError(enum.StrEnum):
+    """What a runner does when a handler raises (after ``retries`` more attempts)."""
+
+    STOP = "stop"
+    """The projection (or partition) stops in a faulted state, with the event and the error
+    recorded; other projections go on. ``projectionist restart NAME`` resumes it."""
+    SKIP = "skip"
+    """The event goes to the dead-letter table with its error and the checkpoint moves on."""
+
+
 class Projection:
     """A read model built from events. See the module documentation for an example."""
 
@@ -60,6 +71,9 @@ class Projection:
         batch_size: int = 1000,
         max_batch_bytes: int = 16 * 1024 * 1024,
         start: Position = START,
+        partitions: int = 1,
+        on_error: OnError | str = OnError.STOP,
+        retries: int = 0,
     ) -> None:
         self.name = validate_identifier(name, "projection name")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -78,6 +92,23 @@ class Projection:
         if not isinstance(start, Position):
             raise ConfigurationError(f"projection {name!r}: start must be a Position")
         self.start = start
+        self.partitions = validate_partition_count(name, partitions)
+        """Streams are split over this many partitions (by a stable hash of the stream id),
+        each with its own checkpoint, possibly on different workers. Changing it needs a
+        new version (a blue/green rebuild) or a rebuild."""
+        if self.partitions > 1 and self.kind is Kind.INLINE:
+            raise ConfigurationError(f"projection {name!r}: inline projections have no partitions")
+        try:
+            self.on_error = OnError(on_error)
+        except ValueError:
+            raise ConfigurationError(
+                f"projection {name!r}: on_error must be one of {', '.join(OnError)}, "
+                f"not {on_error!r}"
+            ) from None
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ConfigurationError(f"projection {name!r}: retries must be an integer 0..100")
+        self.retries = retries
+        """How many more times a failing event is tried (with backoff) before ``on_error``."""
         """Where the projection begins (and a rebuild replays from): START, or a position
         such as ``await store.head()`` to skip history."""
         self._handlers: dict[str, tuple[bool, EventHandler | BatchHandler]] = {}
@@ -86,6 +117,17 @@ class Projection:
 
     def __repr__(self) -> str:
         return f"Projection({self.name!r}, version={self.version}, kind={self.kind.value!r})"
+
+    @property
+    def units(self) -> list[str]:
+        """The names of its units of work: the projection itself, or each partition."""
+        return [unit_name(self.name, part) for part in self.partition_list]
+
+    @property
+    def partition_list(self) -> list[Partition | None]:
+        if self.partitions == 1:
+            return [None]
+        return [Partition(index, self.partitions) for index in range(self.partitions)]
 
     @property
     def types(self) -> frozenset[str]:

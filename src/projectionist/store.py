@@ -292,6 +292,11 @@ class EventStore(OpenClose, abc.ABC):
     async def head(self) -> Position:
         """The position of the last event readers can see (START for an empty store)."""
 
+    async def holdup(self) -> str | None:
+        """What holds readers back, if anything: on PostgreSQL, an open write transaction
+        older than committed events (they stay invisible until it ends). None elsewhere."""
+        return None
+
     async def last_committed(self) -> Position:
         """The last committed event, even if readers cannot see it yet (PostgreSQL: events
         held back by an older open transaction). To catch up "to now", aim here and wait."""

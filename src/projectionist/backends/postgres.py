@@ -30,6 +30,7 @@ from ..errors import (
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
 from ..migrations import load_migrations
+from ..operations import table_statements as operations_tables
 from ..partitions import PARTITION_SQL, Partition
 from ..readmodel import (
     Checkpoint,
@@ -390,6 +391,8 @@ class PostgresEventStore(EventStore):
                     extra={"action": "migration_applied", "schema": self.schema},
                 )
             await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
+            for statement in operations_tables("postgres", f"{self._q}."):
+                await connection.execute(statement)
         return len(migrations)
 
     async def schema_version(self) -> int:
@@ -640,6 +643,24 @@ class PostgresEventStore(EventStore):
             row = await connection.fetchrow(self._sql_last_committed)
         return START if row is None else Position(row["tx_id"], row["position"])
 
+    async def holdup(self) -> str | None:
+        _, held_back = await self._head_and_held_back()
+        if not held_back:
+            return None
+        async with self._connection("looking for old transactions") as connection:
+            row = await connection.fetchrow(
+                "SELECT pid, state, extract(epoch from clock_timestamp() - xact_start)::float8 "
+                "AS seconds, left(query, 120) AS query FROM pg_stat_activity "
+                "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
+                "ORDER BY age(backend_xid) DESC LIMIT 1"
+            )
+        if row is None:  # it ended meanwhile
+            return None
+        return (
+            f"transaction of pid {row['pid']} ({row['state']}, open {row['seconds']:.1f}s): "
+            f"{row['query']}"
+        )
+
     async def _head_and_held_back(self) -> tuple[Position, bool]:
         async with self._connection("reading the head") as connection:
             row = await connection.fetchrow(self._sql_head_held_back)
@@ -803,9 +824,16 @@ class PostgresReadModelStore(ReadModelStore):
 
     async def apply_schema(self) -> None:
         with self._translate_errors("creating the checkpoint table"):
-            async with self._pool().acquire() as connection:
+            async with self._pool().acquire() as connection, connection.transaction():
+                # Workers starting together: CREATE ... IF NOT EXISTS can still collide.
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('projectionist.schema.' || $1))",
+                    self._q,
+                )
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
                 await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
+                for statement in operations_tables("postgres", f"{self._q}."):
+                    await connection.execute(statement)
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
         with self._translate_errors("reading checkpoints"):

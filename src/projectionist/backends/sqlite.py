@@ -34,6 +34,7 @@ from ..errors import (
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
 from ..migrations import load_migrations
+from ..operations import table_statements as operations_tables
 from ..partitions import Partition, partition_of
 from ..readmodel import (
     Checkpoint,
@@ -305,6 +306,8 @@ class SqliteReadModelStore(ReadModelStore):
     async def apply_schema(self) -> None:
         async with self.database.transaction("creating checkpoints", write=True) as connection:
             await connection.execute(CHECKPOINTS_TABLE)
+            for statement in operations_tables("sqlite"):
+                await connection.execute(statement)
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
         async with self.database.transaction("reading checkpoints", write=False) as connection:
@@ -373,6 +376,8 @@ class SqliteEventStore(EventStore):
                     (migration.version, migration.name, datetime.now(UTC).isoformat()),
                 )
             await connection.execute(CHECKPOINTS_TABLE)
+            for statement in operations_tables("sqlite"):
+                await connection.execute(statement)
         return len(migrations)
 
     async def schema_version(self) -> int:

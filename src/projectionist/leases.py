@@ -1,0 +1,200 @@
+"""Leases: which worker owns which unit (a projection or one of its partitions), in SQL.
+
+A lease is a row in ``projection_leases`` with an owner, a fencing ``token`` that grows with
+every acquisition, and an expiry read from the database's clock. Why leases and not session
+advisory locks: a lock is released the moment its connection drops, while the worker may
+still be writing through its other connections; a lease outlives connections and is checked
+inside every batch's own transaction (``check``), so a batch commits only while its lease
+holds, and a taker waits for batches in flight (it locks the row ``FOR UPDATE``; batches hold
+it ``FOR KEY SHARE``, which does not block the owner's renewals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import LeaseLostError
+from .operations import db_now
+from .readmodel import ReadModelStore, ReadModelTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    unit: str
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnitReport:
+    """What an owner publishes about a unit at each heartbeat (read by status)."""
+
+    state: str
+    events_per_second: float | None
+    last_batch_seconds: float | None
+    errors: int
+    last_error: str | None
+
+
+async def register_units(read_models: ReadModelStore, units: dict[str, str]) -> None:
+    """Make sure each unit (unit -> projection) has a lease row, owned by nobody if new."""
+    async with read_models.transaction() as tx:
+        await tx.executemany(
+            "INSERT INTO projection_leases (unit, projection) VALUES ($1, $2) "
+            "ON CONFLICT (unit) DO NOTHING",
+            list(units.items()),
+        )
+
+
+async def heartbeat(
+    read_models: ReadModelStore, worker_id: str, host: str, pid: int, forget_after: float
+) -> list[str]:
+    """Record that ``worker_id`` is alive; forget long-dead workers; return the live ones."""
+    async with read_models.transaction() as tx:
+        now = db_now(tx)
+        await tx.execute(
+            "INSERT INTO projection_workers VALUES ($1, $2, $3, "
+            f"{now}, {now}) ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = {now}",
+            worker_id, host, pid,
+        )  # fmt: skip
+        await tx.execute(
+            f"DELETE FROM projection_workers WHERE heartbeat_at < {now} - $1", forget_after
+        )
+        rows = await tx.fetch(
+            f"SELECT worker_id FROM projection_workers WHERE heartbeat_at >= {now} - $1 "
+            "ORDER BY worker_id",
+            forget_after / 3,
+        )
+    return [row[0] for row in rows]
+
+
+async def unregister(read_models: ReadModelStore, worker_id: str) -> None:
+    """Release every lease of ``worker_id`` and remove it from the live workers."""
+    async with read_models.transaction() as tx:
+        await tx.execute(
+            "UPDATE projection_leases SET owner = NULL, expires_at = 0, state = NULL "
+            "WHERE owner = $1",
+            worker_id,
+        )
+        await tx.execute("DELETE FROM projection_workers WHERE worker_id = $1", worker_id)
+
+
+async def free_units(read_models: ReadModelStore, units: list[str]) -> list[str]:
+    """Those of ``units`` that nobody holds (never taken, released, or expired)."""
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch(
+            "SELECT unit FROM projection_leases "
+            f"WHERE owner IS NULL OR expires_at < {db_now(tx)} ORDER BY unit"
+        )
+    wanted = set(units)
+    return [row[0] for row in rows if row[0] in wanted]
+
+
+async def acquire(
+    read_models: ReadModelStore, unit: str, owner: str, seconds: float
+) -> Lease | None:
+    """Take ``unit`` if nobody holds it; the token grows by one. None if someone does."""
+    async with read_models.transaction() as tx:
+        now = db_now(tx)
+        # FOR UPDATE waits for batches in flight of the previous owner (they hold the row
+        # FOR KEY SHARE): none can commit after we take over.
+        lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
+        rows = await tx.fetch(
+            f"SELECT owner, expires_at < {now}, token FROM projection_leases WHERE unit = $1"
+            + lock,
+            unit,
+        )
+        if not rows or (rows[0][0] is not None and not rows[0][1]):
+            return None
+        token = int(rows[0][2]) + 1
+        await tx.execute(
+            f"UPDATE projection_leases SET owner = $2, token = $3, expires_at = {now} + $4, "
+            f"state = 'starting', errors = 0, last_error = NULL, reported_at = {now} "
+            "WHERE unit = $1",
+            unit, owner, token, seconds,
+        )  # fmt: skip
+    return Lease(unit, owner, token)
+
+
+async def renew(
+    read_models: ReadModelStore, lease: Lease, seconds: float, report: UnitReport
+) -> bool:
+    """Extend ``lease`` and publish the unit's figures; False if the lease was lost."""
+    async with read_models.transaction() as tx:
+        now = db_now(tx)
+        changed = await tx.execute(
+            f"UPDATE projection_leases SET expires_at = {now} + $4, state = $5, "
+            "events_per_second = $6, last_batch_seconds = $7, errors = $8, last_error = $9, "
+            f"reported_at = {now} "
+            f"WHERE unit = $1 AND owner = $2 AND token = $3 AND expires_at >= {now}",
+            lease.unit, lease.owner, lease.token, seconds, report.state,
+            report.events_per_second, report.last_batch_seconds, report.errors,
+            report.last_error,
+        )  # fmt: skip
+    return changed == 1
+
+
+async def release(read_models: ReadModelStore, lease: Lease) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(
+            "UPDATE projection_leases SET owner = NULL, expires_at = 0, state = NULL "
+            "WHERE unit = $1 AND owner = $2 AND token = $3",
+            lease.unit,
+            lease.owner,
+            lease.token,
+        )
+
+
+async def check(tx: ReadModelTransaction, lease: Lease) -> None:
+    """Inside a batch's transaction: raise LeaseLostError unless ``lease`` still holds.
+
+    The row stays locked (FOR KEY SHARE) until the batch commits, so no one can take the
+    unit over between this check and the commit."""
+    lock = " FOR KEY SHARE" if tx.dialect == "postgres" else ""
+    rows = await tx.fetch(
+        f"SELECT owner, token, expires_at >= {db_now(tx)} FROM projection_leases "
+        f"WHERE unit = $1{lock}",
+        lease.unit,
+    )
+    if not rows or rows[0][0] != lease.owner or rows[0][1] != lease.token or not rows[0][2]:
+        holder = f"{rows[0][0]} (token {rows[0][1]})" if rows else "nobody"
+        raise LeaseLostError(
+            f"{lease.owner} lost its lease on {lease.unit!r} (token {lease.token}); "
+            f"it is held by {holder}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    unit: str
+    projection: str
+    owner: str | None
+    """None when nobody holds it (never taken, released or expired)."""
+    token: int
+    report: UnitReport | None
+
+
+async def all_leases(read_models: ReadModelStore) -> dict[str, LeaseRow]:
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch(
+            f"SELECT unit, projection, owner, token, expires_at >= {db_now(tx)}, state, "
+            "events_per_second, last_batch_seconds, errors, last_error FROM projection_leases"
+        )
+    leases = {}
+    for row in rows:
+        held = row[2] is not None and bool(row[4])
+        report = UnitReport(row[5], row[6], row[7], int(row[8]), row[9]) if held else None
+        leases[row[0]] = LeaseRow(row[0], row[1], row[2] if held else None, int(row[3]), report)
+    return leases
+
+
+async def live_workers(read_models: ReadModelStore, within: float) -> list[tuple[str, float]]:
+    """Workers whose heartbeat is at most ``within`` seconds old: (id, age in seconds)."""
+    async with read_models.transaction() as tx:
+        now = db_now(tx)
+        rows = await tx.fetch(
+            f"SELECT worker_id, {now} - heartbeat_at FROM projection_workers "
+            f"WHERE heartbeat_at >= {now} - $1 ORDER BY worker_id",
+            within,
+        )
+    return [(row[0], float(row[1])) for row in rows]

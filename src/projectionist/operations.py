@@ -1,0 +1,304 @@
+"""The operations tables beside the checkpoints: leases, workers, faults and dead letters.
+
+They live in the read-model database, next to ``projection_checkpoints``, so that a batch can
+check its lease and a poison event can be dead-lettered in the same transaction as the rows
+and the checkpoint. The SQL here runs unchanged on PostgreSQL and SQLite (``$n`` placeholders
+are translated for SQLite); the few differences are picked by ``tx.dialect``. Times are
+seconds since the epoch read from the database's clock (``db_now``), so that workers on
+machines with skewed clocks still agree on when a lease expires.
+"""
+
+from __future__ import annotations
+
+import traceback as traceback_module
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .events import Position, RecordedEvent
+from .readmodel import ReadModelStore, ReadModelTransaction
+
+_NOW = {
+    "postgres": "extract(epoch from clock_timestamp())::double precision",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+_SERIAL = {"postgres": "BIGSERIAL PRIMARY KEY", "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {prefix}projection_leases (
+    unit TEXT PRIMARY KEY,
+    projection TEXT NOT NULL,
+    owner TEXT,
+    token BIGINT NOT NULL DEFAULT 0,
+    expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    state TEXT,
+    events_per_second DOUBLE PRECISION,
+    last_batch_seconds DOUBLE PRECISION,
+    errors BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reported_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS {prefix}projection_workers (
+    worker_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {prefix}projection_faults (
+    unit TEXT PRIMARY KEY,
+    projection TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    position TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    failed_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {prefix}projection_dead_letters (
+    id {serial},
+    projection TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    position TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    failed_at DOUBLE PRECISION NOT NULL
+)
+"""
+
+
+def db_now(tx: ReadModelTransaction) -> str:
+    """SQL for the database's current time in epoch seconds (not the transaction's start)."""
+    return _NOW[tx.dialect]
+
+
+def table_statements(dialect: str, prefix: str = "") -> list[str]:
+    """CREATE TABLE IF NOT EXISTS statements of the operations tables, for the backends'
+    ``apply_schema`` (``prefix``: a quoted schema and a dot, or nothing)."""
+    script = _TABLES.format(serial=_SERIAL[dialect], prefix=prefix)
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Why a unit (a projection or one of its partitions) stopped: the event and the error."""
+
+    unit: str
+    projection: str
+    version: int
+    position: Position
+    stream_id: str
+    stream_version: int
+    event_type: str
+    error: str
+    traceback: str
+    attempts: int
+    failed_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "projection": self.projection,
+            "version": self.version,
+            "position": str(self.position),
+            "stream_id": self.stream_id,
+            "stream_version": self.stream_version,
+            "event_type": self.event_type,
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+        }
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """The error line and the traceback of a handler failure (its cause, when wrapped)."""
+    cause = exc.__cause__ or exc
+    text = f"{type(cause).__name__}: {cause}"
+    trace = "".join(traceback_module.format_exception(cause))
+    return text, trace
+
+
+async def record_fault(
+    tx: ReadModelTransaction,
+    unit: str,
+    version: int,
+    event: RecordedEvent,
+    exc: BaseException,
+    attempts: int,
+) -> Fault:
+    error, trace = describe(exc)
+    projection = unit.partition("#")[0]
+    await tx.execute(
+        "INSERT INTO projection_faults VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+        f"{db_now(tx)}) ON CONFLICT (unit) DO UPDATE SET version = excluded.version, "
+        "position = excluded.position, stream_id = excluded.stream_id, "
+        "stream_version = excluded.stream_version, event_type = excluded.event_type, "
+        "error = excluded.error, traceback = excluded.traceback, "
+        "attempts = excluded.attempts, failed_at = excluded.failed_at",
+        unit, projection, version, str(event.position), event.stream_id, event.version,
+        event.type, error, trace, attempts,
+    )  # fmt: skip
+    fault = await load_fault(tx, unit)
+    assert fault is not None
+    return fault
+
+
+_FAULT_COLUMNS = (
+    "unit, projection, version, position, stream_id, stream_version, event_type, error, "
+    "traceback, attempts, failed_at"
+)
+
+
+def _fault(row: tuple[Any, ...]) -> Fault:
+    return Fault(
+        unit=row[0],
+        projection=row[1],
+        version=row[2],
+        position=Position.parse(row[3]),
+        stream_id=row[4],
+        stream_version=row[5],
+        event_type=row[6],
+        error=row[7],
+        traceback=row[8],
+        attempts=int(row[9]),
+        failed_at=float(row[10]),
+    )
+
+
+async def load_fault(tx: ReadModelTransaction, unit: str) -> Fault | None:
+    rows = await tx.fetch(f"SELECT {_FAULT_COLUMNS} FROM projection_faults WHERE unit = $1", unit)
+    return _fault(rows[0]) if rows else None
+
+
+async def clear_faults(tx: ReadModelTransaction, projection: str) -> int:
+    """Forget the faults of every unit of ``projection``: workers resume it."""
+    return await tx.execute("DELETE FROM projection_faults WHERE projection = $1", projection)
+
+
+async def clear_fault(tx: ReadModelTransaction, unit: str) -> None:
+    await tx.execute("DELETE FROM projection_faults WHERE unit = $1", unit)
+
+
+async def all_faults(read_models: ReadModelStore) -> dict[str, Fault]:
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch(f"SELECT {_FAULT_COLUMNS} FROM projection_faults")
+    return {row[0]: _fault(row) for row in rows}
+
+
+# -- dead letters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a projection skipped after its handler failed (``on_error="skip"``)."""
+
+    id: int
+    projection: str
+    unit: str
+    version: int
+    event: RecordedEvent
+    error: str
+    traceback: str
+    attempts: int
+    failed_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "projection": self.projection,
+            "unit": self.unit,
+            "version": self.version,
+            "position": str(self.event.position),
+            "stream_id": self.event.stream_id,
+            "stream_version": self.event.version,
+            "event_type": self.event.type,
+            "event_id": str(self.event.id),
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+        }
+
+
+async def add_dead_letter(
+    tx: ReadModelTransaction,
+    unit: str,
+    version: int,
+    event: RecordedEvent,
+    exc: BaseException,
+    attempts: int,
+) -> None:
+    error, trace = describe(exc)
+    await tx.execute(
+        "INSERT INTO projection_dead_letters (projection, unit, version, position, event_id, "
+        "stream_id, stream_version, event_type, data, metadata, recorded_at, error, traceback, "
+        "attempts, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+        f"$14, {db_now(tx)})",
+        unit.partition("#")[0], unit, version, str(event.position), str(event.id),
+        event.stream_id, event.version, event.type, orjson.dumps(event.data).decode(),
+        orjson.dumps(event.metadata).decode(), event.recorded_at.isoformat(), error, trace,
+        attempts,
+    )  # fmt: skip
+
+
+_DEAD_LETTER_COLUMNS = (
+    "id, projection, unit, version, position, event_id, stream_id, stream_version, event_type, "
+    "data, metadata, recorded_at, error, traceback, attempts, failed_at"
+)
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    event = RecordedEvent(
+        id=uuid.UUID(row[5]),
+        stream_id=row[6],
+        version=row[7],
+        type=row[8],
+        data=orjson.loads(row[9]),
+        metadata=orjson.loads(row[10]),
+        recorded_at=datetime.fromisoformat(row[11]),
+        position=Position.parse(row[4]),
+    )
+    return DeadLetter(
+        int(row[0]), row[1], row[2], row[3], event, row[12], row[13], int(row[14]), float(row[15])
+    )
+
+
+async def dead_letters(
+    tx: ReadModelTransaction, projection: str | None = None, ids: list[int] | None = None
+) -> list[DeadLetter]:
+    """Dead letters, oldest first, of one projection or all, or only those with ``ids``."""
+    sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE 1 = 1"
+    args: list[object] = []
+    if projection is not None:
+        args.append(projection)
+        sql += f" AND projection = ${len(args)}"
+    rows = await tx.fetch(sql + " ORDER BY id", *args)
+    letters = [_dead_letter(row) for row in rows]
+    return letters if ids is None else [letter for letter in letters if letter.id in ids]
+
+
+async def delete_dead_letter(tx: ReadModelTransaction, letter_id: int) -> None:
+    await tx.execute("DELETE FROM projection_dead_letters WHERE id = $1", letter_id)
+
+
+async def count_dead_letters(read_models: ReadModelStore) -> dict[str, int]:
+    """Dead letters per unit."""
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch("SELECT unit, count(*) FROM projection_dead_letters GROUP BY unit")
+    return {row[0]: int(row[1]) for row in rows}

@@ -1,0 +1,311 @@
+"""The worker: runs an application's async projections, shared with other workers.
+
+Start any number of workers, in one process or on many machines, against the same read-model
+database: they share the units of work (each projection, or each partition of a partitioned
+one) through leases in that database (see ``leases``). Every ``heartbeat`` seconds a worker
+
+1. records its heartbeat and counts the live workers;
+2. renews its leases and publishes each unit's state and figures (status reads them);
+3. hands back units above its fair share (``ceil(units / live workers)``), after their
+   current batch, so that a joining worker gets some;
+4. takes free or expired units up to its fair share, and starts their runners.
+
+A worker that dies stops renewing; its leases expire after ``lease_seconds`` and the others
+take its units over. Every batch checks its lease inside its own transaction, so a worker
+that lost its lease (a pause, a network split) cannot commit once another has taken over.
+
+It installs no signal handlers: ``stop()`` ends it (the CLI wires SIGTERM/SIGINT to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import leases, operations
+from .errors import ConfigurationError, ProjectionVersionError
+from .leases import Lease, UnitReport
+from .partitions import split_unit
+from .projection import Kind, Projection
+from .readmodel import ReadModelTransaction
+from .runner import ProjectionRunner, RunnerState, is_transient
+
+if TYPE_CHECKING:
+    from .app import Application
+
+logger = logging.getLogger("projectionist.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Owned:
+    lease: Lease
+    runner: ProjectionRunner
+    task: asyncio.Task[None] | None = None
+    note: str | None = None
+    """Why it is not running (needs a rebuild, failed to start): shown as its state."""
+    retry_at: float = 0.0
+    failures: int = field(default=0)
+
+
+class Worker:
+    """Runs the async projections of ``app`` (opened and set up) until ``stop()``."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        worker_id: str | None = None,
+        lease_seconds: float = 10.0,
+        heartbeat_seconds: float | None = None,
+        shutdown_seconds: float = 30.0,
+        projections: Iterable[str] | None = None,
+    ) -> None:
+        if lease_seconds <= 0 or shutdown_seconds <= 0:
+            raise ConfigurationError("lease_seconds and shutdown_seconds must be positive")
+        self.app = app
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 4
+        if not 0 < self.heartbeat_seconds <= lease_seconds / 2:
+            raise ConfigurationError("heartbeat_seconds must be at most half of lease_seconds")
+        self.shutdown_seconds = shutdown_seconds
+        names = list(projections) if projections is not None else None
+        selected = [app.projection(name) for name in names] if names else None
+        self._projections = [
+            p for p in (selected or app.projections.values()) if p.kind is Kind.ASYNC
+        ]
+        self._units = {unit: p for p in self._projections for unit in p.units}
+        self._owned: dict[str, _Owned] = {}
+        self._stop = asyncio.Event()
+        self.live_workers: list[str] = []
+
+    @property
+    def owned(self) -> dict[str, RunnerState | str]:
+        """The units this worker holds, with their state."""
+        return {unit: owned.note or owned.runner.state for unit, owned in self._owned.items()}
+
+    def stop(self) -> None:
+        """Finish the current batches, hand the leases back, return from ``run()``."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        self._stop.clear()
+        read_models = self.app.read_models
+        await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
+        logger.info(
+            "worker %s started: %d units",
+            self.worker_id,
+            len(self._units),
+            extra={"action": "worker_start", "worker": self.worker_id},
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._tick()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    logger.warning(
+                        "heartbeat failed, retrying: %s",
+                        exc,
+                        extra={"action": "heartbeat_failed", "worker": self.worker_id},
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), self._jittered(self.heartbeat_seconds)
+                    )
+        finally:
+            await self._shut_down()
+
+    # -- one heartbeat --------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        read_models = self.app.read_models
+        self.live_workers = await leases.heartbeat(
+            read_models,
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            forget_after=self.lease_seconds * 3,
+        )
+        await self._renew()
+        fair = math.ceil(len(self._units) / max(len(self.live_workers), 1))
+        if len(self._owned) > fair:
+            await self._hand_back(len(self._owned) - fair)
+        elif len(self._owned) < fair:
+            await self._take(fair - len(self._owned))
+        await self._start_runners()
+
+    async def _renew(self) -> None:
+        for unit, owned in list(self._owned.items()):
+            if (
+                owned.task is not None
+                and owned.task.done()
+                and owned.runner.state is not (RunnerState.FAULTED)
+            ):
+                self._finished(unit, owned)
+            if not await leases.renew(
+                self.app.read_models, owned.lease, self.lease_seconds, self._report(owned)
+            ):
+                logger.warning(
+                    "lease on %s lost",
+                    unit,
+                    extra={"action": "lease_lost", "worker": self.worker_id, "unit": unit},
+                )
+                await self._stop_runner(owned)
+                del self._owned[unit]
+
+    def _report(self, owned: _Owned) -> UnitReport:
+        runner = owned.runner
+        if owned.note is not None:
+            state = owned.note
+        elif runner.state is RunnerState.FAULTED or runner.fault is not None:
+            state = str(RunnerState.FAULTED)
+        elif owned.task is None or owned.task.done():
+            state = "starting"
+        else:
+            state = str(runner.state)
+        return UnitReport(
+            state=state,
+            events_per_second=runner.events_per_second,
+            last_batch_seconds=runner.last_batch_seconds,
+            errors=runner.errors,
+            last_error=runner.last_error,
+        )
+
+    def _finished(self, unit: str, owned: _Owned) -> None:
+        """A runner ended on its own: a lost lease, or an error that is not transient."""
+        task, owned.task = owned.task, None
+        assert task is not None
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
+            return  # lease lost or stopped: the renewal tells which
+        owned.failures += 1
+        if isinstance(exc, ProjectionVersionError):
+            owned.note = "needs rebuild"
+        owned.runner.last_error = f"{type(exc).__name__}: {exc}"
+        owned.retry_at = asyncio.get_running_loop().time() + min(60.0, 2.0**owned.failures)
+        logger.error(
+            "runner of %s failed: %s",
+            unit,
+            exc,
+            exc_info=exc,
+            extra={"action": "runner_failed", "worker": self.worker_id, "unit": unit},
+        )
+
+    async def _hand_back(self, count: int) -> None:
+        # Hand back the most recently numbered units first: any order works, this one is
+        # stable, so two workers rebalancing do not trade the same units back and forth.
+        for unit in sorted(self._owned, reverse=True)[:count]:
+            owned = self._owned.pop(unit)
+            await self._stop_runner(owned)
+            await leases.release(self.app.read_models, owned.lease)
+            logger.info(
+                "handed %s back (rebalancing over %d workers)",
+                unit,
+                len(self.live_workers),
+                extra={"action": "lease_released", "worker": self.worker_id, "unit": unit},
+            )
+
+    async def _take(self, count: int) -> None:
+        read_models = self.app.read_models
+        free = await leases.free_units(read_models, list(self._units))
+        random.shuffle(free)  # workers starting together spread out
+        for unit in free:
+            if count == 0:
+                return
+            lease = await leases.acquire(read_models, unit, self.worker_id, self.lease_seconds)
+            if lease is None:
+                continue
+            count -= 1
+            self._owned[unit] = _Owned(lease, self._runner(unit, lease))
+            logger.info(
+                "took %s (token %d)",
+                unit,
+                lease.token,
+                extra={"action": "lease_acquired", "worker": self.worker_id, "unit": unit},
+            )
+
+    def _runner(self, unit: str, lease: Lease) -> ProjectionRunner:
+        projection: Projection = self._units[unit]
+        _, partition = split_unit(unit)
+
+        async def fence(tx: ReadModelTransaction) -> None:
+            await leases.check(tx, lease)
+
+        return ProjectionRunner(
+            self.app.store,
+            self.app.read_models,
+            projection,
+            partition=partition,
+            fence=fence,
+            progress=self.app.progress,
+        )
+
+    async def _start_runners(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for owned in self._owned.values():
+            if owned.task is not None and not owned.task.done():
+                continue
+            if owned.runner.state is RunnerState.FAULTED:
+                if not await self._fault_cleared(owned):
+                    continue
+            elif owned.retry_at > now:
+                continue
+            owned.note = None
+            owned.runner.state = RunnerState.STOPPED
+            owned.task = asyncio.create_task(owned.runner.run())
+
+    async def _fault_cleared(self, owned: _Owned) -> bool:
+        """A faulted unit resumes once its fault is gone (``projectionist restart``)."""
+        async with self.app.read_models.transaction() as tx:
+            fault = await operations.load_fault(tx, owned.runner.unit)
+        if fault is None:
+            logger.info(
+                "%s was restarted",
+                owned.runner.unit,
+                extra={"action": "fault_cleared", "worker": self.worker_id},
+            )
+        return fault is None
+
+    async def _stop_runner(self, owned: _Owned) -> None:
+        owned.runner.stop()
+        if owned.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(owned.task), self.shutdown_seconds)
+        except TimeoutError:
+            owned.task.cancel()  # its transaction rolls back: nothing half-written
+            with contextlib.suppress(BaseException):
+                await owned.task
+        except Exception:  # noqa: BLE001 - it ended with an error: it has stopped all the same
+            pass
+
+    async def _shut_down(self) -> None:
+        owned = list(self._owned.values())
+        self._owned.clear()
+        await asyncio.gather(*(self._stop_runner(o) for o in owned))
+        with contextlib.suppress(Exception):
+            await leases.unregister(self.app.read_models, self.worker_id)
+        logger.info(
+            "worker %s stopped",
+            self.worker_id,
+            extra={"action": "worker_stop", "worker": self.worker_id},
+        )
+
+    @staticmethod
+    def _jittered(seconds: float) -> float:
+        return seconds * random.uniform(0.8, 1.2)
