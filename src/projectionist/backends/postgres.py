@@ -361,7 +361,7 @@ class PostgresEventStore(EventStore):
             # Concurrent appliers queue here instead of racing on CREATE statements.
             await connection.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('projectionist.schema.' || $1))",
-                self.schema,
+                self._q,  # the read-model store's apply_schema takes the same lock
             )
             await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
             await connection.execute(
