@@ -22,10 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import leases
 from .app import Application, ProjectionStatus
 from .errors import ConfigurationError, ProjectionistError
 from .factory import create_store
 from .identifiers import quote_identifier
+from .operations import DeadLetter
 
 T = TypeVar("T")
 DEFAULT_DEMO_URL = "sqlite:///projectionist-demo.db"
@@ -220,8 +222,31 @@ def run_command(
         str, typer.Argument(envvar="PROJECTIONIST_APP", help="module:attribute of the Application")
     ],
     url: AppUrlOption = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(envvar="PROJECTIONIST_WORKER_ID", help="[default: host:pid:random]"),
+    ] = None,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            envvar="PROJECTIONIST_LEASE_SECONDS",
+            help="How long a dead worker's projections wait before others take them over",
+        ),
+    ] = 10.0,
+    shutdown_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="PROJECTIONIST_SHUTDOWN_SECONDS",
+            help="On SIGTERM/SIGINT, how long the current batches may take to commit",
+        ),
+    ] = 30.0,
 ) -> None:
-    """Run the application's projections until SIGINT or SIGTERM (the batch finishes)."""
+    """Run the application's projections as a worker until SIGINT or SIGTERM.
+
+    Any number of workers share the projections (and partitions) through leases in the
+    database; on a signal the current batches commit, the leases are handed back, exit 0."""
 
     async def go() -> None:
         target = load_application(application)
@@ -231,11 +256,150 @@ def run_command(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, target.stop)
-            await target.run()
+            await target.run(
+                worker_id=worker_id,
+                lease_seconds=lease_seconds,
+                shutdown_seconds=shutdown_seconds,
+            )
         finally:
             await target.close()
 
     _run(go)
+
+
+@app.command()
+def health(
+    application: AppOption,
+    url: AppUrlOption = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(envvar="PROJECTIONIST_WORKER_ID", help="Check this worker [default: any]"),
+    ] = None,
+    max_age: Annotated[
+        float,
+        typer.Option(min=0.1, envvar="PROJECTIONIST_HEALTH_MAX_AGE", help="Seconds"),
+    ] = 30.0,
+) -> None:
+    """Exit 0 if a worker (or the given one) has sent a heartbeat within MAX_AGE seconds."""
+
+    async def go() -> list[tuple[str, float]]:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await leases.live_workers(target.read_models, max_age)
+        finally:
+            await target.close()
+
+    alive = [(w, age) for w, age in _run(go) if worker_id is None or w == worker_id]
+    if not alive:
+        errors.print(f"unhealthy: no heartbeat from {worker_id or 'any worker'} in {max_age:g}s")
+        raise typer.Exit(1)
+    for worker, age in alive:
+        console.print(f"healthy: {worker} (heartbeat {age:.1f}s ago)")
+
+
+@app.command()
+def restart(name: str, application: AppOption, url: AppUrlOption = None) -> None:
+    """Resume a faulted projection (after a fix): its workers retry the event that failed."""
+
+    async def go() -> int:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.restart(name)
+        finally:
+            await target.close()
+
+    cleared = _run(go)
+    console.print(
+        f"{name}: cleared {cleared} fault(s); workers resume it at their next heartbeat"
+        if cleared
+        else f"{name} was not faulted"
+    )
+
+
+dead_letters_app = typer.Typer(
+    help="Events skipped by projections with on_error='skip'.", no_args_is_help=True
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    application: AppOption,
+    name: Annotated[str | None, typer.Option("--projection", help="Only this one")] = None,
+    url: AppUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line")] = False,
+) -> None:
+    """List dead letters, oldest first."""
+
+    async def go() -> list[DeadLetter]:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.dead_letters(name)
+        finally:
+            await target.close()
+
+    letters = _run(go)
+    if as_json:
+        for letter in letters:
+            print(orjson.dumps(letter.as_dict()).decode())
+        return
+    table = Table(title=f"Dead letters ({len(letters)})", title_justify="left")
+    for column in ("id", "projection", "position", "stream", "event", "error", "attempts"):
+        table.add_column(column)
+    for letter in letters:
+        event = letter.event
+        table.add_row(
+            str(letter.id),
+            letter.unit,
+            str(event.position),
+            f"{event.stream_id} v{event.version}",
+            event.type,
+            letter.error,
+            str(letter.attempts),
+        )
+    console.print(table)
+
+
+IdsArgument = Annotated[list[int], typer.Argument(help="Dead letter ids (see list)")]
+
+
+@dead_letters_app.command("retry")
+def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOption = None) -> None:
+    """Apply the events again (after a fix); those that succeed leave the list."""
+
+    async def go() -> list[tuple[int, str | None]]:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.retry_dead_letters(ids)
+        finally:
+            await target.close()
+
+    results = _run(go)
+    for letter_id, error in results:
+        console.print(f"{letter_id}: " + ("applied" if error is None else f"failed again: {error}"))
+    if any(error is not None for _, error in results):
+        raise typer.Exit(1)
+
+
+@dead_letters_app.command("discard")
+def dead_letters_discard(
+    ids: IdsArgument, application: AppOption, url: AppUrlOption = None
+) -> None:
+    """Forget dead letters for good."""
+
+    async def go() -> int:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.discard_dead_letters(ids)
+        finally:
+            await target.close()
+
+    console.print(f"discarded {_run(go)} dead letter(s)")
 
 
 @app.command()
@@ -301,19 +465,28 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
 def status_table(statuses: Sequence[ProjectionStatus]) -> Table:
     table = Table(title="Projections", title_justify="left")
     table.add_column("name", no_wrap=True)
-    for column in ("kind", "version", "state", "position", "head", "lag", "updated"):
+    columns = ("kind", "version", "state", "owner", "position", "head", "lag", "lag s", "ev/s")
+    for column in (*columns, "dead", "updated", "last error"):
         table.add_column(column)
     for item in statuses:
         table.add_row(
-            item.name,
+            item.name + (f" [{item.partition}]" if item.partition else ""),
             item.kind,
             str(item.version),
             item.state,
+            item.owner or "-",
             str(item.position),
             str(item.head),
             f"{item.lag:,}",
+            "-" if item.lag_seconds is None else f"{item.lag_seconds:.1f}",
+            "-" if item.events_per_second is None else f"{item.events_per_second:,.0f}",
+            str(item.dead_letters),
             item.updated_at.strftime("%H:%M:%S") if item.updated_at else "-",
+            (item.fault.error if item.fault else item.last_error or "-")[:60],
         )
+    held = next((s.held_back_by for s in statuses if s.held_back_by), None)
+    if held:
+        table.caption = f"readers are held back by an open {held}"
     return table
 
 
