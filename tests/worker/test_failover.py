@@ -45,7 +45,7 @@ def start_worker(url: str, schema: str, name: str, logs: Path) -> subprocess.Pop
             name,
             "--lease-seconds",
             str(LEASE_SECONDS),
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         env={**os.environ, "PROJECTIONIST_SCHEMA": schema},
         stdout=log,
@@ -166,7 +166,7 @@ async def test_workers_share_fail_over_and_rebalance(pg_schema: str, tmp_path: P
         for projection in PROJECTIONS:
             await app.rebuild(projection.name)
             assert await counts_of(app, projection.name) == before[projection.name]
-        assert sum(row[1] for row in before["tally"]) == appended
+        assert sum(int(row[1]) for row in before["tally"]) == appended  # type: ignore[call-overload]
 
 
 async def counts_of(app: Application, name: str) -> list[tuple[object, ...]]:
