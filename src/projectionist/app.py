@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import leases, operations
+from .bluegreen import BlueGreenBuild, build_unit, stale_projections
 from .errors import (
     BackendError,
     ConfigurationError,
@@ -368,7 +369,12 @@ class Application(OpenClose):
         for projection in self.projections.values():
             for partition, unit in zip(projection.partition_list, projection.units, strict=True):
                 status = await self._unit_status(
-                    projection, unit, head, checkpoints.get(unit), lease_rows.get(unit)
+                    projection,
+                    unit,
+                    head,
+                    checkpoints.get(unit),
+                    lease_rows.get(unit),
+                    building=build_unit(projection) in lease_rows,
                 )
                 statuses.append(
                     dataclasses.replace(
@@ -380,7 +386,37 @@ class Application(OpenClose):
                         held_back_by=held_back_by,
                     )
                 )
+            statuses += await self._build_status(projection, head, lease_rows)
         return statuses
+
+    async def _build_status(
+        self, projection: Projection, head: Position, lease_rows: dict[str, leases.LeaseRow]
+    ) -> list[ProjectionStatus]:
+        """A blue/green build of a newer version in progress, shown beside the old one."""
+        lease = lease_rows.get(build_unit(projection))
+        if lease is None or projection.kind is not Kind.ASYNC:
+            return []
+        if projection not in await stale_projections(self.read_models, [projection]):
+            return []
+        build = BlueGreenBuild(self.store, self.read_models, projection)
+        position = await build.checkpoint()
+        report = lease.report
+        return [
+            ProjectionStatus(
+                name=projection.name,
+                kind="async",
+                version=projection.version,
+                state="rebuilding (blue/green)" if lease.owner else "waiting to rebuild",
+                position=position,
+                head=head,
+                lag=await self.store.count_after(position or projection.start),
+                events_processed=0,
+                updated_at=None,
+                owner=lease.owner,
+                events_per_second=report.events_per_second if report else None,
+                last_error=report.last_error if report else None,
+            )
+        ]
 
     async def _unit_status(
         self,
@@ -389,6 +425,8 @@ class Application(OpenClose):
         head: Position,
         checkpoint: Checkpoint | None,
         lease: leases.LeaseRow | None,
+        *,
+        building: bool = False,
     ) -> ProjectionStatus:
         inline = projection.kind is Kind.INLINE
         position = None if checkpoint is None else head if inline else checkpoint.position
@@ -397,6 +435,8 @@ class Application(OpenClose):
         runner = self._runners.get(unit)
         if checkpoint is None:
             state = "not set up"
+        elif checkpoint.version < projection.version and building:
+            state = f"serving version {checkpoint.version} (version {projection.version} building)"
         elif checkpoint.version != projection.version:
             state = f"needs rebuild (read model is version {checkpoint.version})"
         elif inline:
@@ -410,7 +450,7 @@ class Application(OpenClose):
         return ProjectionStatus(
             name=projection.name,
             kind=projection.kind.value,
-            version=projection.version,
+            version=checkpoint.version if checkpoint else projection.version,
             state=state,
             position=position,
             head=head,

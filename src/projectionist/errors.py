@@ -75,3 +75,8 @@ class ProjectionTimeoutError(ProjectionistError, TimeoutError):
 class LeaseLostError(ProjectionistError):
     """This worker no longer owns the projection (or partition) it was about to write: its
     lease expired or another worker took it over. The batch was rolled back."""
+
+
+class ProjectionSupersededError(ProjectionVersionError):
+    """The stored read model is of a newer version than this code's: a newer deployment
+    has taken over (after a blue/green rebuild). This worker leaves the projection alone."""

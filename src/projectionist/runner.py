@@ -22,6 +22,7 @@ from . import operations
 from .errors import (
     HandlerError,
     LeaseLostError,
+    ProjectionSupersededError,
     ProjectionVersionError,
     StoreUnavailableError,
     TransactionConflictError,
@@ -416,6 +417,11 @@ async def prepare_read_model(
     # Runners starting together queue here: one creates the tables and the checkpoint.
     await tx.lock_projection(projection.name)
     checkpoint = await tx.load_checkpoint(unit)
+    if checkpoint is not None and checkpoint.version > projection.version:
+        raise ProjectionSupersededError(
+            f"projection {projection.name!r} is at version {projection.version} in code but "
+            f"version {checkpoint.version} has taken over its read model: deploy the newer code"
+        )
     if checkpoint is not None and checkpoint.version != projection.version:
         raise ProjectionVersionError(
             f"projection {projection.name!r} is at version {projection.version} in code but "

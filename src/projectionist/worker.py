@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import leases, operations
-from .errors import ConfigurationError, ProjectionVersionError
+from .bluegreen import BlueGreenBuild, build_unit, drop_retired, stale_projections
+from .errors import ConfigurationError, ProjectionSupersededError, ProjectionVersionError
 from .leases import Lease, UnitReport
 from .partitions import split_unit
 from .projection import Kind, Projection
@@ -52,7 +53,7 @@ def default_worker_id() -> str:
 @dataclass
 class _Owned:
     lease: Lease
-    runner: ProjectionRunner
+    runner: ProjectionRunner | BlueGreenBuild
     task: asyncio.Task[None] | None = None
     note: str | None = None
     """Why it is not running (needs a rebuild, failed to start): shown as its state."""
@@ -72,6 +73,7 @@ class Worker:
         heartbeat_seconds: float | None = None,
         shutdown_seconds: float = 30.0,
         projections: Iterable[str] | None = None,
+        retire_after_seconds: float = 300.0,
     ) -> None:
         if lease_seconds <= 0 or shutdown_seconds <= 0:
             raise ConfigurationError("lease_seconds and shutdown_seconds must be positive")
@@ -88,6 +90,11 @@ class Worker:
             p for p in (selected or app.projections.values()) if p.kind is Kind.ASYNC
         ]
         self._units = {unit: p for p in self._projections for unit in p.units}
+        self._builds: dict[str, Projection] = {}
+        """Blue/green build units of projections whose stored version is older."""
+        self.retire_after_seconds = retire_after_seconds
+        self._superseded: set[str] = set()
+        """Units a newer version of the code has taken over."""
         self._owned: dict[str, _Owned] = {}
         self._stop = asyncio.Event()
         self.live_workers: list[str] = []
@@ -141,16 +148,43 @@ class Worker:
             os.getpid(),
             forget_after=self.lease_seconds * 3,
         )
+        await self._find_builds()
         await self._renew()
-        fair = math.ceil(len(self._units) / max(len(self.live_workers), 1))
+        units = len(self._units) - len(self._superseded) + len(self._builds)
+        fair = math.ceil(units / max(len(self.live_workers), 1))
         if len(self._owned) > fair:
             await self._hand_back(len(self._owned) - fair)
         elif len(self._owned) < fair:
             await self._take(fair - len(self._owned))
         await self._start_runners()
 
+    async def _find_builds(self) -> None:
+        """On PostgreSQL, a projection whose code version is newer than its read model gets
+        a blue/green build unit; its own units wait until the build swaps in."""
+        read_models = self.app.read_models
+        if not hasattr(read_models, "in_schema"):
+            return
+        stale = await stale_projections(read_models, self._projections)
+        self._builds = {build_unit(p): p for p in stale}
+        if self._builds:
+            await leases.register_units(read_models, {u: p.name for u, p in self._builds.items()})
+        for schema in await drop_retired(read_models):
+            logger.info(
+                "dropped %s after its grace period",
+                schema,
+                extra={"action": "retired_dropped", "worker": self.worker_id},
+            )
+
     async def _renew(self) -> None:
         for unit, owned in list(self._owned.items()):
+            if unit in self._superseded:
+                del self._owned[unit]  # newer code runs it now: leave it to them
+                await leases.release(self.app.read_models, owned.lease)
+                continue
+            if isinstance(owned.runner, BlueGreenBuild) and owned.runner.switched:
+                del self._owned[unit]  # done: the projection's own units take over
+                await leases.release(self.app.read_models, owned.lease)
+                continue
             if (
                 owned.task is not None
                 and owned.task.done()
@@ -194,6 +228,8 @@ class Worker:
         if exc is None:
             return  # lease lost or stopped: the renewal tells which
         owned.failures += 1
+        if isinstance(exc, ProjectionSupersededError):
+            self._superseded.add(unit)  # handed back at the next renewal
         if isinstance(exc, ProjectionVersionError):
             owned.note = "needs rebuild"
         owned.runner.last_error = f"{type(exc).__name__}: {exc}"
@@ -222,7 +258,8 @@ class Worker:
 
     async def _take(self, count: int) -> None:
         read_models = self.app.read_models
-        free = await leases.free_units(read_models, list(self._units))
+        ours = [unit for unit in self._units if unit not in self._superseded]
+        free = await leases.free_units(read_models, [*ours, *self._builds])
         random.shuffle(free)  # workers starting together spread out
         for unit in free:
             if count == 0:
@@ -239,7 +276,15 @@ class Worker:
                 extra={"action": "lease_acquired", "worker": self.worker_id, "unit": unit},
             )
 
-    def _runner(self, unit: str, lease: Lease) -> ProjectionRunner:
+    def _runner(self, unit: str, lease: Lease) -> ProjectionRunner | BlueGreenBuild:
+        if unit in self._builds:
+            return BlueGreenBuild(
+                self.app.store,
+                self.app.read_models,
+                self._builds[unit],
+                lease,
+                retire_after=self.retire_after_seconds,
+            )
         projection: Projection = self._units[unit]
         _, partition = split_unit(unit)
 
@@ -259,6 +304,11 @@ class Worker:
         now = asyncio.get_running_loop().time()
         for owned in self._owned.values():
             if owned.task is not None and not owned.task.done():
+                continue
+            if owned.runner.unit not in self._builds and any(
+                p.name == owned.runner.projection.name for p in self._builds.values()
+            ):
+                owned.note = "waiting for its blue/green build"
                 continue
             if owned.runner.state is RunnerState.FAULTED:
                 if not await self._fault_cleared(owned):

@@ -794,10 +794,28 @@ class PostgresReadModelStore(ReadModelStore):
         pool: Callable[[], asyncpg.Pool],
         quoted_schema: str,
         translate_errors: Callable[[str], contextlib.AbstractContextManager[None]],
+        base: str | None = None,
     ) -> None:
         self._pool = pool
         self._q = quoted_schema
         self._translate_errors = translate_errors
+        self._base = base
+        # A side schema (a blue/green build, a verification) puts itself first on the path:
+        # handlers' unqualified tables land there, the operations tables resolve to the base.
+        self._begin = "BEGIN; SET LOCAL synchronous_commit = off"
+        if base is not None:
+            self._begin += f"; SET LOCAL search_path = {quoted_schema}, {base}, public"
+
+    def in_schema(self, schema: str) -> PostgresReadModelStore:
+        """The same database, with read models and checkpoints in ``schema`` (a side schema
+        such as a blue/green build); the base schema stays on the path behind it."""
+        return PostgresReadModelStore(
+            self._pool, quote_identifier(schema), self._translate_errors, base=self._q
+        )
+
+    @property
+    def quoted_schema(self) -> str:
+        return self._q
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
@@ -809,7 +827,7 @@ class PostgresReadModelStore(ReadModelStore):
                 # read-model commits, but rows and checkpoint together, so the projection
                 # re-applies those batches; it never double-applies or skips. Appends (and
                 # inline projections, in the append's transaction) stay fully durable.
-                await connection.execute("BEGIN; SET LOCAL synchronous_commit = off")
+                await connection.execute(self._begin)
                 try:
                     yield PostgresReadModelTransaction(connection, self._q)
                 except BaseException:
@@ -832,6 +850,8 @@ class PostgresReadModelStore(ReadModelStore):
                 )
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
                 await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
+                if self._base is not None:
+                    return  # a side schema: the operations tables are the base schema's
                 for statement in operations_tables("postgres", f"{self._q}."):
                     await connection.execute(statement)
 

@@ -1,0 +1,221 @@
+"""Blue/green rebuilds: a new version is built beside the old one, then swapped in at once.
+
+PostgreSQL only. When a projection's ``version`` is raised in code, one worker builds the new
+version into a side schema ``pj_build_<name>_v<N>`` (its handlers' unqualified tables land
+there; ``search_path`` puts the side schema first), catching up from the start while the old
+version keeps serving reads and, on workers still running the old code, processing new
+events. Once caught up, one transaction moves the old tables to ``pj_retired_<name>_v<M>``,
+moves the new ones into the store's schema, and hands the new checkpoints over: readers see
+the old read model or the new one, never an empty or half-built one (``ALTER TABLE ... SET
+SCHEMA`` waits for running reads and later reads find the new table by name). The retired
+schema is dropped after a grace period. The new version's runners then go on from where the
+build stopped.
+
+On SQLite and in memory, raising the version needs ``projectionist rebuild`` (in place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .errors import ConfigurationError
+from .events import Position
+from .identifiers import quote_identifier
+from .leases import Lease, check
+from .projection import Projection
+from .readmodel import ReadModelStore, ReadModelTransaction
+from .runner import ProjectionRunner, RunnerState, stored_units
+from .store import EventStore
+
+logger = logging.getLogger("projectionist.bluegreen")
+
+BUILD_PREFIX = "pj_build_"
+RETIRED_PREFIX = "pj_retired_"
+
+
+def build_unit(projection: Projection) -> str:
+    """The lease name of a projection's blue/green build ("name~v3")."""
+    return f"{projection.name}~v{projection.version}"
+
+
+def build_schema(projection: Projection) -> str:
+    return f"{BUILD_PREFIX}{projection.name}_v{projection.version}"
+
+
+def side_store(read_models: ReadModelStore, schema: str) -> ReadModelStore:
+    in_schema = getattr(read_models, "in_schema", None)
+    if in_schema is None:
+        raise ConfigurationError(
+            "blue/green builds and verification in a side schema need PostgreSQL"
+        )
+    store: ReadModelStore = in_schema(schema)
+    return store
+
+
+async def stale_projections(
+    read_models: ReadModelStore, projections: list[Projection]
+) -> list[Projection]:
+    """Projections whose stored read model is of an older version than the code's."""
+    checkpoints = await read_models.checkpoints()
+    stale = []
+    for projection in projections:
+        versions = {c.version for n, c in checkpoints.items() if _owner(n) == projection.name}
+        if versions and max(versions) < projection.version:
+            stale.append(projection)
+    return stale
+
+
+def _owner(unit: str) -> str:
+    return unit.partition("#")[0]
+
+
+class BlueGreenBuild:
+    """The work of the build unit: catch the new version up in its side schema, swap it in.
+
+    It looks like a ProjectionRunner to the worker (run, stop, state, figures)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        read_models: ReadModelStore,
+        projection: Projection,
+        lease: Lease | None = None,
+        *,
+        retire_after: float = 300.0,
+    ) -> None:
+        if not projection.tables:
+            raise ConfigurationError(
+                f"projection {projection.name!r}: a blue/green build moves the tables named "
+                "in tables=[...]; declare them"
+            )
+        self.unit = build_unit(projection)
+        self.projection = projection
+        self.base = read_models
+        self.schema = build_schema(projection)
+        self.side = side_store(read_models, self.schema)
+        self.retire_after = retire_after
+        self._lease = lease
+        self.runners = [
+            ProjectionRunner(store, self.side, projection, partition=partition, fence=self._fence)
+            for partition in projection.partition_list
+        ]
+        self.state = RunnerState.STOPPED
+        self.fault = None
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_batch_seconds: float | None = None
+        self.switched = False
+        self._stop = asyncio.Event()
+
+    @property
+    def events_per_second(self) -> float:
+        return sum(runner.events_per_second for runner in self.runners)
+
+    async def _fence(self, tx: ReadModelTransaction) -> None:
+        if self._lease is not None:
+            await check(tx, self._lease)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for runner in self.runners:
+            runner.stop()
+
+    async def prepare(self) -> None:
+        await self.side.apply_schema()
+
+    async def run(self) -> None:
+        """Build until caught up, then swap. Returns when swapped or stopped."""
+        self.state = RunnerState.CATCHING_UP
+        await self.prepare()
+        logger.info(
+            "building version %d of %s in %s",
+            self.projection.version,
+            self.projection.name,
+            self.schema,
+            extra={"action": "bluegreen_build", "projection": self.projection.name},
+        )
+        for runner in self.runners:
+            if self._stop.is_set():
+                return
+            await runner.run_until_caught_up()
+        if not self._stop.is_set():
+            await self.switch()
+        self.state = RunnerState.STOPPED
+
+    async def switch(self) -> None:
+        """In one transaction: old tables out, new tables in, checkpoints handed over."""
+        projection = self.projection
+        async with self.base.transaction() as tx:
+            await tx.lock_projection(projection.name)
+            await self._fence(tx)
+            old = await stored_units(tx, projection.name)
+            for unit in old:  # old-version runners wait here, then find the version moved
+                await tx.load_checkpoint(unit, lock=True)
+            old_version = max(old.values(), default=0)
+            retired = quote_identifier(f"{RETIRED_PREFIX}{projection.name}_v{old_version}")
+            side = quote_identifier(self.schema)
+            base = await tx.fetchval("SELECT current_schema()")
+            await tx.execute(f"CREATE SCHEMA IF NOT EXISTS {retired}")
+            for table in projection.tables:
+                if await _table_in(tx, str(base), table):
+                    await tx.execute(f"ALTER TABLE {quote_identifier(table)} SET SCHEMA {retired}")
+                await tx.execute(
+                    f"ALTER TABLE {side}.{quote_identifier(table)} SET SCHEMA "
+                    f"{quote_identifier(str(base))}"
+                )
+            for unit in old:
+                await tx.delete_checkpoint(unit)
+            await tx.execute(
+                f"INSERT INTO projection_checkpoints SELECT * FROM {side}.projection_checkpoints"
+            )
+            await tx.execute(f"DROP SCHEMA {side} CASCADE")
+            drop_at = time.time() + self.retire_after
+            await tx.execute(f"COMMENT ON SCHEMA {retired} IS 'drop after {drop_at:.0f}'")
+        self.switched = True
+        logger.info(
+            "version %d of %s is live; version %d retired until its grace period ends",
+            projection.version,
+            projection.name,
+            old_version,
+            extra={"action": "bluegreen_switch", "projection": projection.name},
+        )
+
+    async def checkpoint(self) -> Position | None:
+        """The slowest position of the build (None before it starts)."""
+        try:
+            checkpoints = await self.side.checkpoints()
+        except Exception:  # noqa: BLE001 - no side schema yet, or already swapped
+            return None
+        positions = [c.position for c in checkpoints.values()]
+        return min(positions) if positions else None
+
+
+async def _table_in(tx: ReadModelTransaction, schema: str, table: str) -> bool:
+    found = await tx.fetchval(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 "
+        "AND table_name = $2",
+        schema,
+        table,
+    )
+    return bool(found)
+
+
+async def drop_retired(read_models: ReadModelStore) -> list[str]:
+    """Drop the retired schemas whose grace period has passed; return their names."""
+    if not hasattr(read_models, "in_schema"):
+        return []
+    dropped = []
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch(
+            "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
+            "WHERE starts_with(nspname, $1)",
+            RETIRED_PREFIX,
+        )
+        for schema, comment in rows:
+            due = comment and comment.startswith("drop after ")
+            if due and float(comment.removeprefix("drop after ")) <= time.time():
+                await tx.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
+                dropped.append(schema)
+    return dropped
