@@ -38,6 +38,7 @@ from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
+from .verify import Verification, verify
 from .worker import Worker
 
 
@@ -306,6 +307,10 @@ class Application(OpenClose):
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Drop the read model of ``name`` and replay all history into it."""
         return await rebuild(self.store, self.read_models, self.projection(name), progress)
+
+    async def verify(self, name: str) -> Verification:
+        """Rebuild ``name`` into scratch space and compare it with the live read model."""
+        return await verify(self.store, self.read_models, self.projection(name))
 
     # -- errors -----------------------------------------------------------------------------
 

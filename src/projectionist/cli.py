@@ -28,6 +28,7 @@ from .errors import ConfigurationError, ProjectionistError
 from .factory import create_store
 from .identifiers import quote_identifier
 from .operations import DeadLetter
+from .verify import Verification
 
 T = TypeVar("T")
 DEFAULT_DEMO_URL = "sqlite:///projectionist-demo.db"
@@ -460,6 +461,39 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
 
     total = _run(go)
     console.print(f"rebuilt {name} from {total:,} events")
+
+
+@app.command("verify")
+def verify_command(name: str, application: AppOption, url: AppUrlOption = None) -> None:
+    """Rebuild NAME in scratch space and compare it with the live read model, row by row.
+
+    Exit 1 when they differ (a handler that is not deterministic or not replay-safe, or a
+    manual edit)."""
+
+    async def go() -> Verification:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await target.verify(name)
+        finally:
+            await target.close()
+
+    result = _run(go)
+    rows = ", ".join(f"{table}: {count:,} rows" for table, count in result.rows.items())
+    if result.ok:
+        console.print(f"{name}: the live read model equals a rebuild ({rows})")
+        return
+    for diff in result.differences:
+        console.print(
+            f"[red]{diff.table}[/red]: {diff.extra} row(s) only in the live table, "
+            f"{diff.missing} only in the rebuild",
+            highlight=False,
+        )
+        for row in diff.only_live:
+            console.print(f"  live only:    {row}", highlight=False)
+        for row in diff.only_rebuilt:
+            console.print(f"  rebuild only: {row}", highlight=False)
+    raise typer.Exit(1)
 
 
 def status_table(statuses: Sequence[ProjectionStatus]) -> Table:

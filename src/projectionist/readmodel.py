@@ -107,6 +107,11 @@ class ReadModelStore(abc.ABC):
     async def checkpoints(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint by projection name."""
 
+    def scratch(self, label: str) -> AbstractAsyncContextManager[ReadModelStore]:
+        """An empty read-model store of the same kind, removed on exit (``verify`` rebuilds
+        into it): a side schema on PostgreSQL, a temporary database file on SQLite."""
+        raise NotImplementedError(f"{type(self).__name__} has no scratch space")
+
     async def checkpoint(self, name: str) -> Checkpoint | None:
         """The stored checkpoint of one projection, or None."""
         async with self.transaction() as tx:

@@ -114,6 +114,8 @@ class ProjectionRunner:
         self._stop = asyncio.Event()
         self._prefetch: tuple[Position, asyncio.Future[EventBatch]] | None = None
         self._isolate_until: Position | None = None
+        self.until: Position | None = None
+        """If set, the runner never goes past this position."""
         self._attempts: dict[Position, int] = {}
 
     async def prepare(self) -> Position:
@@ -137,6 +139,9 @@ class ProjectionRunner:
             await self.prepare()
         assert self.checkpoint is not None
         batch = await self._read_from(self.checkpoint)
+        if self.until is not None and batch.checkpoint > self.until:
+            # Stop exactly at ``until`` (verify compares with a read model that is there).
+            batch = EventBatch([e for e in batch.events if e.position <= self.until], self.until)
         if batch.checkpoint == self.checkpoint:
             return False
         if len(batch.events) == self._limit():

@@ -7,11 +7,17 @@ from collections.abc import Sequence
 from projectionist import NewEvent, Projection, ReadModelTransaction, RecordedEvent
 
 
-def ledger(name: str = "ledger", *, kind: str = "async", batch_size: int = 1000) -> Projection:
+def ledger(
+    name: str = "ledger", *, kind: str = "async", batch_size: int = 1000, partitions: int = 1
+) -> Projection:
     """Every handled event once: a PRIMARY KEY on the event id makes a double delivery fail,
     and a per-stream counter that is incremented (not idempotent) makes it visible."""
     projection = Projection(
-        name, kind=kind, tables=[f"{name}_seen", f"{name}_totals"], batch_size=batch_size
+        name,
+        kind=kind,
+        tables=[f"{name}_seen", f"{name}_totals"],
+        batch_size=batch_size,
+        partitions=partitions,
     )
 
     @projection.setup

@@ -818,6 +818,21 @@ class PostgresReadModelStore(ReadModelStore):
         return self._q
 
     @contextlib.asynccontextmanager
+    async def scratch(self, label: str) -> AsyncIterator[ReadModelStore]:
+        side = self.in_schema(f"pj_scratch_{label}")
+        drop = f"DROP SCHEMA IF EXISTS {side.quoted_schema} CASCADE"
+        with self._translate_errors("preparing a scratch schema"):
+            async with self._pool().acquire() as connection:
+                await connection.execute(drop)
+        await side.apply_schema()
+        try:
+            yield side
+        finally:
+            with self._translate_errors("dropping a scratch schema"):
+                async with self._pool().acquire() as connection:
+                    await connection.execute(drop)
+
+    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
         # Driver errors of the engine's own statements (checkpoints, a lost connection)
         # become projectionist errors; a handler's failure arrives as a HandlerError already.

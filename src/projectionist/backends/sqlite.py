@@ -11,6 +11,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import tempfile
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
@@ -297,6 +298,19 @@ class SqliteReadModelStore(ReadModelStore):
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
+
+    @contextlib.asynccontextmanager
+    async def scratch(self, label: str) -> AsyncIterator[ReadModelStore]:
+        with tempfile.TemporaryDirectory(prefix=f"projectionist-{label}-") as directory:
+            path = str(Path(directory) / "scratch.db")
+            database = SqliteDatabase(path, f"sqlite:///{path}")
+            await database.open()
+            try:
+                store = SqliteReadModelStore(database)
+                await store.apply_schema()
+                yield store
+            finally:
+                await database.close()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
