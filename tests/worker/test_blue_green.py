@@ -121,7 +121,7 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
         async with new.read_models.transaction() as tx:
             rows = await tx.fetch("SELECT sum(events), sum(amount), sum(doubled) FROM balances")
         history_amount = sum((n + i) % 5 + 1 for n in range(HISTORY // 4) for i in range(4))
-        live_amount = sum(moved(n).data["amount"] for n in range(appended))  # type: ignore[misc]
+        live_amount = sum(moved(n).data["amount"] for n in range(appended))
         assert rows[0] == (HISTORY + appended, history_amount + live_amount,
                            2 * (history_amount + live_amount))  # fmt: skip
         # The old worker stopped applying (its version was superseded), the retired tables
