@@ -236,7 +236,9 @@ def _customer_ordered(state: State, event: RecordedEvent) -> State:
 # nothing, and a delisted product stays a row (listed = false) that a replayed listing cannot
 # bring back.
 
-product_catalogue = Projection("product_catalogue", kind="inline", tables=["products"])
+product_catalogue = Projection(
+    "product_catalogue", version=2, kind="inline", tables=["products"]
+)  # 2: listed, version
 
 
 @product_catalogue.setup

@@ -358,7 +358,9 @@ async def search(
     alternatives, ``-word`` to exclude; it cannot be malformed. With ``syntax="native"`` it
     goes to the database as it is: ``to_tsquery`` on PostgreSQL (``dark & choc:*``), FTS5
     query syntax on SQLite (``dark AND choc*``); a malformed one raises SearchQueryError.
-    A query with no words (empty, blank, only punctuation) finds nothing: it returns [].
+    A query with nothing to find (empty, blank, only punctuation, only ``-exclusions``)
+    returns [] without asking the database. (One difference remains: on SQLite an ``or``
+    alternative made only of exclusions is dropped, on PostgreSQL it matches.)
     """
     if not isinstance(index, SearchProjection):
         raise InvalidInputError(f"search needs a SearchProjection, not {type(index).__name__}")
@@ -366,8 +368,8 @@ async def search(
     limit = _validate_limit(limit)
     if syntax not in ("websearch", "native"):
         raise InvalidInputError(f"syntax must be 'websearch' or 'native', not {syntax!r}")
-    if not text:
-        return []
+    if not text or (syntax == "websearch" and not websearch_to_fts5(text)):
+        return []  # nothing to find; on PostgreSQL "-word" alone would match everything else
     if isinstance(source, ReadModelStore):
         async with source.transaction() as tx:
             return await _search(tx, index, text, limit, syntax)
