@@ -17,7 +17,13 @@ from projectionist import (
     ProjectionistError,
     RecordedEvent,
 )
-from projectionist.search import SearchHit, SearchProjection, SearchQueryError, search
+from projectionist.search import (
+    SearchHit,
+    SearchProjection,
+    SearchQueryError,
+    search,
+    websearch_to_fts5,
+)
 
 # Enough unrelated documents that bm25's document frequencies behave as in a real catalogue.
 CATALOGUE = {
@@ -293,3 +299,26 @@ def test_identifiers_are_validated(
     arguments: dict[str, object] = {"name": "ok", "table": "ok_index", "text": {"name": "A"}}
     with pytest.raises(error, match=message):
         SearchProjection(**{**arguments, **options})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query", "fts5"),
+    [
+        ("dark chocolate", '("dark" "chocolate")'),
+        ('"dark roast" beans', '("dark roast" "beans")'),
+        ("tea or coffee", '("tea") OR ("coffee")'),
+        ("tea OR coffee -decaf", '("tea") OR ("coffee" NOT "decaf")'),
+        ("-decaf coffee", '("coffee" NOT "decaf")'),
+        ('say "hi', '("say" "hi")'),
+        ('a"b', '("a""b")'),
+        ("dark-chocolate AND NOT", '("dark-chocolate" "AND" "NOT")'),
+        ("choc* name:x", '("choc*" "name:x")'),
+        ("-decaf", ""),
+        ("!! & |", ""),
+        ("or or", ""),
+    ],
+)
+def test_websearch_syntax_becomes_an_fts5_query_that_cannot_be_malformed(
+    query: str, fts5: str
+) -> None:
+    assert websearch_to_fts5(query) == fts5
