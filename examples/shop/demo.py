@@ -1,7 +1,8 @@
-"""What ``projectionist demo`` runs: a shop's history into a fresh store, four read models.
+"""What ``projectionist demo`` runs: a shop's history into a fresh store, five read models.
 
 Appends run while the async projections follow live (after their catch-up): two state
-projections (order summaries, customer activity) and a batch handler (daily sales). The
+projections (order summaries, customer activity), a batch handler (daily sales) and a
+search projection (product search). The
 product catalogue is projected inline with each append by a per-event handler, a live
 projection counts in memory, and one order is folded on demand. Then it prints each read
 model and each projection's status. Last, it searches the product catalogue's full-text
