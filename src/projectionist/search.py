@@ -250,10 +250,18 @@ class SearchProjection(Projection):
             tokenizer = "unicode61 remove_diacritics 2"
         names = [quote_identifier(name) for name in self.text]
         columns = ", ".join(names)
-        await tx.execute(
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5({columns}, "
-            f"content={table}, content_rowid='doc_rowid', tokenize='{tokenizer}')"
-        )
+        try:
+            await tx.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5({columns}, "
+                f"content={table}, content_rowid='doc_rowid', tokenize='{tokenizer}')"
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such module" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"projection {self.name!r} needs SQLite's FTS5 extension, which this SQLite "
+                f"({sqlite3.sqlite_version}) was built without"
+            ) from exc
         new = ", ".join(f"new.{name}" for name in names)
         old = ", ".join(f"old.{name}" for name in names)
         insert = f"INSERT INTO {fts} (rowid, {columns}) VALUES (new.doc_rowid, {new});"
