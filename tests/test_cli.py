@@ -40,6 +40,9 @@ def test_demo_on_sqlite(tmp_path: Path) -> None:
     expected = sum(len(append.events) for append in generate_orders(40))
     assert f"Appended {expected:,} events" in done.stdout
     assert "order_summaries" in done.stdout and "order-000001 folded now" in done.stdout
+    # It ends with a full-text search of the catalogue, best hit first.
+    searched = done.stdout[done.stdout.index("product_search (search projection): 'chocolate'") :]
+    assert searched.index("dark chocolate 85%") < searched.index("espresso beans")
     assert (tmp_path / "projectionist-demo.db").exists()
     again = run_cli("demo", "--orders", "40", cwd=tmp_path)  # starts afresh, same history
     assert again.returncode == 0, again.stderr

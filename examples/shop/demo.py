@@ -1,10 +1,12 @@
-"""What ``projectionist demo`` runs: a shop's history into a fresh store, four read models.
+"""What ``projectionist demo`` runs: a shop's history into a fresh store, five read models.
 
 Appends run while the async projections follow live (after their catch-up): two state
-projections (order summaries, customer activity) and a batch handler (daily sales). The
+projections (order summaries, customer activity), a batch handler (daily sales) and a
+search projection (product search). The
 product catalogue is projected inline with each append by a per-event handler, a live
 projection counts in memory, and one order is folded on demand. Then it prints each read
-model and each projection's status.
+model and each projection's status. Last, it searches the product catalogue's full-text
+index (a search projection) and prints the ranked hits.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from rich.table import Table
 
 from projectionist import Application, ReadModelTransaction, fold_stream
 from projectionist.cli import status_table
+from projectionist.search import search
 
 from .history import generate_orders
-from .projections import ALL, live_counts, order_state
+from .projections import ALL, live_counts, order_state, product_search
 
 
 async def run_demo(url: str, orders: int, console: Console, *, schema: str | None = None) -> None:
@@ -35,7 +38,7 @@ async def run_demo(url: str, orders: int, console: Console, *, schema: str | Non
             result = await app.store.append(append.stream_id, append.events)
             appended += len(result.events)
         seconds = time.perf_counter() - started
-        for name in ("order_summaries", "daily_sales", "customer_activity"):
+        for name in ("order_summaries", "daily_sales", "customer_activity", "product_search"):
             await app.wait_for(name, result.position, timeout=60)  # read your writes
         behind = time.perf_counter() - started - seconds
         await asyncio.sleep(0.3)  # the live projection polls no faster than this
@@ -54,6 +57,26 @@ async def run_demo(url: str, orders: int, console: Console, *, schema: str | Non
         folded = await fold_stream(app.store, "order-000001", empty, order_state)
         console.print(f"[bold]order-000001 folded now[/bold]: {orjson.dumps(folded).decode()}\n")
         console.print(status_table(await app.status()))
+        await _show_search(app, console)
+
+
+SEARCH = "chocolate"
+"""What the demo searches for: a name match ranks above description matches."""
+
+
+async def _show_search(app: Application, console: Console) -> None:
+    hits = await search(app.read_models, product_search, SEARCH, limit=5)
+    table = Table(
+        "rank", "sku", "name", "price", "description",
+        title=f"product_search (search projection): {SEARCH!r}, best first",
+        title_justify="left",
+    )  # fmt: skip
+    for hit in hits:
+        table.add_row(
+            f"{hit.rank:.3g}", hit.id, hit.fields["name"], f"{hit.fields['price']:,.2f}",
+            hit.fields["description"],
+        )  # fmt: skip
+    console.print(table)
 
 
 async def _show_read_models(tx: ReadModelTransaction, console: Console) -> None:
@@ -74,9 +97,9 @@ async def _show_read_models(tx: ReadModelTransaction, console: Console) -> None:
          "c.last_order_day, (SELECT count(*) FROM order_summary o "
          "WHERE o.customer_id = c.customer_id AND o.status = 'completed') FROM customers c "
          "ORDER BY c.orders DESC, c.customer_id LIMIT 5"),
-        ("product_catalogue (inline handler): most repriced",
+        ("product_catalogue (inline handler): most repriced of those still listed",
          "sku name price price_changes",
-         "SELECT sku, name, price, price_changes FROM products "
+         "SELECT sku, name, price, price_changes FROM products WHERE listed "
          "ORDER BY price_changes DESC, sku LIMIT 5"),
     ]  # fmt: skip
     for title, columns, sql in queries:

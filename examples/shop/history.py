@@ -1,8 +1,11 @@
 """A deterministic order domain for the demo and the benchmarks.
 
-Customers register, products are listed and repriced, orders are created, filled with items
+Customers register, products are listed (with a description and a category), repriced,
+now and then reworded, and one is delisted at the end; orders are created, filled with items
 (some removed again), then shipped and completed, or cancelled, or refunded. The same seed
-always gives the same events, so runs and benchmarks can be compared.
+always gives the same events, so runs and benchmarks can be compared. Product rewordings and
+the delisting draw from a generator of their own: the order history (and every random
+choice in it) is the same as without them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,29 @@ PRODUCT_NAMES = [
     "maple syrup", "peanut butter", "almond flakes", "dried mango", "ground cinnamon",
     "vanilla pods", "rolled oats", "honey", "soy sauce", "chili flakes",
 ]  # fmt: skip
+PRODUCT_DETAILS = {
+    "espresso beans": ("coffee", "Dark roast arabica beans with notes of chocolate and caramel"),
+    "green tea": ("tea", "Japanese sencha, grassy and fresh"),
+    "oat milk": ("dairy-free", "Creamy oat drink that froths for coffee"),
+    "dark chocolate": ("sweets", "70% cocoa bar from single-origin Peruvian beans"),
+    "sourdough flour": ("baking", "Stone-ground wheat flour for sourdough bread"),
+    "olive oil": ("pantry", "Cold-pressed extra virgin olive oil from Crete"),
+    "sea salt": ("pantry", "Flaky sea salt, lovely on caramel and chocolate desserts"),
+    "black pepper": ("spices", "Whole Tellicherry peppercorns for the grinder"),
+    "basmati rice": ("grains", "Aged long-grain rice from the Himalayan foothills"),
+    "red lentils": ("grains", "Split lentils that cook in fifteen minutes, for dal and soups"),
+    "maple syrup": ("sweets", "Grade A amber syrup from Quebec"),
+    "peanut butter": ("spreads", "Crunchy, roasted peanuts and nothing else"),
+    "almond flakes": ("baking", "Toasted almond flakes for granola and cakes"),
+    "dried mango": ("snacks", "Unsweetened mango slices from Burkina Faso"),
+    "ground cinnamon": ("spices", "Cassia cinnamon for baking and porridge"),
+    "vanilla pods": ("baking", "Bourbon vanilla pods from Madagascar"),
+    "rolled oats": ("grains", "Wholegrain oats for porridge and baking"),
+    "honey": ("sweets", "Raw wildflower honey"),
+    "soy sauce": ("pantry", "Naturally brewed soy sauce"),
+    "chili flakes": ("spices", "Crushed red chili, medium hot"),
+}
+"""Each product's category and description, so the catalogue can be searched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +84,45 @@ def generate_orders(orders: int = 500, seed: int = 7) -> Iterator[Append]:
             ],
         )
     for (sku, price), name in zip(prices.items(), PRODUCT_NAMES, strict=True):
-        yield Append(
-            sku, [_event(rng, "ProductListed", {"sku": sku, "name": name, "price": price})]
-        )
+        category, description = PRODUCT_DETAILS[name]
+        listed = {"sku": sku, "name": name, "description": description, "category": category}
+        yield Append(sku, [_event(rng, "ProductListed", {**listed, "price": price})])
+    catalogue_rng = random.Random(f"catalogue-{seed}")
+    rewordings = _rewordings(orders)
     for number in range(1, orders + 1):
         yield from _order_history(rng, number, orders, customers, prices)
+        for sku, data in rewordings.get(number, []):
+            yield Append(sku, [_event(catalogue_rng, "ProductUpdated", {"sku": sku, **data})])
+    # Delisted after the last order, so no order ever names a product no longer sold.
+    yield Append(
+        "product-020",
+        [
+            _event(
+                catalogue_rng, "ProductDelisted", {"sku": "product-020", "reason": "discontinued"}
+            )
+        ],
+    )
+
+
+def _rewordings(orders: int) -> dict[int, list[tuple[str, dict[str, str]]]]:
+    """ProductUpdated events by the order number after which they happen: a third and two
+    thirds into the history, whatever its length."""
+    planned = [
+        (orders // 3, "product-004", {
+            "name": "dark chocolate 85%",
+            "description": "Intense 85% cocoa bar from single-origin Peruvian beans",
+            "category": "sweets",
+        }),
+        (2 * orders // 3, "product-015", {
+            "name": "ceylon cinnamon",
+            "description": "True cinnamon quills, ground: sweet and mild, for baking",
+            "category": "spices",
+        }),
+    ]  # fmt: skip
+    by_order: dict[int, list[tuple[str, dict[str, str]]]] = {}
+    for number, sku, data in planned:
+        by_order.setdefault(max(number, 1), []).append((sku, data))
+    return by_order
 
 
 def _order_history(

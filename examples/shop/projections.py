@@ -1,23 +1,25 @@
-"""The shop's read models: four projections, in both styles worth copying.
+"""The shop's read models: five projections, in the styles worth copying.
 
 Two are **state projections** (``StateProjection``): one row per key, declared as an initial
 state and pure evolve functions; the engine loads the touched rows, folds each batch in
 memory and writes every touched row once, set-based. Two are **handler-style**
 (``Projection``): SQL of your own per event or per run of events, for read models that are
-not "one row per key", such as an aggregate over many orders.
+not "one row per key", such as an aggregate over many orders. One is a **search index**
+(``SearchProjection``): full-text search over the product catalogue.
 
 The SQL is written once for PostgreSQL and SQLite: ``$1`` placeholders, portable types,
 ``INSERT ... ON CONFLICT DO UPDATE`` upserts, ``CAST`` instead of ``::``. Everything is safe
 to replay (a rebuild replays all history; ``assert_idempotent`` checks it): evolve functions
 and handlers *set* values from the event (rows upserted by key, lines keyed by sku, order
-ids kept as a set, days as min/max) rather than add to counters, so an event applied a
-second time leaves the read model as it found it.
+ids kept as a set, days as min/max) rather than add to counters, or count only events newer
+than the row's version, so an event applied a second time leaves the read model as it
+found it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from projectionist import (
@@ -28,6 +30,7 @@ from projectionist import (
     StateProjection,
 )
 from projectionist.live import Evolver, LiveProjection
+from projectionist.search import SearchProjection
 
 ORDER_STATUS = {
     "OrderShipped": "shipped",
@@ -227,34 +230,83 @@ def _customer_ordered(state: State, event: RecordedEvent) -> State:
 
 
 # -- 4. product catalogue: handler-style and inline, so it is never behind the events ---------
+#
+# Each product is one stream, so the stream version orders a product's events: every handler
+# writes only when its event is newer than the row's version. A replayed event changes
+# nothing, and a delisted product stays a row (listed = false) that a replayed listing cannot
+# bring back.
 
-product_catalogue = Projection("product_catalogue", kind="inline", tables=["products"])
+product_catalogue = Projection(
+    "product_catalogue", version=2, kind="inline", tables=["products"]
+)  # 2: listed, version
 
 
 @product_catalogue.setup
 async def _create_products(tx: ReadModelTransaction) -> None:
     await tx.execute(
         "CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, "
-        "price DOUBLE PRECISION NOT NULL, price_changes BIGINT NOT NULL)"
+        "price DOUBLE PRECISION NOT NULL, price_changes BIGINT NOT NULL, "
+        "listed BOOLEAN NOT NULL, version BIGINT NOT NULL)"
     )
 
 
 @product_catalogue.on("ProductListed")
 async def _product_listed(event: RecordedEvent, tx: ReadModelTransaction) -> None:
     await tx.execute(
-        "INSERT INTO products VALUES ($1, $2, $3, 0) ON CONFLICT (sku) "
-        "DO UPDATE SET name = excluded.name, price = excluded.price",
-        event.data["sku"], event.data["name"], event.data["price"],
+        "INSERT INTO products VALUES ($1, $2, $3, 0, TRUE, $4) ON CONFLICT (sku) "
+        "DO UPDATE SET name = excluded.name, price = excluded.price, listed = TRUE, "
+        "version = excluded.version WHERE products.version < excluded.version",
+        event.data["sku"], event.data["name"], event.data["price"], event.version,
+    )  # fmt: skip
+
+
+@product_catalogue.on("ProductUpdated")
+async def _product_updated(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+    await tx.execute(
+        "UPDATE products SET name = $2, version = $3 WHERE sku = $1 AND version < $3",
+        event.data["sku"], event.data["name"], event.version,
     )  # fmt: skip
 
 
 @product_catalogue.on("ProductPriceChanged")
 async def _price_changed(event: RecordedEvent, tx: ReadModelTransaction) -> None:
-    # price_changes counts from the stream version, so a replayed event changes nothing.
     await tx.execute(
-        "UPDATE products SET price = $2, price_changes = $3 WHERE sku = $1",
-        event.data["sku"], event.data["price"], event.version - 1,
+        "UPDATE products SET price = $2, price_changes = price_changes + 1, version = $3 "
+        "WHERE sku = $1 AND version < $3",
+        event.data["sku"], event.data["price"], event.version,
     )  # fmt: skip
+
+
+@product_catalogue.on("ProductDelisted")
+async def _product_delisted(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+    await tx.execute(
+        "UPDATE products SET listed = FALSE, version = $2 WHERE sku = $1 AND version < $2",
+        event.data["sku"], event.version,
+    )  # fmt: skip
+
+
+# -- 5. product search: a full-text index of the catalogue (projectionist.search) -------------
+#
+# One document per product: the name weighs most, description and category less, and the
+# price is stored with each document to show in results. On PostgreSQL a weighted tsvector
+# with a GIN index, on SQLite an FTS5 table ranked with bm25(); the same definition for both.
+
+product_search = SearchProjection(
+    "product_search",
+    table="product_search",
+    key="sku",
+    text={"name": "A", "description": "B", "category": "B"},
+    stored=["price"],
+)
+
+
+@product_search.upsert("ProductListed", "ProductUpdated", "ProductPriceChanged")
+def _product_document(event: RecordedEvent) -> Mapping[str, object]:
+    # The fields an event names are set, the others kept: a price change keeps the text.
+    return event.data
+
+
+product_search.delete("ProductDelisted")
 
 
 # -- live: in memory, no checkpoint ------------------------------------------------------------
@@ -297,4 +349,4 @@ def _status(state: dict[str, object], event: RecordedEvent) -> dict[str, object]
     return {**state, "status": ORDER_STATUS[event.type]}
 
 
-ALL = [order_summaries, daily_sales, customer_activity, product_catalogue]
+ALL = [order_summaries, daily_sales, customer_activity, product_catalogue, product_search]

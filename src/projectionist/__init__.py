@@ -19,6 +19,7 @@ from .factory import create_store
 from .live import Evolver, LiveProjection, fold_stream
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
+from .search import SearchHit, SearchProjection, SearchQueryError
 from .state import DELETE, Evolved, State, StateProjection
 from .store import (
     ANY,
@@ -61,6 +62,9 @@ __all__ = [
     "ReadModelTransaction",
     "RecordedEvent",
     "SchemaError",
+    "SearchHit",
+    "SearchProjection",
+    "SearchQueryError",
     "State",
     "StateProjection",
     "StoreUnavailableError",

@@ -137,7 +137,7 @@ def demo(
         int, typer.Option(min=1, max=100_000, envvar="PROJECTIONIST_DEMO_ORDERS")
     ] = 500,
 ) -> None:
-    """Run the shop example: history, four read models, their status (starts afresh)."""
+    """Run the shop example: history, its read models and a search (starts afresh)."""
     postgres = url.startswith(("postgresql://", "postgres://"))
 
     async def go() -> None:

@@ -1,0 +1,563 @@
+"""Full-text search read models: documents built from events, ranked by relevance.
+
+A ``SearchProjection`` is an ordinary projection (setup, teardown, rebuilds, the runner)
+whose read model is a search index: one document per key, with weighted text fields and a
+few stored fields to show in results. On PostgreSQL the document's ``tsvector`` is a
+generated column with a GIN index, queries go through ``websearch_to_tsquery`` and hits are
+ranked with ``ts_rank_cd``; on SQLite (and the memory backend) an FTS5 table follows the
+documents through triggers and hits are ranked with ``bm25()``, with the same field weights.
+
+    products = SearchProjection(
+        "product_search", table="product_search", key="sku",
+        text={"name": "A", "description": "B"}, stored=["price"],
+    )
+
+    @products.upsert("ProductListed", "ProductUpdated", "ProductPriceChanged")
+    def fields(event: RecordedEvent) -> Mapping[str, object]:
+        return event.data  # the fields an event names are set; the others are kept
+
+    products.delete("ProductDelisted")
+
+    hits = await search(app.read_models, products, "dark chocolate", limit=10)
+
+Replays are safe: each document remembers the global position of the last event applied to
+it, so an event at or before that position (a duplicate delivery, a replay) changes nothing,
+and a deleted document stays behind as a tombstone that older events cannot resurrect.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from .errors import BackendError, ConfigurationError, HandlerError, InvalidInputError
+from .events import Position, RecordedEvent
+from .identifiers import quote_identifier, validate_identifier
+from .projection import Kind, Projection, failure
+from .readmodel import ReadModelStore, ReadModelTransaction
+
+Fields = Mapping[str, object]
+ToFields = Callable[[RecordedEvent], Fields]
+KeyOf = Callable[[RecordedEvent], str]
+Syntax = Literal["websearch", "native"]
+
+WEIGHTS = ("A", "B", "C", "D")
+# PostgreSQL's default ts_rank_cd weights for A..D are 1.0, 0.4, 0.2 and 0.1; bm25() on SQLite
+# gets the same ratios, so a field ranks the same against another on both.
+_BM25_WEIGHTS = {"A": 10.0, "B": 4.0, "C": 2.0, "D": 1.0}
+_RESERVED = frozenset(
+    {"id", "position_tx", "position_seq", "deleted", "stored", "document", "doc_rowid"}
+)
+MAX_QUERY_LENGTH = 1000
+MAX_LIMIT = 10_000
+_DELETE = object()
+
+
+class SearchQueryError(InvalidInputError):
+    """The search query cannot be run: bad native syntax (FTS5 or tsquery), too long, or not
+    a string. Nothing was changed; on PostgreSQL a failed query aborts the transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One search result: the document's id, its rank (higher is better; ranks compare
+    within one result list, not across backends) and its text and stored fields."""
+
+    id: str
+    rank: float
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Document:
+    position: Position
+    deleted: bool
+    text: dict[str, str | None] = field(default_factory=dict)
+    stored: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchProjection(Projection):
+    """A full-text search index as a projection; see the module documentation.
+
+    ``text`` maps each searchable field to its weight, ``"A"`` (highest) to ``"D"``;
+    ``stored`` names fields kept with each document and returned in hits (any JSON value).
+    ``key`` is the document id of an event: the stream id (default), a field of its data,
+    or a function. ``language`` picks stemming: a PostgreSQL text search configuration
+    (``"english"``, ``"simple"``, ...); on SQLite ``"english"`` uses the porter stemmer and
+    anything else no stemming. Changing fields or language needs a new ``version``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        table: str,
+        text: Mapping[str, str],
+        stored: Iterable[str] = (),
+        key: str | KeyOf = "stream_id",
+        language: str = "english",
+        version: int = 1,
+        kind: Kind | str = Kind.ASYNC,
+        batch_size: int = 1000,
+        max_batch_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        table = validate_identifier(table, "search table name")
+        super().__init__(
+            name,
+            version=version,
+            kind=kind,
+            tables=[table, f"{table}_fts"],  # the FTS5 table exists on SQLite only
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+        )
+        self.table = table
+        self.text = _validate_text_fields(name, text)
+        self.stored = _validate_stored_fields(name, stored, self.text)
+        self.language = validate_identifier(language, "text search language")
+        self.key_of = _key_function(key)
+        self._actions: dict[str, ToFields | object] = {}
+        self.setup(self._create)
+
+    def upsert(self, *types: str) -> Callable[[ToFields], ToFields]:
+        """Register ``fields(event) -> {field: value}`` for ``types``: the fields it returns
+        are set on the event's document (created if new); fields it leaves out keep their
+        values. Keys that are neither text nor stored fields are ignored, so returning
+        ``event.data`` works."""
+
+        def register(function: ToFields) -> ToFields:
+            self._declare(types, function)
+            return function
+
+        return register
+
+    def delete(self, *types: str) -> None:
+        """Events of ``types`` remove their document from the index."""
+        self._declare(types, _DELETE)
+
+    def _declare(self, types: tuple[str, ...], action: ToFields | object) -> None:
+        async def unused(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+            raise AssertionError("search projections fold whole batches")
+
+        self.on(*types)(unused)  # validates the types and declares them, so only they are read
+        for type_ in types:
+            self._actions[type_] = action
+
+    async def search(
+        self,
+        source: ReadModelTransaction | ReadModelStore,
+        query: str,
+        *,
+        limit: int = 10,
+        syntax: Syntax = "websearch",
+    ) -> list[SearchHit]:
+        """The best ``limit`` documents for ``query``, best first; see :func:`search`."""
+        return await search(source, self, query, limit=limit, syntax=syntax)
+
+    # -- applying events -------------------------------------------------------------------
+
+    async def apply(self, events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> None:
+        actions = self._actions
+        keyed = [(self._key(event), event) for event in events if event.type in actions]
+        if not keyed:
+            return
+        documents = await self._load(tx, list(dict.fromkeys(key for key, _ in keyed)))
+        touched: dict[str, _Document] = {}
+        for key, event in keyed:
+            current = documents.get(key)
+            if current is not None and event.position <= current.position:
+                continue  # applied before: a duplicate delivery or a replay
+            action = actions[event.type]
+            if action is _DELETE:
+                document = _Document(event.position, deleted=True)
+            else:
+                changes = self._fields(event, action)  # type: ignore[arg-type]
+                document = _merge(current, event.position, changes, self.text, self.stored)
+            documents[key] = touched[key] = document
+        await self._write(tx, touched)
+
+    def _key(self, event: RecordedEvent) -> str:
+        try:
+            key = self.key_of(event)
+            if not isinstance(key, str) or not key:
+                raise InvalidInputError(f"document id must be a non-empty string, not {key!r}")
+        except Exception as exc:
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+        return key
+
+    def _fields(self, event: RecordedEvent, to_fields: ToFields) -> Fields:
+        try:
+            changes = to_fields(event)
+            if not isinstance(changes, Mapping):
+                raise InvalidInputError(
+                    f"the upsert function must return a mapping, not {type(changes).__name__}"
+                )
+            for name in self.text:
+                value = changes.get(name)
+                if value is not None and not isinstance(value, str):
+                    raise InvalidInputError(
+                        f"text field {name!r} must be a string or None, not {value!r}"
+                    )
+            try:  # stored fields go to the read model as JSON
+                orjson.dumps({name: changes[name] for name in self.stored if name in changes})
+            except TypeError as exc:
+                raise InvalidInputError(f"stored fields are not JSON-serializable: {exc}") from exc
+            return changes
+        except Exception as exc:
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+
+    # -- storage ---------------------------------------------------------------------------
+
+    async def _create(self, tx: ReadModelTransaction) -> None:
+        table = quote_identifier(self.table)
+        text_columns = ", ".join(f"{quote_identifier(name)} TEXT" for name in self.text)
+        if tx.dialect == "postgres":
+            vector = " || ".join(
+                f"setweight(to_tsvector('{self.language}'::regconfig, "
+                f"coalesce({quote_identifier(name)}, '')), '{weight}')"
+                for name, weight in self.text.items()
+            )
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, "
+                "position_tx BIGINT NOT NULL, position_seq BIGINT NOT NULL, "
+                f"deleted BOOLEAN NOT NULL, {text_columns}, stored JSONB NOT NULL, "
+                f"document tsvector GENERATED ALWAYS AS ({vector}) STORED)"
+            )
+            await tx.execute(
+                f"CREATE INDEX IF NOT EXISTS {quote_identifier(self.table + '_document')} "
+                f"ON {table} USING GIN (document)"
+            )
+            return
+        await self._create_fts5(tx, table, text_columns)
+
+    async def _create_fts5(self, tx: ReadModelTransaction, table: str, text_columns: str) -> None:
+        # An INTEGER PRIMARY KEY keeps rowids stable (VACUUM may renumber implicit ones), and
+        # the FTS5 table indexes the documents' text by rowid ("external content").
+        fts = quote_identifier(f"{self.table}_fts")
+        await tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (doc_rowid INTEGER PRIMARY KEY, "
+            "id TEXT NOT NULL UNIQUE, position_tx INTEGER NOT NULL, "
+            f"position_seq INTEGER NOT NULL, deleted INTEGER NOT NULL, {text_columns}, "
+            "stored TEXT NOT NULL)"
+        )
+        tokenizer = "porter unicode61 remove_diacritics 2"
+        if self.language != "english":
+            tokenizer = "unicode61 remove_diacritics 2"
+        names = [quote_identifier(name) for name in self.text]
+        columns = ", ".join(names)
+        try:
+            await tx.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5({columns}, "
+                f"content={table}, content_rowid='doc_rowid', tokenize='{tokenizer}')"
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such module" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"projection {self.name!r} needs SQLite's FTS5 extension, which this SQLite "
+                f"({sqlite3.sqlite_version}) was built without"
+            ) from exc
+        new = ", ".join(f"new.{name}" for name in names)
+        old = ", ".join(f"old.{name}" for name in names)
+        insert = f"INSERT INTO {fts} (rowid, {columns}) VALUES (new.doc_rowid, {new});"
+        remove = (
+            f"INSERT INTO {fts} ({fts}, rowid, {columns}) VALUES ('delete', old.doc_rowid, {old});"
+        )
+        for suffix, when, body in [
+            ("ai", "AFTER INSERT", insert),
+            ("ad", "AFTER DELETE", remove),
+            ("au", "AFTER UPDATE", remove + " " + insert),
+        ]:
+            trigger = quote_identifier(f"{self.table}_{suffix}")
+            await tx.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {trigger} {when} ON {table} BEGIN {body} END"
+            )
+
+    async def _load(self, tx: ReadModelTransaction, keys: list[str]) -> dict[str, _Document]:
+        table = quote_identifier(self.table)
+        text = ", ".join(quote_identifier(name) for name in self.text)
+        if tx.dialect == "postgres":
+            rows = await tx.fetch(
+                f"SELECT id, position_tx, position_seq, deleted, stored::text, {text} "
+                f"FROM {table} WHERE id = ANY($1::text[])",
+                keys,
+            )
+        else:
+            rows = await tx.fetch(
+                f"SELECT id, position_tx, position_seq, deleted, stored, {text} "
+                f"FROM {table} WHERE id IN (SELECT value FROM json_each($1))",
+                orjson.dumps(keys).decode(),
+            )
+        return {
+            row[0]: _Document(
+                Position(row[1], row[2]),
+                bool(row[3]),
+                dict(zip(self.text, row[5:], strict=True)),
+                orjson.loads(row[4]),
+            )
+            for row in rows
+        }
+
+    async def _write(self, tx: ReadModelTransaction, documents: dict[str, _Document]) -> None:
+        if not documents:
+            return
+        columns = ["id", "position_tx", "position_seq", "deleted", "stored"]
+        columns += [quote_identifier(name) for name in self.text]
+        marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+        updates = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+        await tx.executemany(
+            f"INSERT INTO {quote_identifier(self.table)} ({', '.join(columns)}) "
+            f"VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET {updates}",
+            [
+                (
+                    key,
+                    document.position.tx,
+                    document.position.seq,
+                    document.deleted,
+                    orjson.dumps(document.stored, option=orjson.OPT_SORT_KEYS).decode(),
+                    *(document.text.get(name) for name in self.text),
+                )
+                for key, document in documents.items()
+            ],
+        )
+
+
+def _merge(
+    current: _Document | None,
+    position: Position,
+    changes: Fields,
+    text: Mapping[str, str],
+    stored: tuple[str, ...],
+) -> _Document:
+    """The document after an upsert: the fields named in ``changes`` set, the others kept
+    (a deleted document starts again from nothing); other keys of ``changes`` are ignored."""
+    base = current if current is not None and not current.deleted else _Document(position, False)
+    merged_text = dict(base.text)
+    merged_stored = dict(base.stored)
+    for name, value in changes.items():
+        if name in text:
+            merged_text[name] = value  # type: ignore[assignment]  # checked in _fields
+        elif name in stored:
+            merged_stored[name] = value
+    return _Document(position, False, merged_text, merged_stored)
+
+
+# -- querying --------------------------------------------------------------------------------
+
+
+async def search(
+    source: ReadModelTransaction | ReadModelStore,
+    index: SearchProjection,
+    query: str,
+    *,
+    limit: int = 10,
+    syntax: Syntax = "websearch",
+) -> list[SearchHit]:
+    """The best ``limit`` documents of ``index`` for ``query``, best first (ties by id).
+
+    ``source`` is an open read-model transaction, or a read-model store (``app.read_models``)
+    to open one. With ``syntax="websearch"`` (the default) the query reads like a search
+    box on both backends: words (all must match), ``"quoted phrases"``, ``or`` between
+    alternatives, ``-word`` to exclude; it cannot be malformed. With ``syntax="native"`` it
+    goes to the database as it is: ``to_tsquery`` on PostgreSQL (``dark & choc:*``), FTS5
+    query syntax on SQLite (``dark AND choc*``); a malformed one raises SearchQueryError.
+    A query with nothing to find (empty, blank, only punctuation, only ``-exclusions``)
+    returns [] without asking the database. (One difference remains: on SQLite an ``or``
+    alternative made only of exclusions is dropped, on PostgreSQL it matches.)
+    """
+    if not isinstance(index, SearchProjection):
+        raise InvalidInputError(f"search needs a SearchProjection, not {type(index).__name__}")
+    text = _validate_query(query)
+    limit = _validate_limit(limit)
+    if syntax not in ("websearch", "native"):
+        raise InvalidInputError(f"syntax must be 'websearch' or 'native', not {syntax!r}")
+    if not text or (syntax == "websearch" and not websearch_to_fts5(text)):
+        return []  # nothing to find; on PostgreSQL "-word" alone would match everything else
+    if isinstance(source, ReadModelStore):
+        async with source.transaction() as tx:
+            return await _search(tx, index, text, limit, syntax)
+    if isinstance(source, ReadModelTransaction):
+        return await _search(source, index, text, limit, syntax)
+    raise InvalidInputError(
+        f"search needs a ReadModelTransaction or ReadModelStore, not {type(source).__name__}"
+    )
+
+
+async def _search(
+    tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int, syntax: Syntax
+) -> list[SearchHit]:
+    if tx.dialect == "postgres":
+        rows = await _search_postgres(tx, index, query, limit, syntax)
+    else:
+        if syntax == "websearch":
+            query = websearch_to_fts5(query)
+            if not query:
+                return []
+        rows = await _search_sqlite(tx, index, query, limit)
+    return [
+        SearchHit(
+            row[0],
+            float(row[1]),
+            {**dict(zip(index.text, row[3:], strict=True)), **orjson.loads(row[2])},
+        )
+        for row in rows
+    ]
+
+
+async def _search_postgres(
+    tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int, syntax: Syntax
+) -> list[tuple[Any, ...]]:
+    parse = "websearch_to_tsquery" if syntax == "websearch" else "to_tsquery"
+    text = ", ".join(quote_identifier(name) for name in index.text)
+    sql = (
+        f"SELECT id, ts_rank_cd(document, q) AS rank, stored::text, {text} "
+        f"FROM {quote_identifier(index.table)}, {parse}('{index.language}'::regconfig, $1) q "
+        "WHERE document @@ q AND NOT deleted ORDER BY rank DESC, id LIMIT $2"
+    )
+    try:
+        return await tx.fetch(sql, query, limit)
+    except asyncpg.UndefinedTableError as exc:
+        raise _missing(index) from exc
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "42601":  # syntax_error: to_tsquery could not parse the query
+            raise SearchQueryError(f"invalid search query {query!r}: {exc}") from exc
+        raise BackendError(f"searching {index.table!r} failed: {exc}") from exc
+
+
+async def _search_sqlite(
+    tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int
+) -> list[tuple[Any, ...]]:
+    table, fts = quote_identifier(index.table), quote_identifier(f"{index.table}_fts")
+    weights = ", ".join(str(_BM25_WEIGHTS[weight]) for weight in index.text.values())
+    text = ", ".join(f"d.{quote_identifier(name)}" for name in index.text)
+    sql = (
+        f"SELECT d.id, -bm25({fts}, {weights}) AS rank, d.stored, {text} "
+        f"FROM {fts} JOIN {table} d ON d.doc_rowid = {fts}.rowid "
+        f"WHERE {fts} MATCH $1 AND NOT d.deleted ORDER BY rank DESC, d.id LIMIT $2"
+    )
+    try:
+        return await tx.fetch(sql, query, limit)
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        if message.startswith("no such table"):
+            raise _missing(index) from exc
+        if "fts5" in message or "syntax error" in message or "no such column" in message:
+            raise SearchQueryError(f"invalid search query {query!r}: {message}") from exc
+        raise BackendError(f"searching {index.table!r} failed: {message}") from exc
+    except sqlite3.Error as exc:
+        raise BackendError(f"searching {index.table!r} failed: {exc}") from exc
+
+
+def _missing(index: SearchProjection) -> BackendError:
+    return BackendError(
+        f"search index {index.table!r} does not exist: set up projection {index.name!r} first "
+        "(app.setup() or projectionist run)"
+    )
+
+
+_TERM = re.compile(r'"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w")
+
+
+def websearch_to_fts5(query: str) -> str:
+    """Translate search-box syntax into an FTS5 query that cannot be malformed.
+
+    Like PostgreSQL's ``websearch_to_tsquery``: words and ``"phrases"`` must all match,
+    ``or`` separates alternatives, ``-term`` excludes. Every term becomes a quoted FTS5
+    string, so punctuation and FTS5 keywords are only text. Returns "" when nothing is left
+    to search for (a group of only exclusions is dropped: FTS5 cannot match "anything but").
+    """
+    groups: list[tuple[list[str], list[str]]] = [([], [])]
+    for match in _TERM.finditer(query):
+        phrase, word = match.group(1), match.group(2)
+        if word is not None and word.lower() == "or":
+            groups.append(([], []))
+            continue
+        negated = word is not None and word.startswith("-") and len(word) > 1
+        term = phrase if phrase is not None else word.removeprefix("-") if negated else word
+        if term is None or not _WORD.search(term):
+            continue  # nothing a tokenizer would keep
+        quoted = '"' + term.replace('"', '""') + '"'
+        groups[-1][1 if negated else 0].append(quoted)
+    alternatives = [
+        "(" + " ".join(positive) + "".join(f" NOT {term}" for term in negative) + ")"
+        for positive, negative in groups
+        if positive
+    ]
+    return " OR ".join(alternatives)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _validate_query(query: object) -> str:
+    if not isinstance(query, str):
+        raise SearchQueryError(f"a search query must be a string, not {type(query).__name__}")
+    if len(query) > MAX_QUERY_LENGTH:
+        raise SearchQueryError(
+            f"a search query has at most {MAX_QUERY_LENGTH} characters, got {len(query)}"
+        )
+    if "\x00" in query:
+        raise SearchQueryError("a search query must not contain NUL characters")
+    return query.strip()
+
+
+def _validate_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInputError(f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}")
+    return limit
+
+
+def _validate_text_fields(name: str, text: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(text, Mapping) or not text:
+        raise ConfigurationError(f"projection {name!r}: name at least one text field")
+    fields: dict[str, str] = {}
+    for column, weight in text.items():
+        validate_identifier(column, "text field name")
+        if column in _RESERVED:
+            raise ConfigurationError(
+                f"projection {name!r}: {column!r} is reserved; choose another field name"
+            )
+        if weight not in WEIGHTS:
+            raise ConfigurationError(
+                f"projection {name!r}: weight of {column!r} must be one of A, B, C, D "
+                f"(A ranks highest), not {weight!r}"
+            )
+        fields[column] = weight
+    return fields
+
+
+def _validate_stored_fields(
+    name: str, stored: Iterable[str], text: Mapping[str, str]
+) -> tuple[str, ...]:
+    if isinstance(stored, str):
+        raise ConfigurationError(f"projection {name!r}: stored must be a list of field names")
+    fields = tuple(validate_identifier(column, "stored field name") for column in stored)
+    overlap = set(fields) & set(text)
+    if overlap:
+        raise ConfigurationError(
+            f"projection {name!r}: {sorted(overlap)} cannot be both text and stored fields"
+        )
+    return fields
+
+
+def _key_function(key: str | KeyOf) -> KeyOf:
+    if callable(key):
+        return key
+    if key == "stream_id":
+        return _stream_key
+    field_name = key
+
+    def data_key(event: RecordedEvent) -> str:
+        return str(event.data[field_name])
+
+    return data_key
+
+
+def _stream_key(event: RecordedEvent) -> str:
+    return event.stream_id
