@@ -1,0 +1,358 @@
+"""Error policies on every backend: a poison event is isolated from its batch, retried, then
+dead-lettered (``on_error="skip"``) or recorded as a fault that stops only its projection
+(``on_error="stop"``); dead letters are retried or discarded; a transient failure is never
+mistaken for a poison event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
+from projectionist.errors import ConfigurationError, HandlerError, InvalidInputError
+from projectionist.events import Position
+from tests.conftest import PG_DSN, settle
+from tests.engine.projections import ledger, money
+from tests.faults.test_transient_failures import _kill
+
+
+@dataclass
+class Flaky:
+    """What the handler does: events whose number is ``broken`` fail (``failures`` more
+    times, or always when None); ``calls`` counts every call per event number."""
+
+    broken: set[int] = field(default_factory=set)
+    failures: int | None = None
+    calls: Counter[int] = field(default_factory=Counter)
+    pause_on: int | None = None
+    """Sleep in the first call for this event (the transaction open) and set ``paused``."""
+    paused: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def fix(self) -> None:
+        self.broken.clear()
+
+
+def book(
+    flaky: Flaky, *, name: str = "book", on_error: str = "skip", retries: int = 0
+) -> Projection:
+    """Numbered ``Posted`` events: one row per event (a PRIMARY KEY on the number makes a
+    double delivery fail) and a per-stream counter (not idempotent: shows one too)."""
+    projection = Projection(
+        name, tables=[f"{name}_seen", f"{name}_totals"], on_error=on_error, retries=retries
+    )
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        await tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {name}_seen (n BIGINT PRIMARY KEY, "
+            "stream_id TEXT NOT NULL, version BIGINT NOT NULL)"
+        )
+        await tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {name}_totals (stream_id TEXT PRIMARY KEY, "
+            "events BIGINT NOT NULL)"
+        )
+
+    @projection.on("Posted")
+    async def posted(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        n = event.data["n"]
+        flaky.calls[n] += 1
+        if n == flaky.pause_on and flaky.calls[n] == 1:
+            flaky.paused.set()
+            await asyncio.sleep(1.0)
+        if n in flaky.broken and (flaky.failures is None or flaky.failures > 0):
+            if flaky.failures is not None:
+                flaky.failures -= 1
+            raise ValueError(f"poison event {n}")
+        await tx.execute(
+            f"INSERT INTO {name}_seen VALUES ($1, $2, $3)", n, event.stream_id, event.version
+        )
+        await tx.execute(
+            f"INSERT INTO {name}_totals VALUES ($1, 1) ON CONFLICT (stream_id) DO UPDATE "
+            f"SET events = {name}_totals.events + 1",
+            event.stream_id,
+        )
+
+    return projection
+
+
+def posted(numbers: Iterable[int]) -> list[NewEvent]:
+    return [NewEvent("Posted", {"n": n}) for n in numbers]
+
+
+async def book_rows(app: Application, name: str = "book") -> tuple[list[int], list[Any]]:
+    async with app.read_models.transaction() as tx:
+        seen = await tx.fetch(f"SELECT n FROM {name}_seen ORDER BY n")
+        totals = await tx.fetch(f"SELECT stream_id, events FROM {name}_totals ORDER BY stream_id")
+    return [int(row[0]) for row in seen], [(row[0], int(row[1])) for row in totals]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def checkpoint_of(app: Application, name: str) -> tuple[Position, int]:
+    checkpoint = await app.read_models.checkpoint(name)
+    assert checkpoint is not None
+    return checkpoint.position, checkpoint.events_processed
+
+
+# -- skip ---------------------------------------------------------------------------------
+
+
+async def test_skip_dead_letters_the_poison_event_and_applies_the_rest_once(
+    app_url: str,
+) -> None:
+    flaky = Flaky(broken={4})
+    async with Application(app_url, [book(flaky)]) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(10)))
+        await app.run_until_caught_up()
+
+        assert await book_rows(app) == ([0, 1, 2, 3, 5, 6, 7, 8, 9], [("acct-1", 9)])
+        # The batch failed on 4 (0-3 rolled back), then the stretch went one event at a time.
+        assert flaky.calls == Counter({0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1})
+        assert await checkpoint_of(app, "book") == (await app.store.head(), 10)
+
+        [letter] = await app.dead_letters("book")
+        poison = appended.events[4]
+        assert letter.event == poison
+        assert (letter.event.stream_id, letter.event.version, letter.event.type) == (
+            "acct-1",
+            5,
+            "Posted",
+        )
+        assert (letter.projection, letter.unit, letter.version) == ("book", "book", 1)
+        assert letter.error == "ValueError: poison event 4"
+        assert "ValueError: poison event 4" in letter.traceback
+        assert "in posted" in letter.traceback  # the handler's own frame
+        assert letter.attempts == 1
+        assert await app.dead_letters() == [letter]
+
+        [status] = await app.status()
+        assert (status.dead_letters, status.fault, status.lag) == (1, None, 0)
+        assert status.events_processed == 10 and status.state == "stopped"
+
+        # Past the stretch, batches are whole again: each new event is called once.
+        await app.store.append("acct-2", posted(range(10, 15)))
+        await app.run_until_caught_up()
+        assert all(flaky.calls[n] == 1 for n in range(10, 15))
+        seen, totals = await book_rows(app)
+        assert seen == [0, 1, 2, 3, *range(5, 15)] and totals == [("acct-1", 9), ("acct-2", 5)]
+        assert await checkpoint_of(app, "book") == (await app.store.head(), 15)
+
+
+async def test_retries_let_a_flaky_event_through(app_url: str) -> None:
+    flaky = Flaky(broken={3}, failures=2)
+    async with Application(app_url, [book(flaky, retries=2)]) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(3)))
+        await app.run_until_caught_up()
+        await app.store.append("acct-1", posted([3]))  # alone in its batch
+        await app.run_until_caught_up()
+
+        assert flaky.calls[3] == 3  # failed twice, then went through
+        assert await book_rows(app) == ([0, 1, 2, 3], [("acct-1", 4)])
+        assert await app.dead_letters() == []
+        assert await checkpoint_of(app, "book") == (await app.store.head(), 4)
+        assert app.runner("book").errors == 2
+
+
+async def test_retries_then_skip(app_url: str) -> None:
+    flaky = Flaky(broken={3, 7})
+    async with Application(app_url, [book(flaky, retries=2)]) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(3)))
+        await app.run_until_caught_up()
+        await app.store.append("acct-1", posted([3]))  # alone: 1 try + 2 retries
+        await app.run_until_caught_up()
+        assert flaky.calls[3] == 3
+        await app.store.append("acct-2", posted(range(4, 10)))  # 7 in a batch: +1 try
+        await app.run_until_caught_up()
+        assert flaky.calls[7] == 4
+
+        assert await book_rows(app) == ([0, 1, 2, 4, 5, 6, 8, 9], [("acct-1", 3), ("acct-2", 5)])
+        letters = await app.dead_letters("book")
+        assert [(d.event.data["n"], d.attempts, d.error) for d in letters] == [
+            (3, 3, "ValueError: poison event 3"),
+            (7, 3, "ValueError: poison event 7"),
+        ]
+        assert await checkpoint_of(app, "book") == (await app.store.head(), 10)
+        [status] = await app.status()
+        assert status.dead_letters == 2
+
+
+# -- stop ---------------------------------------------------------------------------------
+
+
+async def test_stop_faults_only_its_projection_and_restart_resumes_it(app_url: str) -> None:
+    flaky = Flaky(broken={3})
+    projections = [book(flaky, on_error="stop"), ledger("healthy")]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(6)))
+        await app.store.append("h-1", money(0, 5))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+
+            async def book_faulted() -> bool:
+                status = {s.name: s for s in await app.status()}["book"]
+                return status.state == "faulted" and status.owner is not None
+
+            await eventually(book_faulted)
+            statuses = {s.name: s for s in await app.status()}
+            fault = statuses["book"].fault
+            assert fault is not None
+            poison = appended.events[3]
+            assert (fault.unit, fault.projection, fault.version) == ("book", "book", 1)
+            assert (fault.position, fault.stream_id, fault.stream_version) == (
+                poison.position,
+                "acct-1",
+                4,
+            )
+            assert (fault.event_type, fault.attempts) == ("Posted", 1)
+            assert fault.error == "ValueError: poison event 3"
+            assert "ValueError: poison event 3" in fault.traceback
+            assert await book_rows(app) == ([0, 1, 2], [("acct-1", 3)])
+            assert (await checkpoint_of(app, "book"))[0] == appended.events[2].position
+            assert await app.dead_letters() == []  # stop never dead-letters
+
+            # The healthy projection goes on, with appends made after the fault.
+            await app.store.append("acct-1", posted(range(6, 8)))
+            later = await app.store.append("h-2", money(1, 5))
+            await settle(app.store)
+            await app.wait_for("healthy", later.position, timeout=10)
+            async with app.read_models.transaction() as tx:
+                seen = await tx.fetch("SELECT event_id FROM healthy_seen")
+                totals = await tx.fetch("SELECT stream_id, events FROM healthy_totals ORDER BY 1")
+            assert len(seen) == 8 and totals == [("h-1", 3), ("h-2", 3)]
+            calls = flaky.calls[3]
+            await asyncio.sleep(0.6)  # heartbeats pass: a faulted unit is not retried
+            assert flaky.calls[3] == calls
+            assert {s.name: s.state for s in await app.status()}["book"] == "faulted"
+
+            # Fixed, restarted: the worker resumes it at the event that stopped it.
+            flaky.fix()
+            assert await app.restart("book") == 1
+            await app.wait_for("book", await app.store.head(), timeout=10)
+            assert await book_rows(app) == (list(range(8)), [("acct-1", 8)])
+
+            async def book_resumed() -> bool:
+                # The state is what its owner reported at its last heartbeat (0.2 s).
+                status = {s.name: s for s in await app.status()}["book"]
+                return status.state in ("live", "catching up")
+
+            await eventually(book_resumed, timeout=5)
+            statuses = {s.name: s for s in await app.status()}
+            assert statuses["book"].fault is None
+            assert statuses["book"].lag == 0 and statuses["book"].events_processed == 8
+            assert await app.restart("book") == 0
+            with pytest.raises(ConfigurationError, match="no projection named 'nope'"):
+                await app.restart("nope")
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+
+
+async def test_stop_without_a_worker_raises_and_records_the_fault(app_url: str) -> None:
+    flaky = Flaky(broken={2})
+    async with Application(app_url, [book(flaky, on_error="stop", retries=1)]) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(5)))
+        with pytest.raises(HandlerError, match="poison event 2"):
+            await app.run_until_caught_up()
+        assert flaky.calls[2] == 3  # in the batch, then alone: 1 try + 1 retry
+        [status] = await app.status()
+        assert status.state == "faulted" and status.fault is not None
+        assert status.fault.position == appended.events[2].position
+        assert status.fault.attempts == 2
+        assert await book_rows(app) == ([0, 1], [("acct-1", 2)])
+
+        # Committing past the event clears the fault (here: a fixed handler, run again).
+        flaky.fix()
+        await app.run_until_caught_up()
+        [status] = await app.status()
+        assert status.fault is None and status.state == "stopped" and status.lag == 0
+        assert await book_rows(app) == ([0, 1, 2, 3, 4], [("acct-1", 5)])
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+async def test_retry_and_discard_dead_letters(app_url: str) -> None:
+    flaky = Flaky(broken={2, 5, 7})
+    async with Application(app_url, [book(flaky)]) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(10)))
+        await app.run_until_caught_up()
+        letters = await app.dead_letters("book")
+        ids = {letter.event.data["n"]: letter.id for letter in letters}
+        assert sorted(ids) == [2, 5, 7]
+
+        flaky.broken.discard(2)  # a fix for event 2 only
+        assert await app.retry_dead_letters([ids[2], ids[5]]) == [
+            (ids[2], None),
+            (ids[5], "ValueError: poison event 5"),
+        ]
+        assert await book_rows(app) == ([0, 1, 2, 3, 4, 6, 8, 9], [("acct-1", 8)])
+        remaining = await app.dead_letters()
+        assert [letter.id for letter in remaining] == [ids[5], ids[7]]
+        assert remaining[0] == letters[1]  # the failed retry leaves the letter as it was
+        with pytest.raises(InvalidInputError, match=f"no dead letter {ids[2]}"):
+            await app.retry_dead_letters([ids[2]])  # gone: it cannot be applied twice
+        assert await book_rows(app) == ([0, 1, 2, 3, 4, 6, 8, 9], [("acct-1", 8)])
+
+        assert await app.discard_dead_letters([ids[7]]) == 1
+        assert [letter.id for letter in await app.dead_letters()] == [ids[5]]
+        with pytest.raises(InvalidInputError, match="no dead letter 999999"):
+            await app.discard_dead_letters([ids[5], 999999])
+        assert [letter.id for letter in await app.dead_letters()] == [ids[5]]  # all or nothing
+        with pytest.raises(ConfigurationError, match="no projection named 'nope'"):
+            await app.dead_letters("nope")
+        [status] = await app.status()
+        assert status.dead_letters == 1
+        assert await book_rows(app) == ([0, 1, 2, 3, 4, 6, 8, 9], [("acct-1", 8)])
+
+
+# -- transient failures -------------------------------------------------------------------
+
+
+async def test_killed_connection_mid_batch_is_retried_not_dead_lettered(
+    pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="projectionist")
+    victim = f"victim_{pg_schema}"
+    flaky = Flaky(pause_on=5)
+    url = f"{PG_DSN}?schema={pg_schema}"
+    # The kill takes every connection of the worker's pool, idle ones too: the test reads
+    # and writes through an application of its own.
+    async with (
+        Application(url, [book(flaky)]) as app,
+        Application(f"{url}&application_name={victim}", [book(flaky)], poll_interval=0.1) as worker,
+    ):
+        await app.setup()
+        await app.store.append("acct-1", posted(range(10)))
+        running = asyncio.create_task(worker.run(lease_seconds=2.0, heartbeat_seconds=0.5))
+        try:
+            await asyncio.wait_for(flaky.paused.wait(), 10)
+            assert await _kill(victim) >= 1  # the batch's connection among them
+            await app.wait_for("book", await app.store.head(), timeout=20)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+
+        assert await book_rows(app) == (list(range(10)), [("acct-1", 10)])
+        assert await app.dead_letters() == []
+        assert await checkpoint_of(app, "book") == (await app.store.head(), 10)
+        assert flaky.calls[5] == 2  # the killed batch, then the whole batch again
+        actions = [getattr(record, "action", None) for record in caplog.records]
+        assert "transient_retry" in actions
+        assert "dead_lettered" not in actions and "handler_error_isolating" not in actions
