@@ -306,6 +306,11 @@ class ProjectionRunner:
         failures = 0
         try:
             await self._prepare_retrying()
+            if self.fault is not None:
+                # Stopped by an earlier run (maybe another worker's): it stays stopped
+                # until someone clears the fault (Application.restart).
+                self.state = RunnerState.FAULTED
+                return
             self.state = RunnerState.CATCHING_UP
             logger.info(
                 "projection started at %s",

@@ -356,3 +356,33 @@ async def test_killed_connection_mid_batch_is_retried_not_dead_lettered(
         actions = [getattr(record, "action", None) for record in caplog.records]
         assert "transient_retry" in actions
         assert "dead_lettered" not in actions and "handler_error_isolating" not in actions
+
+
+async def test_a_faulted_projection_stays_stopped_on_another_worker(app_url: str) -> None:
+    """The fault is in the database, not in the worker that met it: a worker that takes the
+    projection over (a restarted process, a rebalance) leaves it stopped until a restart."""
+    flaky = Flaky(broken={2})
+    async with Application(app_url, [book(flaky, on_error="stop")], poll_interval=0.1) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(5)))
+
+        async def faulted_and_owned() -> bool:
+            [status] = await app.status()
+            return status.state == "faulted" and status.owner is not None
+
+        for worker_id in ("first", "second"):
+            running = asyncio.create_task(
+                app.run(worker_id=worker_id, lease_seconds=1.0, heartbeat_seconds=0.2)
+            )
+            try:
+                await eventually(faulted_and_owned)
+                [status] = await app.status()
+                assert status.owner == worker_id
+                await asyncio.sleep(0.6)  # a few heartbeats
+            finally:
+                app.stop()
+                await asyncio.wait_for(running, 10)
+        assert flaky.calls[2] == 2  # the batch, then alone; never again on "second"
+        assert await book_rows(app) == ([0, 1], [("acct-1", 2)])
+        [status] = await app.status()
+        assert status.fault is not None and status.fault.attempts == 1
