@@ -304,8 +304,14 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
 @app.command("dashboard")
 def dashboard_command(
     application: Annotated[
-        str, typer.Argument(envvar="PROJECTIONIST_APP", help="module:attribute of the Application")
-    ],
+        str | None,
+        typer.Argument(
+            envvar="PROJECTIONIST_APP",
+            metavar="APP",
+            help="module:attribute of the Application",
+            show_default=False,
+        ),
+    ] = None,
     url: AppUrlOption = None,
     host: Annotated[
         str, typer.Option(envvar="PROJECTIONIST_DASHBOARD_HOST", help="Address to listen on")
@@ -331,6 +337,11 @@ def dashboard_command(
         sys.stdout.flush()
 
     async def go() -> None:
+        if not application:
+            raise ConfigurationError(
+                "no application: give APP as module:attribute of a projectionist.Application "
+                "(or set PROJECTIONIST_APP)"
+            )
         target = load_application(application)
         await target.open(url)
         try:

@@ -67,7 +67,8 @@ async def dashboard_process(
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        assert line.startswith("dashboard on http://"), (line, log.read_text())
+        if not line.startswith("dashboard on http://"):
+            raise AssertionError(f"no dashboard: {line!r} {await asyncio.to_thread(log.read_text)}")
         url = line.split()[2].rstrip("/")
         yield DashboardProcess(process, url, log)
     finally:
