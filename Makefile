@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test bench bench-projections bench-append bench-inline services clean
+.PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed  ## install and run the demo on the embedded SQLite default
 	$(BIN)/projectionist demo
 
-test: $(VENV)/.installed-dev  ## lint, type-check and run every test (needs PostgreSQL)
+browser:  ## Debian's headless Chromium for the dashboard's browser test (if it is missing)
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(VENV)/.installed-dev browser  ## lint, type-check and run every test (needs PostgreSQL)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy

@@ -496,6 +496,67 @@ def verify_command(name: str, application: AppOption, url: AppUrlOption = None) 
     raise typer.Exit(1)
 
 
+# -- dashboard (issue 6) ------------------------------------------------------------------
+
+
+@app.command("dashboard")
+def dashboard_command(
+    application: Annotated[
+        str | None,
+        typer.Argument(
+            envvar="PROJECTIONIST_APP",
+            metavar="APP",
+            help="module:attribute of the Application",
+            show_default=False,
+        ),
+    ] = None,
+    url: AppUrlOption = None,
+    host: Annotated[
+        str, typer.Option(envvar="PROJECTIONIST_DASHBOARD_HOST", help="Address to listen on")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65535, envvar="PROJECTIONIST_DASHBOARD_PORT", help="Port (0: any free one)"
+        ),
+    ] = 8000,
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0.05, envvar="PROJECTIONIST_DASHBOARD_INTERVAL", help="Seconds between status polls"
+        ),
+    ] = 1.0,
+) -> None:
+    """Serve a live web dashboard of the projections, with /metrics for Prometheus."""
+    from .dashboard import Dashboard  # the web stack loads only for this command
+
+    def ready(address: str) -> None:
+        console.print(f"dashboard on {address}/  (metrics: {address}/metrics; Ctrl-C stops)")
+        sys.stdout.flush()
+
+    async def go() -> None:
+        if not application:
+            raise ConfigurationError(
+                "no application: give APP as module:attribute of a projectionist.Application "
+                "(or set PROJECTIONIST_APP)"
+            )
+        target = load_application(application)
+        await target.open(url)
+        try:
+            dashboard = Dashboard(target, interval=interval)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, dashboard.stop)
+            await dashboard.serve_until_stopped(host, port, ready)
+        finally:
+            await target.close()
+
+    _run(go)
+
+
+# -- end dashboard ------------------------------------------------------------------------
+
+
 def status_table(statuses: Sequence[ProjectionStatus]) -> Table:
     table = Table(title="Projections", title_justify="left")
     table.add_column("name", no_wrap=True)

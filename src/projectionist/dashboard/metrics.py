@@ -1,0 +1,106 @@
+"""Prometheus metrics over the dashboard's latest status snapshot.
+
+A custom collector reads the snapshot at scrape time, in its own registry: importing this
+module registers nothing globally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LABELS = ["projection", "partition"]
+Snapshot = Callable[[], tuple[Sequence[Mapping[str, Any]], bool]]
+"""Returns the latest rows and whether the last poll of the status succeeded."""
+
+
+class StatusCollector(Collector):
+    """One time series per projection (and partition) and status field."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        rows, ok = self._snapshot()
+        up = GaugeMetricFamily(
+            "projectionist_status_up",
+            "1 if the dashboard's last poll of the application status succeeded, else 0",
+        )
+        up.add_metric([], 1.0 if ok else 0.0)
+        yield up
+        families: list[tuple[CounterMetricFamily | GaugeMetricFamily, str]] = [
+            (
+                CounterMetricFamily(
+                    "projectionist_events_processed",
+                    "Events the projection has processed since its last rebuild",
+                    labels=LABELS,
+                ),
+                "events_processed",
+            ),
+            (
+                GaugeMetricFamily(
+                    "projectionist_lag_events",
+                    "Events after the projection's position",
+                    labels=LABELS,
+                ),
+                "lag",
+            ),
+            (
+                GaugeMetricFamily(
+                    "projectionist_lag_seconds",
+                    "Age of the oldest event the projection has not processed yet",
+                    labels=LABELS,
+                ),
+                "lag_seconds",
+            ),
+            (
+                GaugeMetricFamily(
+                    "projectionist_last_batch_seconds",
+                    "Duration of the projection's last batch",
+                    labels=LABELS,
+                ),
+                "last_batch_seconds",
+            ),
+            (
+                CounterMetricFamily(
+                    "projectionist_errors",
+                    "Handler errors of the projection",
+                    labels=LABELS,
+                ),
+                "errors",
+            ),
+            (
+                GaugeMetricFamily(
+                    "projectionist_dead_letters",
+                    "Events of the projection in its dead-letter table",
+                    labels=LABELS,
+                ),
+                "dead_letters",
+            ),
+        ]
+        for family, field in families:
+            for row in rows:
+                value = row.get(field)
+                # A field the status does not carry (or not yet: None) has no sample.
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    family.add_metric(_labels(row), float(value))
+            yield family
+
+
+def _labels(row: Mapping[str, Any]) -> list[str]:
+    partition = row.get("partition")
+    return [str(row.get("name", "")), "" if partition is None else str(partition)]
+
+
+def metrics_registry(snapshot: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(snapshot))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

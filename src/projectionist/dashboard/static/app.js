@@ -1,0 +1,244 @@
+// The dashboard page: rows and charts updated from server-sent events, no library.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_WIDTH = 180;
+const CHART_HEIGHT = 36;
+const FIELDS = [
+  "name", "partition", "state", "owner", "position", "lag", "lag_seconds", "chart", "rate",
+  "events_processed", "last_batch_seconds", "errors", "dead_letters", "last_error", "updated_at",
+];
+const NUMERIC = new Set([
+  "position", "lag", "lag_seconds", "rate", "events_processed", "last_batch_seconds", "errors",
+  "dead_letters",
+]);
+
+// key -> [[unix seconds, lag, lag_seconds, events/s], ...]
+const charts = new Map();
+let historySeconds = 600;
+
+const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+const decimal = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
+
+function isNumber(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+function formatCount(value) {
+  return isNumber(value) ? integer.format(value) : "-";
+}
+
+function formatSeconds(value) {
+  if (!isNumber(value)) return "-";
+  if (value < 10) return value.toFixed(2) + " s";
+  if (value < 120) return decimal.format(value) + " s";
+  const minutes = Math.floor(value / 60);
+  return minutes + "m " + Math.round(value - minutes * 60) + "s";
+}
+
+function formatRate(value) {
+  if (!isNumber(value)) return "-";
+  return value < 10 ? decimal.format(value) : integer.format(value);
+}
+
+function formatBatch(value) {
+  if (!isNumber(value)) return "-";
+  return value < 1 ? integer.format(value * 1000) + " ms" : value.toFixed(2) + " s";
+}
+
+function formatTime(iso) {
+  if (!iso) return "-";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleTimeString("en-GB");
+}
+
+function stateClass(state) {
+  const text = String(state || "");
+  if (/fail|error|rebuild|dead|crash/i.test(text)) return "bad";
+  if (/behind|catching|retry|held|paused/i.test(text)) return "warn";
+  if (/not set up|stopped|idle|unknown/i.test(text) || !text) return "idle";
+  return "ok";
+}
+
+function rowFor(key, tbody) {
+  let row = tbody.querySelector(`tr[data-key="${CSS.escape(key)}"]`);
+  if (row) return row;
+  row = document.createElement("tr");
+  row.dataset.key = key;
+  for (const field of FIELDS) {
+    const cell = document.createElement("td");
+    cell.dataset.field = field;
+    if (NUMERIC.has(field)) cell.classList.add("num");
+    row.appendChild(cell);
+  }
+  tbody.appendChild(row);
+  return row;
+}
+
+function fill(row, item) {
+  const cell = (field) => row.querySelector(`td[data-field="${field}"]`);
+
+  const name = cell("name");
+  name.replaceChildren(document.createTextNode(item.name ?? "?"));
+  const kind = document.createElement("span");
+  kind.className = "kind";
+  kind.textContent = `${item.kind ?? ""}${isNumber(item.version) ? " · v" + item.version : ""}`;
+  name.appendChild(kind);
+
+  cell("partition").textContent = item.partition ?? "-";
+
+  const badge = document.createElement("span");
+  badge.className = "state " + stateClass(item.state);
+  badge.textContent = item.state ?? "unknown";
+  const state = cell("state");
+  state.replaceChildren(badge);
+  if (item.held_back_by) {
+    const held = document.createElement("span");
+    held.className = "held";
+    held.textContent = "held back by " + item.held_back_by;
+    state.appendChild(held);
+  }
+
+  cell("owner").textContent = item.owner ?? "-";
+  cell("position").textContent = item.position ?? "-";
+  cell("lag").textContent = formatCount(item.lag);
+  cell("lag_seconds").textContent = formatSeconds(item.lag_seconds);
+  cell("rate").textContent = formatRate(item.rate);
+  cell("events_processed").textContent = formatCount(item.events_processed);
+  cell("last_batch_seconds").textContent = formatBatch(item.last_batch_seconds);
+  cell("errors").textContent = formatCount(item.errors);
+  cell("errors").classList.toggle("alert", isNumber(item.errors) && item.errors > 0);
+  cell("dead_letters").textContent = formatCount(item.dead_letters);
+  cell("dead_letters").classList.toggle("alert", isNumber(item.dead_letters) && item.dead_letters > 0);
+  const error = cell("last_error");
+  error.textContent = item.last_error ?? "-";
+  error.title = item.last_error ?? "";
+  error.classList.toggle("error", Boolean(item.last_error));
+  cell("updated_at").textContent = formatTime(item.updated_at);
+  drawChart(cell("chart"), charts.get(item.key) ?? [], item);
+}
+
+// A polyline of one series scaled to the chart's height; null values break nothing, they
+// are left out.
+function polyline(samples, index, start, span, className) {
+  const points = samples.filter((sample) => isNumber(sample[index]));
+  if (points.length === 0) return null;
+  const top = Math.max(...points.map((sample) => sample[index]), 1e-9);
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("class", className);
+  line.setAttribute("points", points.map((sample) => {
+    const x = ((sample[0] - start) / span) * (CHART_WIDTH - 2) + 1;
+    const y = CHART_HEIGHT - 2 - (sample[index] / top) * (CHART_HEIGHT - 4);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  }).join(" "));
+  return { line, top };
+}
+
+function drawChart(cell, samples, item) {
+  let svg = cell.querySelector("svg");
+  if (!svg) {
+    svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "chart");
+    svg.setAttribute("width", CHART_WIDTH);
+    svg.setAttribute("height", CHART_HEIGHT);
+    svg.setAttribute("viewBox", `0 0 ${CHART_WIDTH} ${CHART_HEIGHT}`);
+    svg.appendChild(document.createElementNS(SVG, "title"));
+    cell.appendChild(svg);
+  }
+  const end = samples.length ? samples[samples.length - 1][0] : 0;
+  const start = samples.length ? Math.max(samples[0][0], end - historySeconds) : 0;
+  const span = Math.max(end - start, 1);
+  for (const old of svg.querySelectorAll("polyline")) old.remove();
+  const events = polyline(samples, 1, start, span, "events");
+  const seconds = polyline(samples, 2, start, span, "seconds");
+  if (events) svg.appendChild(events.line);
+  if (seconds) svg.appendChild(seconds.line);
+  svg.dataset.samples = String(samples.length);
+  svg.querySelector("title").textContent =
+    `${item.name}: peak lag ${events ? formatCount(events.top) : "-"} events` +
+    `, ${seconds ? formatSeconds(seconds.top) : "-"} over the last ${Math.round(span)} s`;
+}
+
+function record(payload) {
+  const at = payload.at;
+  if (!isNumber(at)) return;
+  for (const item of payload.projections) {
+    const samples = charts.get(item.key) ?? [];
+    if (!samples.length || samples[samples.length - 1][0] < at) {
+      samples.push([at, item.lag ?? null, item.lag_seconds ?? null, item.rate ?? null]);
+    }
+    while (samples.length && samples[0][0] < at - historySeconds) samples.shift();
+    charts.set(item.key, samples);
+  }
+}
+
+function render(payload) {
+  const banner = document.getElementById("poll-error");
+  banner.hidden = !payload.error;
+  banner.textContent = payload.error ? "Status unavailable: " + payload.error : "";
+  const tbody = document.querySelector("#projections tbody");
+  const keys = new Set();
+  for (const item of payload.projections) {
+    keys.add(item.key);
+    fill(rowFor(item.key, tbody), item);
+  }
+  for (const row of [...tbody.rows]) {
+    if (!keys.has(row.dataset.key)) {
+      charts.delete(row.dataset.key);
+      row.remove();
+    }
+  }
+  document.getElementById("empty").hidden = payload.projections.length > 0;
+  summarize(payload);
+}
+
+function sum(items, field) {
+  let total = null;
+  for (const item of items) {
+    if (isNumber(item[field])) total = (total ?? 0) + item[field];
+  }
+  return total;
+}
+
+function summarize(payload) {
+  const items = payload.projections;
+  const heads = items.map((item) => item.head).filter(Boolean);
+  document.getElementById("head").textContent = heads.length ? heads[0] : "-";
+  document.getElementById("count").textContent = String(items.length);
+  document.getElementById("behind").textContent =
+    String(items.filter((item) => isNumber(item.lag) && item.lag > 0).length);
+  document.getElementById("total-rate").textContent = formatRate(sum(items, "rate"));
+  document.getElementById("total-errors").textContent = formatCount(sum(items, "errors"));
+  document.getElementById("total-dead").textContent = formatCount(sum(items, "dead_letters"));
+  document.getElementById("updated").textContent =
+    isNumber(payload.at) ? new Date(payload.at * 1000).toLocaleTimeString("en-GB") : "-";
+}
+
+function setConnection(text, className) {
+  const badge = document.getElementById("connection");
+  badge.textContent = text;
+  badge.className = "connection " + className;
+}
+
+function connect() {
+  // EventSource reconnects by itself; each connection starts with a full snapshot.
+  const source = new EventSource("events");
+  source.addEventListener("snapshot", (message) => {
+    const payload = JSON.parse(message.data);
+    if (isNumber(payload.history_seconds)) historySeconds = payload.history_seconds;
+    document.getElementById("window").textContent = String(Math.round(historySeconds / 60));
+    charts.clear();
+    for (const [key, samples] of Object.entries(payload.charts ?? {})) charts.set(key, samples);
+    render(payload);
+    setConnection("live", "live");
+  });
+  source.addEventListener("status", (message) => {
+    const payload = JSON.parse(message.data);
+    record(payload);
+    render(payload);
+    setConnection("live", "live");
+  });
+  source.addEventListener("error", () => setConnection("reconnecting", "lost"));
+}
+
+connect();

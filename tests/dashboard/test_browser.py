@@ -1,0 +1,176 @@
+"""The dashboard in a real headless Chromium: numbers change live, nothing leaves the host.
+
+Chromium is Debian's (/usr/bin/chromium, installed by `make browser`, a prerequisite of
+`make test`); Playwright drives it through its own driver, no browser download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+from examples.shop.history import generate_orders
+from examples.shop.projections import ALL
+from playwright.async_api import Locator, Page, async_playwright, expect
+
+from projectionist import Application
+
+from .conftest import ARTIFACTS, append_all, dashboard_process
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def cell(page: Page, key: str, field: str) -> Locator:
+    return page.locator(f'tr[data-key="{key}"] td[data-field="{field}"]')
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run 'make browser' (apt-get install chromium)")
+    return CHROMIUM
+
+
+async def test_the_page_follows_appends_and_projections_live(
+    tmp_path: Path, chromium: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    history = list(generate_orders(60))
+    first, second = history[: len(history) // 2], history[len(history) // 2 :]
+    application = Application(url, ALL)
+    async with application:
+        await application.setup()
+        await append_all(application, first)
+        env = {"PROJECTIONIST_URL": url}
+        async with (
+            dashboard_process(
+                "examples.shop.app:app", "--interval", "0.2", env=env, log=tmp_path / "stderr.log"
+            ) as dashboard,
+            async_playwright() as playwright,
+        ):
+            browser = await playwright.chromium.launch(executable_path=str(chromium))
+            try:
+                page = await browser.new_page(viewport={"width": 1680, "height": 460})
+                requests: list[str] = []
+                problems: list[str] = []
+                page.on("request", lambda request: requests.append(request.url))
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.on(
+                    "console",
+                    lambda message: (
+                        problems.append(message.text) if message.type == "error" else None
+                    ),
+                )
+                await page.goto(dashboard.url + "/")
+                await expect(page.locator("#connection")).to_have_text("live")
+
+                before = {s.name: s for s in await application.status()}
+                summaries = before["order_summaries"]
+                assert summaries.lag > 100 and summaries.events_processed == 0
+                await expect(cell(page, "order_summaries", "lag")).to_have_text(
+                    f"{summaries.lag:,}"
+                )
+                await expect(cell(page, "order_summaries", "state")).to_have_text("behind")
+                await expect(cell(page, "order_summaries", "events_processed")).to_have_text("0")
+                await expect(cell(page, "product_catalogue", "lag")).to_have_text("0")
+                await page.evaluate("window.notReloaded = true")
+
+                # Projections catch up: lag falls to 0, position and processed move.
+                await application.run_until_caught_up()
+                caught_up = {s.name: s for s in await application.status()}
+                await expect(cell(page, "order_summaries", "lag")).to_have_text("0")
+                await expect(cell(page, "order_summaries", "position")).to_have_text(
+                    str(caught_up["order_summaries"].position)
+                )
+                await expect(cell(page, "order_summaries", "events_processed")).to_have_text(
+                    f"{caught_up['order_summaries'].events_processed:,}"
+                )
+                await expect(cell(page, "order_summaries", "state")).to_have_text("up to date")
+
+                # New events: the lag rises, then falls again once they are projected.
+                await append_all(application, second)
+                behind = {s.name: s for s in await application.status()}
+                assert behind["daily_sales"].lag > 100
+                await expect(cell(page, "daily_sales", "lag")).to_have_text(
+                    f"{behind['daily_sales'].lag:,}"
+                )
+                await expect(page.locator("#behind")).to_have_text("3")
+                await asyncio.sleep(0.5)  # a few samples of the lag for the chart
+                await application.run_until_caught_up()
+                done = {s.name: s for s in await application.status()}
+                await expect(cell(page, "daily_sales", "lag")).to_have_text("0")
+                await expect(cell(page, "daily_sales", "events_processed")).to_have_text(
+                    f"{done['daily_sales'].events_processed:,}"
+                )
+                await expect(page.locator("#head")).to_have_text(str(done["daily_sales"].head))
+                await expect(page.locator("#behind")).to_have_text("0")
+
+                chart = cell(page, "daily_sales", "chart").locator("svg")
+                assert int(await chart.get_attribute("data-samples") or 0) >= 5
+                points = await chart.locator("polyline.events").get_attribute("points")
+                heights = {point.split(",")[1] for point in (points or "").split()}
+                assert len(heights) >= 2, points  # the lag line is not flat: it rose and fell
+
+                assert await page.evaluate("window.notReloaded") is True
+                external = [r for r in requests if not r.startswith(dashboard.url + "/")]
+                assert external == [] and len(requests) >= 4, requests
+                assert problems == []
+
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+                # SIGTERM ends the server although a page holds an event stream open.
+                dashboard.process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(dashboard.process.wait(), 10) == 0, dashboard.stderr()
+                await expect(page.locator("#connection")).to_have_text("reconnecting")
+                await renders_the_fields_to_come(page)
+            finally:
+                await browser.close()
+
+
+async def renders_the_fields_to_come(page: Page) -> None:
+    """Rows with the status fields of workers, partitions and error policies (the server
+    is gone, so nothing overwrites them); an error message is shown as text, not markup."""
+    row = {
+        "name": "orders",
+        "kind": "async",
+        "version": 2,
+        "partition": "1/4",
+        "state": "running",
+        "owner": "worker-a",
+        "position": "0/950",
+        "head": "0/1000",
+        "lag": 50,
+        "lag_seconds": 1.5,
+        "events_processed": 900,
+        "last_batch_seconds": 0.012,
+        "errors": 3,
+        "last_error": "<img src=x onerror=alert(1)>",
+        "dead_letters": 2,
+        "updated_at": None,
+        "held_back_by": "orders_v3",
+        "key": "orders[1/4]",
+        "rate": 420.0,
+    }
+    payload = {"at": 1.0, "error": None, "projections": [row]}
+    await page.evaluate("payload => { record(payload); render(payload); }", payload)
+    expected = {
+        "partition": "1/4",
+        "owner": "worker-a",
+        "lag": "50",
+        "lag_seconds": "1.50 s",
+        "rate": "420",
+        "last_batch_seconds": "12 ms",
+        "errors": "3",
+        "dead_letters": "2",
+        "last_error": "<img src=x onerror=alert(1)>",
+        "updated_at": "-",
+    }
+    for field, text in expected.items():
+        await expect(cell(page, "orders[1/4]", field)).to_have_text(text)
+    await expect(cell(page, "orders[1/4]", "state")).to_have_text("runningheld back by orders_v3")
+    assert await page.locator("img").count() == 0
+    await expect(page.locator("tbody tr")).to_have_count(1)  # the other rows are gone
+    await expect(page.locator("#total-dead")).to_have_text("2")
