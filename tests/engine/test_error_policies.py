@@ -17,6 +17,7 @@ import pytest
 from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
 from projectionist.errors import ConfigurationError, HandlerError, InvalidInputError
 from projectionist.events import Position
+from projectionist.partitions import partition_of
 from tests.conftest import PG_DSN, settle
 from tests.engine.projections import ledger, money
 from tests.faults.test_transient_failures import _kill
@@ -39,12 +40,21 @@ class Flaky:
 
 
 def book(
-    flaky: Flaky, *, name: str = "book", on_error: str = "skip", retries: int = 0
+    flaky: Flaky,
+    *,
+    name: str = "book",
+    on_error: str = "skip",
+    retries: int = 0,
+    partitions: int = 1,
 ) -> Projection:
     """Numbered ``Posted`` events: one row per event (a PRIMARY KEY on the number makes a
     double delivery fail) and a per-stream counter (not idempotent: shows one too)."""
     projection = Projection(
-        name, tables=[f"{name}_seen", f"{name}_totals"], on_error=on_error, retries=retries
+        name,
+        tables=[f"{name}_seen", f"{name}_totals"],
+        on_error=on_error,
+        retries=retries,
+        partitions=partitions,
     )
 
     @projection.setup
@@ -386,3 +396,56 @@ async def test_a_faulted_projection_stays_stopped_on_another_worker(app_url: str
         assert await book_rows(app) == ([0, 1], [("acct-1", 2)])
         [status] = await app.status()
         assert status.fault is not None and status.fault.attempts == 1
+
+
+async def test_policies_per_partition(app_url: str) -> None:
+    """A poison event stops (or dead-letters in) only its own partition."""
+    streams = [f"acct-{i}" for i in range(6)]
+    sick = streams[0]
+    sick_part = partition_of(sick, 2)
+    assert {partition_of(s, 2) for s in streams} == {0, 1}  # both partitions get events
+    # Event 1 is the second event of the sick stream.
+    skipping, stopping = Flaky(broken={1}), Flaky(broken={1})
+    projections = [
+        book(skipping, name="lenient", partitions=2),
+        book(stopping, name="strict", on_error="stop", partitions=2),
+    ]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        for index, stream in enumerate(streams):
+            await app.store.append(stream, posted(range(index * 10, index * 10 + 3)))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+            await app.wait_for("lenient", await app.store.head(), timeout=10)
+
+            async def strict_faulted() -> bool:
+                states = {(s.name, s.partition): s.state for s in await app.status()}
+                return states[("strict", f"{sick_part}/2")] == "faulted" and (
+                    states[("strict", f"{1 - sick_part}/2")] == "live"
+                )
+
+            await eventually(strict_faulted)
+            statuses = {(s.name, s.partition): s for s in await app.status()}
+            [letter] = await app.dead_letters("lenient")
+            assert letter.unit == f"lenient#{sick_part}/2" and letter.projection == "lenient"
+            assert letter.event.stream_id == sick and letter.event.data["n"] == 1
+            assert statuses[("lenient", f"{sick_part}/2")].dead_letters == 1
+            assert statuses[("lenient", f"{1 - sick_part}/2")].dead_letters == 0
+            fault = statuses[("strict", f"{sick_part}/2")].fault
+            assert fault is not None and fault.unit == f"strict#{sick_part}/2"
+            assert fault.projection == "strict" and fault.stream_id == sick
+            assert statuses[("strict", f"{1 - sick_part}/2")].fault is None
+            everything = [n for i in range(6) for n in range(i * 10, i * 10 + 3)]
+            assert (await book_rows(app, "lenient"))[0] == [n for n in everything if n != 1]
+            assert (await book_rows(app, "strict"))[0] == [
+                n for n in everything if partition_of(streams[n // 10], 2) != sick_part or n < 1
+            ]
+
+            stopping.fix()
+            assert await app.restart("strict") == 1
+            await app.wait_for("strict", await app.store.head(), timeout=10)
+            assert (await book_rows(app, "strict"))[0] == everything
+            assert all(s.fault is None for s in await app.status())
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
