@@ -386,7 +386,7 @@ class Application(OpenClose):
                         status,
                         partition=None if partition is None else str(partition),
                         fault=faults.get(unit),
-                        state="faulted" if unit in faults else status.state,
+                        state=_fault_state(unit in faults, status.state),
                         dead_letters=letters.get(unit, 0),
                         held_back_by=held_back_by,
                     )
@@ -483,6 +483,13 @@ class Application(OpenClose):
         if not batch.events:
             return 0.0
         return max(0.0, (datetime.now(UTC) - batch.events[0].recorded_at).total_seconds())
+
+
+def _fault_state(faulted: bool, reported: str) -> str:
+    """A recorded fault wins; a cleared one shows as restarting until its owner reports."""
+    if faulted:
+        return "faulted"
+    return "restarting" if reported == "faulted" else reported
 
 
 def _inline_hook(projection: Projection) -> InlineHook:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -43,8 +44,8 @@ app = typer.Typer(
 )
 schema_app = typer.Typer(help="Manage the event store's schema.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
-# Piped output (a log, CI) gets 120 columns rather than 80: the tables stay readable.
-console = Console(width=None if sys.stdout.isatty() else 120)
+# Piped output (a log, CI) gets $COLUMNS or 160 columns rather than 80: tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 160))
 errors = Console(stderr=True)
 
 UrlOption = Annotated[

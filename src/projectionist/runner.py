@@ -49,7 +49,8 @@ def is_transient(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(
-            current, StoreUnavailableError | TransactionConflictError | OSError | TimeoutError
+            current,
+            StoreUnavailableError | TransactionConflictError | ConnectionError | TimeoutError,
         ):
             return True
         sqlstate = getattr(current, "sqlstate", None)

@@ -24,8 +24,9 @@ of type ``"JSON"`` holds any JSON value (lists, nested dicts) the same way.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -33,7 +34,7 @@ import orjson
 from .errors import ConfigurationError, HandlerError
 from .events import RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
-from .projection import Kind, Projection, failure
+from .projection import Kind, OnError, Projection, failure
 from .readmodel import ReadModelTransaction
 
 State = dict[str, Any]
@@ -71,6 +72,9 @@ class StateProjection(Projection):
         batch_size: int = 5000,
         max_batch_bytes: int = 16 * 1024 * 1024,
         kind: Kind | str = Kind.ASYNC,
+        partitions: int = 1,
+        on_error: OnError | str = OnError.STOP,
+        retries: int = 0,
     ) -> None:
         super().__init__(
             name,
@@ -79,6 +83,9 @@ class StateProjection(Projection):
             tables=[table],
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
+            partitions=partitions,
+            on_error=on_error,
+            retries=retries,
         )
         self.table = table
         self.key_column = validate_identifier(key_column, "key column")
@@ -114,7 +121,8 @@ class StateProjection(Projection):
             return
         keyed = [(self._key(event), event) for event in handled]
         keys = list(dict.fromkeys(key for key, _ in keyed))
-        states: dict[str, State | _Delete] = dict(await self._load(tx, keys))
+        async with self._as_handler_error(handled[0]):
+            states: dict[str, State | _Delete] = dict(await self._load(tx, keys))
         for key, event in keyed:
             state = states.get(key)
             if state is None or isinstance(state, _Delete):
@@ -123,7 +131,20 @@ class StateProjection(Projection):
                 states[key] = evolvers[event.type](state, event)
             except Exception as exc:
                 raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
-        await self._write(tx, {key: states[key] for key in keys})
+        async with self._as_handler_error(handled[0]):
+            await self._write(tx, {key: states[key] for key in keys})
+
+    @contextlib.asynccontextmanager
+    async def _as_handler_error(self, event: RecordedEvent) -> AsyncIterator[None]:
+        """The set-based SQL failing (a constraint, a type) is the projection's failure, so
+        its error policy applies; the first event of the batch stands for it (the runner
+        narrows a failing batch down to its event)."""
+        try:
+            yield
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
 
     def _key(self, event: RecordedEvent) -> str:
         try:

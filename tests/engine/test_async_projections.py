@@ -273,7 +273,7 @@ async def test_a_runner_of_an_old_version_stops_after_a_rebuild(app_url: str) ->
             async with Application(store, [newer]) as new:
                 await new.rebuild("ledger")  # ends where the old runner stands
             await old.store.append("account-1", money(1, 2))
-            with pytest.raises(ProjectionVersionError, match="built by version 2"):
+            with pytest.raises(ProjectionVersionError, match="version 2 has taken over"):
                 await old.run_until_caught_up()
     finally:
         await store.close()

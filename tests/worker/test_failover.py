@@ -24,7 +24,7 @@ from tests.conftest import PG_DSN
 from tests.worker.failover_app import OWNERSHIP_TABLE, PROJECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-LEASE_SECONDS = 2.0
+LEASE_SECONDS = 3.0
 APP = "tests.worker.failover_app:app"
 
 
@@ -98,27 +98,9 @@ async def test_workers_share_fail_over_and_rebalance(pg_schema: str, tmp_path: P
         workers = {name: start_worker(url, pg_schema, name, tmp_path) for name in "abc"}
         appender = asyncio.create_task(append_forever())
         try:
-
-            async def all_owned_by(names: set[str]) -> bool:
-                held = await owners(connection, pg_schema)
-                return set(held) == set(units) and set(held.values()) == names
-
-            await wait_until(lambda: all_owned_by({"a", "b", "c"}), 30, "three workers to share")
-            counts = list((await owners(connection, pg_schema)).values())
-            assert max(counts.count(w) for w in "abc") <= 3  # ceil(7 / 3)
-
-            for victim, survivors in (("a", {"b", "c"}), ("b", {"c"})):
-                await asyncio.sleep(1.0)
-                workers[victim].send_signal(signal.SIGKILL)
-                workers[victim].wait(10)
-                took = await wait_until(
-                    lambda s=survivors: all_owned_by(s), 20, f"takeover from {victim}"
-                )
-                assert took < LEASE_SECONDS * 3 + 2, f"takeover of {victim} took {took:.1f}s"
-
-            workers["d"] = start_worker(url, pg_schema, "d", tmp_path)
-            await wait_until(lambda: all_owned_by({"c", "d"}), 30, "worker d to get a share")
-            await asyncio.sleep(1.0)
+            await run_scenario(workers, connection, pg_schema, units, url, tmp_path)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log_tails(tmp_path)}") from exc
         finally:
             appending.set()
             await appender
@@ -167,6 +149,44 @@ async def test_workers_share_fail_over_and_rebalance(pg_schema: str, tmp_path: P
             await app.rebuild(projection.name)
             assert await counts_of(app, projection.name) == before[projection.name]
         assert sum(int(row[1]) for row in before["tally"]) == appended  # type: ignore[call-overload]
+
+
+async def run_scenario(
+    workers: dict[str, subprocess.Popen[bytes]],
+    connection: asyncpg.Connection,
+    pg_schema: str,
+    units: list[str],
+    url: str,
+    tmp_path: Path,
+) -> None:
+    """Share among a, b, c; SIGKILL a, then b; start d: each time the survivors take over."""
+
+    async def all_owned_by(names: set[str]) -> bool:
+        held = await owners(connection, pg_schema)
+        return set(held) == set(units) and set(held.values()) == names
+
+    await wait_until(lambda: all_owned_by({"a", "b", "c"}), 30, "three workers to share")
+    counts = list((await owners(connection, pg_schema)).values())
+    assert max(counts.count(w) for w in "abc") <= 3  # ceil(7 / 3)
+
+    for victim, survivors in (("a", {"b", "c"}), ("b", {"c"})):
+        await asyncio.sleep(1.0)
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait(10)
+        took = await wait_until(lambda s=survivors: all_owned_by(s), 20, f"takeover from {victim}")
+        assert took < LEASE_SECONDS * 3 + 2, f"takeover of {victim} took {took:.1f}s"
+
+    workers["d"] = start_worker(url, pg_schema, "d", tmp_path)
+    await wait_until(lambda: all_owned_by({"c", "d"}), 30, "worker d to get a share")
+    await asyncio.sleep(1.0)
+
+
+def log_tails(logs: Path) -> str:
+    """The end of each worker's log, for a failure message."""
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:])
+        for log in sorted(logs.glob("*.log"))
+    )
 
 
 async def counts_of(app: Application, name: str) -> list[tuple[object, ...]]:

@@ -350,8 +350,10 @@ class PostgresEventStore(EventStore):
                 try:
                     yield connection
                 except _CONNECTION_ERRORS:
-                    # Never hand a broken or confused connection to the next user.
-                    connection.terminate()
+                    # Never hand a broken or confused connection to the next user (a dead
+                    # one may be detached from the pool already: terminating it then fails).
+                    with contextlib.suppress(Exception):
+                        connection.terminate()
                     raise
 
     # -- schema -----------------------------------------------------------------------------
@@ -851,7 +853,8 @@ class PostgresReadModelStore(ReadModelStore):
                     except Exception:  # noqa: BLE001 - keep the original error
                         # It cannot roll back (dead, or busy with a cancelled command):
                         # close it rather than return it to the pool in that state.
-                        connection.terminate()
+                        with contextlib.suppress(Exception):
+                            connection.terminate()
                     raise
                 await connection.execute("COMMIT")
 
