@@ -111,6 +111,20 @@ async def _awaited(factory: Callable[[], Awaitable[T]]) -> T:
     return await factory()
 
 
+def _on_app(application: str, url: str | None, use: Callable[[Application], Awaitable[T]]) -> T:
+    """Load the application, open it (``url`` overrides its store), ``use`` it, close it."""
+
+    async def go() -> T:
+        target = load_application(application)
+        await target.open(url)
+        try:
+            return await use(target)
+        finally:
+            await target.close()
+
+    return _run(go)
+
+
 @schema_app.command("apply")
 def schema_apply(url: UrlOption, schema: SchemaOption = None) -> None:
     """Create or migrate the event store's schema (idempotent)."""
@@ -250,23 +264,16 @@ def run_command(
     Any number of workers share the projections (and partitions) through leases in the
     database; on a signal the current batches commit, the leases are handed back, exit 0."""
 
-    async def go() -> None:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            await target.setup()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, target.stop)
-            await target.run(
-                worker_id=worker_id,
-                lease_seconds=lease_seconds,
-                shutdown_seconds=shutdown_seconds,
-            )
-        finally:
-            await target.close()
+    async def use(app: Application) -> None:
+        await app.setup()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, app.stop)
+        await app.run(
+            worker_id=worker_id, lease_seconds=lease_seconds, shutdown_seconds=shutdown_seconds
+        )
 
-    _run(go)
+    _on_app(application, url, use)
 
 
 @app.command()
@@ -284,15 +291,12 @@ def health(
 ) -> None:
     """Exit 0 if a worker (or the given one) has sent a heartbeat within MAX_AGE seconds."""
 
-    async def go() -> list[tuple[str, float]]:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await leases.live_workers(target.read_models, max_age)
-        finally:
-            await target.close()
+    async def use(app: Application) -> list[tuple[str, float]]:
+        return await leases.live_workers(app.read_models, max_age)
 
-    alive = [(w, age) for w, age in _run(go) if worker_id is None or w == worker_id]
+    alive = [
+        (w, age) for w, age in _on_app(application, url, use) if worker_id is None or w == worker_id
+    ]
     if not alive:
         errors.print(f"unhealthy: no heartbeat from {worker_id or 'any worker'} in {max_age:g}s")
         raise typer.Exit(1)
@@ -304,15 +308,10 @@ def health(
 def restart(name: str, application: AppOption, url: AppUrlOption = None) -> None:
     """Resume a faulted projection (after a fix): its workers retry the event that failed."""
 
-    async def go() -> int:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.restart(name)
-        finally:
-            await target.close()
+    async def use(app: Application) -> int:
+        return await app.restart(name)
 
-    cleared = _run(go)
+    cleared = _on_app(application, url, use)
     console.print(
         f"{name}: cleared {cleared} fault(s); workers resume it at their next heartbeat"
         if cleared
@@ -335,15 +334,10 @@ def dead_letters_list(
 ) -> None:
     """List dead letters, oldest first."""
 
-    async def go() -> list[DeadLetter]:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.dead_letters(name)
-        finally:
-            await target.close()
+    async def use(app: Application) -> list[DeadLetter]:
+        return await app.dead_letters(name)
 
-    letters = _run(go)
+    letters = _on_app(application, url, use)
     if as_json:
         for letter in letters:
             print(orjson.dumps(letter.as_dict()).decode())
@@ -372,15 +366,10 @@ IdsArgument = Annotated[list[int], typer.Argument(help="Dead letter ids (see lis
 def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOption = None) -> None:
     """Apply the events again (after a fix); those that succeed leave the list."""
 
-    async def go() -> list[tuple[int, str | None]]:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.retry_dead_letters(ids)
-        finally:
-            await target.close()
+    async def use(app: Application) -> list[tuple[int, str | None]]:
+        return await app.retry_dead_letters(ids)
 
-    results = _run(go)
+    results = _on_app(application, url, use)
     for letter_id, error in results:
         console.print(f"{letter_id}: " + ("applied" if error is None else f"failed again: {error}"))
     if any(error is not None for _, error in results):
@@ -393,15 +382,10 @@ def dead_letters_discard(
 ) -> None:
     """Forget dead letters for good."""
 
-    async def go() -> int:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.discard_dead_letters(ids)
-        finally:
-            await target.close()
+    async def use(app: Application) -> int:
+        return await app.discard_dead_letters(ids)
 
-    console.print(f"discarded {_run(go)} dead letter(s)")
+    console.print(f"discarded {_on_app(application, url, use)} dead letter(s)")
 
 
 @app.command()
@@ -412,15 +396,10 @@ def status(
 ) -> None:
     """Show each projection: kind, version, state, position, head, lag, last update."""
 
-    async def go() -> list[ProjectionStatus]:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.status()
-        finally:
-            await target.close()
+    async def use(app: Application) -> list[ProjectionStatus]:
+        return await app.status()
 
-    statuses = _run(go)
+    statuses = _on_app(application, url, use)
     if as_json:
         for item in statuses:
             print(orjson.dumps(item.as_dict()).decode())
@@ -471,15 +450,10 @@ def verify_command(name: str, application: AppOption, url: AppUrlOption = None) 
     Exit 1 when they differ (a handler that is not deterministic or not replay-safe, or a
     manual edit)."""
 
-    async def go() -> Verification:
-        target = load_application(application)
-        await target.open(url)
-        try:
-            return await target.verify(name)
-        finally:
-            await target.close()
+    async def use(app: Application) -> Verification:
+        return await app.verify(name)
 
-    result = _run(go)
+    result = _on_app(application, url, use)
     rows = ", ".join(f"{table}: {count:,} rows" for table, count in result.rows.items())
     if result.ok:
         console.print(f"{name}: the live read model equals a rebuild ({rows})")
