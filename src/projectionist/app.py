@@ -85,6 +85,8 @@ class Application(OpenClose):
                 "inline projections write in the append's transaction: their read model must "
                 "live in the event store's database (drop read_model_url or make them async)"
             )
+        _refuse_inline_with_own_read_models(self.projections.values())
+        self._own_opened: list[OpenClose] = []  # projections' own read-model stores
         self._store: EventStore | None = None
         # A read-model database of its own: reached through a store object on that URL,
         # of which only the read-model side (tables and checkpoints) is used.
@@ -115,8 +117,10 @@ class Application(OpenClose):
                 await self.close()
                 raise
             self._read_model_host = host
+        await self._open_own_read_models()
 
     async def close(self) -> None:
+        await self._close_own_read_models()
         if self._read_model_host is not None:
             host, self._read_model_host = self._read_model_host, None
             await host.close()
@@ -138,6 +142,38 @@ class Application(OpenClose):
         """Where the read models and their checkpoints live."""
         return (self._read_model_host or self.store).read_models()
 
+    # -- per-projection read-model stores (e.g. Redis) ------------------------------------
+
+    def read_models_for(self, projection: Projection) -> ReadModelStore:
+        """Where ``projection``'s read model and checkpoint live: its own store, if it has
+        one (``projection.read_models``), else the application's."""
+        return self.read_models if projection.read_models is None else projection.read_models
+
+    def _own_read_models(self) -> list[ReadModelStore]:
+        stores = [p.read_models for p in self.projections.values() if p.read_models is not None]
+        return list({id(store): store for store in stores}.values())
+
+    async def _open_own_read_models(self) -> None:
+        opened: list[OpenClose] = []
+        try:
+            for store in self._own_read_models():
+                if isinstance(store, OpenClose):
+                    await store.open()
+                    opened.append(store)
+        except BaseException:
+            for done in reversed(opened):
+                await done.close()
+            await self.close()
+            raise
+        self._own_opened = opened
+
+    async def _close_own_read_models(self) -> None:
+        opened, self._own_opened = self._own_opened, []
+        for store in reversed(opened):
+            await store.close()
+
+    # ------------------------------------------------------------------------------------
+
     def projection(self, name: str) -> Projection:
         try:
             return self.projections[name]
@@ -153,12 +189,15 @@ class Application(OpenClose):
         """
         await self.store.apply_schema()
         await self.read_models.apply_schema()
+        for own in self._own_read_models():
+            await own.apply_schema()
         for projection in self.projections.values():
-            checkpoint = await self.read_models.checkpoint(projection.name)
+            read_models = self.read_models_for(projection)
+            checkpoint = await read_models.checkpoint(projection.name)
             if projection.kind is Kind.INLINE and checkpoint is None:
-                await rebuild(self.store, self.read_models, projection)
+                await rebuild(self.store, read_models, projection)
             else:
-                async with self.read_models.transaction() as tx:
+                async with read_models.transaction() as tx:
                     await prepare_read_model(tx, projection)
 
     # -- running ----------------------------------------------------------------------------
@@ -169,7 +208,7 @@ class Application(OpenClose):
             raise ConfigurationError(f"projection {name!r} is {projection.kind}: it has no runner")
         if name not in self._runners:
             self._runners[name] = ProjectionRunner(
-                self.store, self.read_models, projection, progress=self._progress
+                self.store, self.read_models_for(projection), projection, progress=self._progress
             )
         return self._runners[name]
 
@@ -216,7 +255,7 @@ class Application(OpenClose):
         deadline = time.monotonic() + timeout
         while True:
             token = self._progress.token
-            checkpoint = await self.read_models.checkpoint(name)
+            checkpoint = await self.read_models_for(projection).checkpoint(name)
             if checkpoint is not None and checkpoint.position >= position:
                 return
             remaining = deadline - time.monotonic()
@@ -233,11 +272,17 @@ class Application(OpenClose):
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Drop the read model of ``name`` and replay all history into it."""
-        return await rebuild(self.store, self.read_models, self.projection(name), progress)
+        projection = self.projection(name)
+        return await rebuild(self.store, self.read_models_for(projection), projection, progress)
 
     async def status(self) -> list[ProjectionStatus]:
         head = await self.store.head()
         checkpoints = await self.read_models.checkpoints()
+        for own in self.projections.values():
+            if own.read_models is not None:
+                checkpoints.pop(own.name, None)
+                if (checkpoint := await own.read_models.checkpoint(own.name)) is not None:
+                    checkpoints[own.name] = checkpoint
         statuses = []
         for projection in self.projections.values():
             checkpoint = checkpoints.get(projection.name)
@@ -274,3 +319,13 @@ def _inline_hook(projection: Projection) -> InlineHook:
         await projection.apply(events, tx)
 
     return hook
+
+
+def _refuse_inline_with_own_read_models(projections: Iterable[Projection]) -> None:
+    for projection in projections:
+        if projection.kind is Kind.INLINE and projection.read_models is not None:
+            raise ConfigurationError(
+                f"projection {projection.name!r} is inline, so it writes in the append's own "
+                "transaction: it cannot have a read-model store of its own (such as Redis); "
+                "make it async"
+            )

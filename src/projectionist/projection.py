@@ -29,7 +29,7 @@ from typing import TypeVar
 from .errors import ConfigurationError, HandlerError
 from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
-from .readmodel import ReadModelTransaction
+from .readmodel import ReadModelStore, ReadModelTransaction
 from .store import validate_batch_size, validate_max_bytes
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
@@ -49,6 +49,10 @@ class Kind(enum.StrEnum):
 
 class Projection:
     """A read model built from events. See the module documentation for an example."""
+
+    read_models: ReadModelStore | None = None
+    """Where this projection's read model and checkpoint live when not in the application's
+    read-model store: e.g. a ``RedisReadModelStore`` (``targets.redis.RedisProjection``)."""
 
     def __init__(
         self,
