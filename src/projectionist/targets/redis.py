@@ -119,6 +119,7 @@ class RedisReadModelStore(OpenClose, ReadModelStore):
                 decode_responses=True,
                 socket_connect_timeout=5.0,
                 socket_timeout=self.socket_timeout,
+                client_name=f"projectionist:{self.prefix}",  # CLIENT LIST shows whose it is
                 # No silent retries inside the client: a command that may have run must not
                 # run again. The runner retries whole batches from the checkpoint instead.
                 retry=Retry(NoBackoff(), 0),
