@@ -38,7 +38,9 @@ def make_ledger(store: RedisReadModelStore, *, batch_size: int = 200) -> RedisPr
         pipe = redis_tx.pipeline
         amount = SIGNED[event.type] * int(event.data["amount"])
         pipe.hincrby(redis_tx.key("ledger_totals"), f"{event.type}:n", 1)
-        pipe.hincrby(redis_tx.key("ledger_totals"), f"{event.type}:total", int(event.data["amount"]))
+        pipe.hincrby(
+            redis_tx.key("ledger_totals"), f"{event.type}:total", int(event.data["amount"])
+        )
         account = redis_tx.key("ledger_accounts", event.stream_id)
         pipe.hincrby(account, "seen", 1)
         pipe.hincrby(account, "balance", amount)

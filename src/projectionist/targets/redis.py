@@ -32,9 +32,9 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -52,6 +52,7 @@ from ..store import OpenClose
 from ..urls import redact_url
 
 logger = logging.getLogger("projectionist.redis")
+T = TypeVar("T")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # no glob characters: SCAN MATCH stays exact
@@ -187,25 +188,29 @@ class RedisReadModelStore(OpenClose, ReadModelStore):
 
     async def apply_schema(self) -> None:
         """Nothing to create on Redis; checks that the server answers."""
-        try:
-            await self.client.ping()
-        except RedisError as exc:
-            raise translate_error(exc) from exc
+        await self._read(lambda client: client.ping())
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
-        try:
-            names = sorted(str(name) for name in await self.client.smembers(self.index_key))
-            found = {name: await self.checkpoint(name) for name in names}
-        except RedisError as exc:
-            raise translate_error(exc) from exc
+        names = await self._read(lambda client: client.smembers(self.index_key))
+        found = {str(name): await self.checkpoint(str(name)) for name in sorted(names)}
         return {name: checkpoint for name, checkpoint in found.items() if checkpoint is not None}
 
     async def checkpoint(self, name: str) -> Checkpoint | None:
-        try:
-            fields = await self.client.hgetall(self.checkpoint_key(name))
-        except RedisError as exc:
-            raise translate_error(exc) from exc
-        return checkpoint_from_hash(name, fields)
+        key = self.checkpoint_key(name)
+        return checkpoint_from_hash(name, await self._read(lambda client: client.hgetall(key)))
+
+    async def _read(self, command: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run a read-only command; once more if the pooled connection had been lost (a read
+        is safe to repeat, and an idle connection killed by the server shows only on use)."""
+        for attempt in (1, 2):
+            try:
+                return await command(self.client)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if attempt == 2:
+                    raise translate_error(exc) from exc
+            except RedisError as exc:
+                raise translate_error(exc) from exc
+        raise AssertionError("unreachable")
 
 
 class RedisTransaction(ReadModelTransaction):
