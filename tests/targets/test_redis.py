@@ -379,3 +379,26 @@ async def test_unreachable_redis_says_how_to_start_it(tmp_path: Path) -> None:
         await app.open()
     with pytest.raises(ConfigurationError, match="not open"):
         _ = app.store  # the failed open closed what it had opened
+
+
+async def test_rebuild_while_a_runner_follows_live(
+    tmp_path: Path, redis_store: RedisReadModelStore, redis_client: aioredis.Redis
+) -> None:
+    """The reset takes the projection's lock: the running runner's batches wait or conflict,
+    then follow the rebuilt checkpoint; every event is counted once in the end."""
+    appends = history(seed=9, streams=20, appends_per_stream=6, append_size=10)  # 1,200
+    ledger = make_ledger(redis_store, batch_size=30)
+    async with Application(sqlite_url(tmp_path), [ledger], poll_interval=0.05) as app:
+        await app.setup()
+        await append_all(app, appends[:60])
+        running = asyncio.create_task(app.run())
+        rebuilding = asyncio.create_task(app.rebuild("ledger"))
+        await append_all(app, appends[60:])
+        await rebuilding
+        await app.wait_for("ledger", await app.store.last_committed(), timeout=60)
+        app.stop()
+        await running
+        expected = expected_of(appends)
+        assert await read_ledger(redis_client, redis_store) == expected.snapshot()
+        checkpoint = await redis_store.checkpoint("ledger")
+        assert checkpoint is not None and checkpoint.events_processed == expected.handled

@@ -141,6 +141,16 @@ class RedisReadModelStore(OpenClose, ReadModelStore):
             client, self._client = self._client, None
             await client.aclose()
 
+    async def forget_all(self) -> int:
+        """Delete every read model and checkpoint under this prefix (``P:*`` and ``P#*``);
+        returns how many keys there were. For starting afresh (the demo), not for rebuilds."""
+        deleted = 0
+        for pattern in (f"{self.prefix}:*", f"{self.prefix}#*"):
+            keys = [key async for key in self.client.scan_iter(match=pattern, count=1000)]
+            for start in range(0, len(keys), _UNLINK_CHUNK):
+                deleted += await self.client.unlink(*keys[start : start + _UNLINK_CHUNK])
+        return deleted
+
     @property
     def client(self) -> aioredis.Redis:
         """The connection pool (decoded responses: strings)."""
