@@ -127,7 +127,9 @@ async def _show_redis_read_models(redis: RedisReadModelStore, console: Console) 
         )
     console.print(table)
     best = await client.zrevrange(redis.key("top_products"), 0, 4)
-    table = Table("sku", "units", title_justify="left", title="top_products (Redis sorted set)")
+    table = Table(
+        "sku", "units", title="top_products (Redis sorted set)", title_justify="left", min_width=40
+    )
     for sku in best:
         units = await client.zscore(redis.key("top_products"), str(sku))
         table.add_row(str(sku), f"{units or 0:,.0f}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -69,3 +70,9 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
     await client.aclose()
+
+
+async def sorted_set(client: aioredis.Redis, key: str) -> dict[str, float]:
+    """A sorted set as {member: score}."""
+    entries: list[Any] = await client.zrange(key, 0, -1, withscores=True)
+    return {str(member): float(score) for member, score in entries}
