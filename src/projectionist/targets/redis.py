@@ -188,7 +188,7 @@ class RedisReadModelStore(OpenClose, ReadModelStore):
         try:
             yield tx
             await tx.commit()
-        except BaseException as exc:
+        except Exception as exc:
             translated = translate_error(exc)
             if translated is exc:
                 raise
@@ -495,7 +495,7 @@ def translate_error(exc: BaseException) -> BaseException:
     conflict; any other raw Redis error is a BackendError.
     """
     if _lost_connection(exc):
-        return StoreUnavailableError(f"lost the connection to Redis: {exc}")
+        return StoreUnavailableError(f"lost the connection to Redis ({type(exc).__name__}: {exc})")
     if isinstance(exc, WatchError):
         return CheckpointConflictError(
             f"a checkpoint watched by this transaction moved before EXEC: {exc}"
