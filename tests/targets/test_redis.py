@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from projectionist import (
     START,
     Application,
+    BackendError,
     ConfigurationError,
     HandlerError,
     NewEvent,
@@ -402,3 +403,61 @@ async def test_rebuild_while_a_runner_follows_live(
         assert await read_ledger(redis_client, redis_store) == expected.snapshot()
         checkpoint = await redis_store.checkpoint("ledger")
         assert checkpoint is not None and checkpoint.events_processed == expected.handled
+
+
+async def test_a_handler_losing_its_connection_is_transient(
+    tmp_path: Path, redis_store: RedisReadModelStore, redis_client: aioredis.Redis
+) -> None:
+    """A handler's own read on a dropped connection surfaces as StoreUnavailableError (which
+    a running projection retries), not as a HandlerError that would stop it."""
+    reader = RedisProjection("reader", redis_store)
+    killed: list[int] = []
+
+    @reader.on("Deposited")
+    async def read_then_count(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        rtx = as_redis(tx)
+        if not killed:  # once: drop the connection this handler reads on, then read
+            own = await rtx.client.client_id()
+            killed.append(await redis_client.client_kill_filter(_id=str(own)))
+        await rtx.client.get(rtx.key("reader", "anything"))
+        rtx.pipeline.hincrby(rtx.key("reader"), "n", 1)
+
+    async with Application(sqlite_url(tmp_path), [reader]) as app:
+        await app.setup()
+        await app.store.append("a", [NewEvent("Deposited", {"amount": n}) for n in range(3)])
+        with pytest.raises(StoreUnavailableError, match="ConnectionError"):
+            await app.run_until_caught_up()
+        assert killed == [1]
+        checkpoint = await redis_store.checkpoint("reader")
+        assert checkpoint is not None and checkpoint.position == START  # nothing applied
+        await app.run_until_caught_up()  # the next attempt reconnects
+        assert await redis_client.hget(redis_store.key("reader"), "n") == "3"
+
+
+async def test_a_command_failing_inside_exec_is_reported_as_applied(
+    tmp_path: Path, redis_store: RedisReadModelStore, redis_client: aioredis.Redis
+) -> None:
+    """Redis cannot roll back a command that fails at EXEC time (WRONGTYPE): the error says
+    the batch's other commands and its checkpoint were applied, so a rebuild is needed."""
+    wrong = RedisProjection("wrong", redis_store)
+
+    @wrong.on("Deposited")
+    async def count(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        rtx = as_redis(tx)
+        rtx.pipeline.hincrby(rtx.key("wrong", "text"), "n", 1)  # the key holds a string
+        rtx.pipeline.incr(rtx.key("wrong", "counter"))
+
+    async with Application(sqlite_url(tmp_path), [wrong]) as app:
+        await app.setup()
+        await redis_client.set(redis_store.key("wrong", "text"), "a string")
+        head = (await app.store.append("a", [NewEvent("Deposited", {"amount": 1})])).position
+        with pytest.raises(BackendError, match="applied the others and the checkpoint") as error:
+            await app.run_until_caught_up()
+        assert "WRONGTYPE" in str(error.value)
+        assert await redis_client.get(redis_store.key("wrong", "counter")) == "1"
+        checkpoint = await redis_store.checkpoint("wrong")
+        assert checkpoint is not None and checkpoint.position == head
+        await redis_client.unlink(redis_store.key("wrong", "text"))
+        await app.rebuild("wrong")  # repaired: the counter is counted from zero again
+        assert await redis_client.get(redis_store.key("wrong", "counter")) == "1"
+        assert await redis_client.hget(redis_store.key("wrong", "text"), "n") == "1"
