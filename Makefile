@@ -41,8 +41,9 @@ bench-projections: $(VENV)/.installed-dev  ## the projection suite on EVENTS eve
 
 bench: bench-projections bench-append bench-inline  ## every benchmark
 
-services:  ## start local PostgreSQL if it is down (what .ci/run does)
+services:  ## start local PostgreSQL and Redis if they are down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -13,21 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from projectionist import Application, ReadModelTransaction, fold_stream
+from projectionist import Application, Projection, ReadModelTransaction, fold_stream
 from projectionist.cli import status_table
 from projectionist.search import search
+from projectionist.targets.redis import RedisReadModelStore
 
 from .history import generate_orders
 from .projections import ALL, live_counts, order_state, product_search
+from .redis_projections import redis_projections
 
 
-async def run_demo(url: str, orders: int, console: Console, *, schema: str | None = None) -> None:
-    app = Application(url, ALL, live=[live_counts], schema=schema, poll_interval=0.2)
+async def run_demo(
+    url: str,
+    orders: int,
+    console: Console,
+    *,
+    schema: str | None = None,
+    redis_url: str | None = None,
+    redis_prefix: str = "projectionist-demo",
+) -> None:
+    # With a Redis URL, two more async projections keep their read models on Redis.
+    redis = None if redis_url is None else RedisReadModelStore(redis_url, prefix=redis_prefix)
+    on_redis = [] if redis is None else redis_projections(redis)
+    app = Application(url, [*ALL, *on_redis], live=[live_counts], schema=schema, poll_interval=0.2)
+    if redis is not None:
+        async with redis:
+            await redis.forget_all()  # the demo starts afresh, in Redis too
     async with app:
         await app.setup()
         running = asyncio.create_task(app.run())
@@ -38,7 +55,8 @@ async def run_demo(url: str, orders: int, console: Console, *, schema: str | Non
             result = await app.store.append(append.stream_id, append.events)
             appended += len(result.events)
         seconds = time.perf_counter() - started
-        for name in ("order_summaries", "daily_sales", "customer_activity", "product_search"):
+        async_names = ("order_summaries", "daily_sales", "customer_activity", "product_search")
+        for name in (*async_names, *_names(on_redis)):
             await app.wait_for(name, result.position, timeout=60)  # read your writes
         behind = time.perf_counter() - started - seconds
         await asyncio.sleep(0.3)  # the live projection polls no faster than this
@@ -52,6 +70,8 @@ async def run_demo(url: str, orders: int, console: Console, *, schema: str | Non
         )
         async with app.read_models.transaction() as tx:
             await _show_read_models(tx, console)
+        if redis is not None:
+            await _show_redis_read_models(redis, console)
         console.print(f"[bold]live_counts[/bold] (in memory): {live_counts.state}")
         empty: dict[str, object] = {}
         folded = await fold_stream(app.store, "order-000001", empty, order_state)
@@ -107,3 +127,34 @@ async def _show_read_models(tx: ReadModelTransaction, console: Console) -> None:
         for row in await tx.fetch(sql):
             table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
         console.print(table)
+
+
+def _names(projections: Sequence[Projection]) -> list[str]:
+    return [projection.name for projection in projections]
+
+
+async def _show_redis_read_models(redis: RedisReadModelStore, console: Console) -> None:
+    client = redis.client
+    most = await client.zrevrange(redis.key("customer_orders"), 0, 4)
+    table = Table(
+        "customer_id",
+        "orders",
+        "last_order",
+        "last_day",
+        title_justify="left",
+        title="customer_orders (Redis hashes)",
+    )
+    for customer in most:
+        row = await client.hgetall(redis.key("customer_orders", customer))
+        table.add_row(
+            str(customer), *(str(row[field]) for field in ("orders", "last_order", "last_day"))
+        )
+    console.print(table)
+    best = await client.zrevrange(redis.key("top_products"), 0, 4)
+    table = Table(
+        "sku", "units", title="top_products (Redis sorted set)", title_justify="left", min_width=40
+    )
+    for sku in best:
+        units = await client.zscore(redis.key("top_products"), str(sku))
+        table.add_row(str(sku), f"{units or 0:,.0f}")
+    console.print(table)

@@ -127,6 +127,8 @@ class Application(OpenClose):
                 "inline projections write in the append's transaction: their read model must "
                 "live in the event store's database (drop read_model_url or make them async)"
             )
+        _refuse_inline_with_own_read_models(self.projections.values())
+        self._own_opened: list[OpenClose] = []  # projections' own read-model stores
         self._store: EventStore | None = None
         # A read-model database of its own: reached through a store object on that URL,
         # of which only the read-model side (tables and checkpoints) is used.
@@ -159,8 +161,10 @@ class Application(OpenClose):
                 await self.close()
                 raise
             self._read_model_host = host
+        await self._open_own_read_models()
 
     async def close(self) -> None:
+        await self._close_own_read_models()
         if self._read_model_host is not None:
             host, self._read_model_host = self._read_model_host, None
             await host.close()
@@ -182,6 +186,38 @@ class Application(OpenClose):
         """Where the read models and their checkpoints live."""
         return (self._read_model_host or self.store).read_models()
 
+    # -- per-projection read-model stores (e.g. Redis) ------------------------------------
+
+    def read_models_for(self, projection: Projection) -> ReadModelStore:
+        """Where ``projection``'s read model and checkpoint live: its own store, if it has
+        one (``projection.read_models``), else the application's."""
+        return self.read_models if projection.read_models is None else projection.read_models
+
+    def _own_read_models(self) -> list[ReadModelStore]:
+        stores = [p.read_models for p in self.projections.values() if p.read_models is not None]
+        return list({id(store): store for store in stores}.values())
+
+    async def _open_own_read_models(self) -> None:
+        opened: list[OpenClose] = []
+        try:
+            for store in self._own_read_models():
+                if isinstance(store, OpenClose):
+                    await store.open()
+                    opened.append(store)
+        except BaseException:
+            for done in reversed(opened):
+                await done.close()
+            await self.close()
+            raise
+        self._own_opened = opened
+
+    async def _close_own_read_models(self) -> None:
+        opened, self._own_opened = self._own_opened, []
+        for store in reversed(opened):
+            await store.close()
+
+    # ------------------------------------------------------------------------------------
+
     def projection(self, name: str) -> Projection:
         try:
             return self.projections[name]
@@ -194,6 +230,8 @@ class Application(OpenClose):
         (leases, workers, faults, dead letters: see ``operations``)."""
         await self.store.apply_schema()
         await self.read_models.apply_schema()
+        for own in self._own_read_models():
+            await own.apply_schema()
 
     async def setup(self) -> None:
         """Apply the schema and prepare every read model (idempotent).
@@ -203,12 +241,13 @@ class Application(OpenClose):
         """
         await self.prepare_schema()
         for projection in self.projections.values():
-            checkpoint = await self.read_models.checkpoint(projection.name)
+            read_models = self.read_models_for(projection)
+            checkpoint = await read_models.checkpoint(projection.name)
             if projection.kind is Kind.INLINE and checkpoint is None:
-                await rebuild(self.store, self.read_models, projection)
+                await rebuild(self.store, read_models, projection)
                 continue
             for unit in projection.units:
-                async with self.read_models.transaction() as tx:
+                async with read_models.transaction() as tx:
                     await prepare_read_model(tx, projection, unit)
 
     # -- running ----------------------------------------------------------------------------
@@ -229,10 +268,11 @@ class Application(OpenClose):
             if unit not in self._runners:
                 self._runners[unit] = ProjectionRunner(
                     self.store,
-                    self.read_models,
+                    self.read_models_for(projection),
                     projection,
                     progress=self.progress,
                     partition=partition,
+                    operations_store=self.read_models,
                 )
         return [self._runners[unit] for unit in projection.units]
 
@@ -288,7 +328,7 @@ class Application(OpenClose):
         deadline = time.monotonic() + timeout
         while True:
             token = self.progress.token
-            checkpoints = await self.read_models.checkpoints()
+            checkpoints = await self.read_models_for(projection).checkpoints()
             at = [checkpoints[u].position if u in checkpoints else None for u in projection.units]
             if all(p is not None and p >= position for p in at):
                 return
@@ -306,11 +346,15 @@ class Application(OpenClose):
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Drop the read model of ``name`` and replay all history into it."""
-        return await rebuild(self.store, self.read_models, self.projection(name), progress)
+        projection = self.projection(name)
+        return await rebuild(
+            self.store, self.read_models_for(projection), projection, progress, self.read_models
+        )
 
     async def verify(self, name: str) -> Verification:
         """Rebuild ``name`` into scratch space and compare it with the live read model."""
-        return await verify(self.store, self.read_models, self.projection(name))
+        projection = self.projection(name)
+        return await verify(self.store, self.read_models_for(projection), projection)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -336,7 +380,12 @@ class Application(OpenClose):
             try:
                 async with self.read_models.transaction() as tx:
                     letter = await self._dead_letter(tx, letter_id)
-                    await self.projection(letter.projection).apply([letter.event], tx)
+                    projection = self.projection(letter.projection)
+                    if self.read_models_for(projection) is self.read_models:
+                        await projection.apply([letter.event], tx)
+                    else:  # its own store (Redis): applied there, then forgotten here
+                        async with self.read_models_for(projection).transaction() as own:
+                            await projection.apply([letter.event], own)
                     await operations.delete_dead_letter(tx, letter_id)
                 results.append((letter_id, None))
             except HandlerError as exc:
@@ -363,6 +412,8 @@ class Application(OpenClose):
         """Every projection (every partition of partitioned ones), as of now."""
         head = await self.store.head()
         checkpoints = await self.read_models.checkpoints()
+        for own in self._own_read_models():
+            checkpoints.update(await own.checkpoints())
         try:
             held_back_by = await self.store.holdup()
             lease_rows = await leases.all_leases(self.read_models)
@@ -497,3 +548,13 @@ def _inline_hook(projection: Projection) -> InlineHook:
         await projection.apply(events, tx)
 
     return hook
+
+
+def _refuse_inline_with_own_read_models(projections: Iterable[Projection]) -> None:
+    for projection in projections:
+        if projection.kind is Kind.INLINE and projection.read_models is not None:
+            raise ConfigurationError(
+                f"projection {projection.name!r} is inline, so it writes in the append's own "
+                "transaction: it cannot have a read-model store of its own (such as Redis); "
+                "make it async"
+            )

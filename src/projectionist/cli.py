@@ -151,6 +151,15 @@ def demo(
     orders: Annotated[
         int, typer.Option(min=1, max=100_000, envvar="PROJECTIONIST_DEMO_ORDERS")
     ] = 500,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="PROJECTIONIST_DEMO_REDIS_URL",
+            help="Also project into Redis (e.g. redis://127.0.0.1:6379/0), under the key "
+            "prefix 'projectionist-demo' (deleted first).",
+        ),
+    ] = None,
 ) -> None:
     """Run the shop example: history, its read models and a search (starts afresh)."""
     postgres = url.startswith(("postgresql://", "postgres://"))
@@ -158,7 +167,8 @@ def demo(
     async def go() -> None:
         run_demo = _load_demo()
         await _reset_demo_store(url)
-        await run_demo(url, orders, console, schema=DEMO_SCHEMA if postgres else None)
+        schema = DEMO_SCHEMA if postgres else None
+        await run_demo(url, orders, console, schema=schema, redis_url=redis_url)
 
     _run(go)
 

@@ -30,7 +30,7 @@ from .errors import ConfigurationError, HandlerError
 from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
 from .partitions import Partition, unit_name, validate_partition_count
-from .readmodel import ReadModelTransaction
+from .readmodel import ReadModelStore, ReadModelTransaction
 from .store import validate_batch_size, validate_max_bytes
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
@@ -60,6 +60,10 @@ class OnError(enum.StrEnum):
 
 class Projection:
     """A read model built from events. See the module documentation for an example."""
+
+    read_models: ReadModelStore | None = None
+    """Where this projection's read model and checkpoint live when not in the application's
+    read-model store: e.g. a ``RedisReadModelStore`` (``targets.redis.RedisProjection``)."""
 
     def __init__(
         self,

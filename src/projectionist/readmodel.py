@@ -77,6 +77,11 @@ class ReadModelTransaction(abc.ABC):
         Raises CheckpointConflictError when the stored position is not ``expected``.
         """
 
+    async def checkpoint_versions(self) -> dict[str, int]:
+        """Every stored checkpoint's name and version (e.g. to spot another partitioning)."""
+        rows = await self.fetch("SELECT name, version FROM projection_checkpoints")
+        return {row[0]: int(row[1]) for row in rows}
+
     @abc.abstractmethod
     async def lock_projection(self, name: str) -> None:
         """Hold a lock on ``name`` until the transaction ends (set-up and resets queue on it)."""

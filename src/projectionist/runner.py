@@ -94,9 +94,17 @@ class ProjectionRunner:
         progress: ChangeSignal | None = None,
         partition: Partition | None = None,
         fence: Fence | None = None,
+        operations_store: ReadModelStore | None = None,
     ) -> None:
         self.store = store
         self.read_models = read_models
+        if operations_store is None and read_models.dialect in ("postgres", "sqlite"):
+            operations_store = read_models
+        self.operations_store = operations_store
+        """Where faults and dead letters go (SQL): the read models' database, or for other
+        targets (Redis) the application's; None: faults are kept in memory only."""
+        self._shared = operations_store is read_models
+        """Faults and dead letters commit with the batch (same database), else on their own."""
         self.projection = projection
         self.partition = partition
         self.unit = unit_name(projection.name, partition)
@@ -123,7 +131,9 @@ class ProjectionRunner:
         """Create the read model and checkpoint when missing; return the checkpoint."""
         async with self.read_models.transaction() as tx:
             self.checkpoint = await prepare_read_model(tx, self.projection, self.unit)
-            self.fault = await operations.load_fault(tx, self.unit)
+        if self.operations_store is not None:
+            async with self.operations_store.transaction() as tx:
+                self.fault = await operations.load_fault(tx, self.unit)
         return self.checkpoint
 
     @property
@@ -174,7 +184,7 @@ class ProjectionRunner:
             raise
         self.last_batch_seconds = time.monotonic() - started
         self._processed.append((started, len(batch.events)))
-        self._moved_to(batch)
+        await self._moved_to(batch)
         return True
 
     async def _claim(self, tx: ReadModelTransaction) -> None:
@@ -194,11 +204,14 @@ class ProjectionRunner:
         await tx.save_checkpoint(
             self.unit, self.projection.version, self.checkpoint, batch.checkpoint, len(batch.events)
         )
-        if self.fault is not None:  # it got past the event that stopped it
+        if self.fault is not None and self._shared:  # it got past the event that stopped it
             await operations.clear_fault(tx, self.unit)
 
-    def _moved_to(self, batch: EventBatch) -> None:
+    async def _moved_to(self, batch: EventBatch) -> None:
         self.checkpoint = batch.checkpoint
+        if self.fault is not None and not self._shared and self.operations_store is not None:
+            async with self.operations_store.transaction() as tx:
+                await operations.clear_fault(tx, self.unit)
         self.fault = None
         if self._isolate_until is not None and self.checkpoint >= self._isolate_until:
             self._isolate_until = None
@@ -237,10 +250,11 @@ class ProjectionRunner:
         if self.projection.on_error is OnError.SKIP:
             await self._dead_letter(batch, exc, attempts)
             return
-        async with self.read_models.transaction() as tx:
-            self.fault = await operations.record_fault(
-                tx, self.unit, self.projection.version, event, exc, attempts
-            )
+        if self.operations_store is not None:
+            async with self.operations_store.transaction() as tx:
+                self.fault = await operations.record_fault(
+                    tx, self.unit, self.projection.version, event, exc, attempts
+                )
         self.state = RunnerState.FAULTED
         logger.error(
             "projection faulted: %s",
@@ -252,12 +266,16 @@ class ProjectionRunner:
     async def _dead_letter(self, batch: EventBatch, exc: HandlerError, attempts: int) -> None:
         """Record the event as a dead letter and move the checkpoint past it, together."""
         event = batch.events[0]
+        version = self.projection.version
+        if self.operations_store is not None and not self._shared:
+            # Another database: the letter first (at least once), then the checkpoint.
+            async with self.operations_store.transaction() as tx:
+                await operations.add_dead_letter(tx, self.unit, version, event, exc, attempts)
         try:
             async with self.read_models.transaction() as tx:
                 await self._claim(tx)
-                await operations.add_dead_letter(
-                    tx, self.unit, self.projection.version, event, exc, attempts
-                )
+                if self._shared:
+                    await operations.add_dead_letter(tx, self.unit, version, event, exc, attempts)
                 await self._commit_checkpoint(tx, batch)
         except CheckpointConflictError:
             await self.prepare()
@@ -267,7 +285,7 @@ class ProjectionRunner:
             exc,
             extra={"action": "dead_lettered", "projection": self.unit},
         )
-        self._moved_to(batch)
+        await self._moved_to(batch)
 
     def _limit(self) -> int:
         return 1 if self._isolate_until is not None else self.batch_size
@@ -464,8 +482,8 @@ async def _refuse_other_partitioning(tx: ReadModelTransaction, projection: Proje
 
 async def stored_units(tx: ReadModelTransaction, name: str) -> dict[str, int]:
     """The checkpoints stored for projection ``name`` (any partitioning): unit -> version."""
-    rows = await tx.fetch("SELECT name, version FROM projection_checkpoints")
-    return {row[0]: row[1] for row in rows if split_unit(row[0])[0] == name}
+    stored = await tx.checkpoint_versions()
+    return {unit: version for unit, version in stored.items() if split_unit(unit)[0] == name}
 
 
 async def rebuild(
@@ -473,6 +491,7 @@ async def rebuild(
     read_models: ReadModelStore,
     projection: Projection,
     progress: Progress | None = None,
+    operations_store: ReadModelStore | None = None,
 ) -> int:
     """Drop the read model, reset the checkpoint, replay all history. Returns events applied.
 
@@ -484,11 +503,17 @@ async def rebuild(
         return await _rebuild_inline(store, projection, progress)
     async with read_models.transaction() as tx:
         await _reset(tx, projection)
+    ops = operations_store or (read_models if read_models.dialect != "redis" else None)
+    if ops is not None:
+        async with ops.transaction() as tx:
+            await operations.clear_faults(tx, projection.name)
     target = await store.last_committed()
     total = await store.count_after(projection.start) * projection.partitions
     done = 0
     for partition in projection.partition_list:
-        runner = ProjectionRunner(store, read_models, projection, partition=partition)
+        runner = ProjectionRunner(
+            store, read_models, projection, partition=partition, operations_store=ops
+        )
         done += await _replay(runner, target, _offset(progress, done, total))
     # Counted again: events held back when the rebuild began are in by now.
     applied = await store.count_after(projection.start) - await store.count_after(target)
@@ -534,7 +559,6 @@ async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
     await projection.run_teardown(tx)
     for unit in await stored_units(tx, projection.name):
         await tx.delete_checkpoint(unit)
-    await operations.clear_faults(tx, projection.name)
     await projection.run_setup(tx)
     for unit in projection.units:
         await tx.save_checkpoint(unit, projection.version, None, projection.start, 0)

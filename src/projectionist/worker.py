@@ -287,17 +287,22 @@ class Worker:
             )
         projection: Projection = self._units[unit]
         _, partition = split_unit(unit)
+        read_models = self.app.read_models_for(projection)
 
         async def fence(tx: ReadModelTransaction) -> None:
             await leases.check(tx, lease)
 
         return ProjectionRunner(
             self.app.store,
-            self.app.read_models,
+            read_models,
             projection,
             partition=partition,
-            fence=fence,
+            # The lease is checked in the batch's own transaction: possible where the
+            # leases are (the application's database), not on another target (Redis),
+            # whose own checkpoint compare-and-set still prevents a double application.
+            fence=fence if read_models is self.app.read_models else None,
             progress=self.app.progress,
+            operations_store=self.app.read_models,
         )
 
     async def _start_runners(self) -> None:
