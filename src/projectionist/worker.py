@@ -27,9 +27,9 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, drop_retired, stale_projections
@@ -121,7 +121,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._tick()
+                    await self._unless_stopped(self._tick())
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
@@ -136,6 +136,23 @@ class Worker:
                     )
         finally:
             await self._shut_down()
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``; cancel it if ``stop()`` comes first. On SQLite (one connection) a
+        heartbeat queues behind a batch in flight: stopping must not wait for that batch
+        beyond ``shutdown_seconds``. Cancelling rolls the heartbeat's transaction back; the
+        units it touched are released by ``_shut_down``."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()  # its exception, if any
 
     # -- one heartbeat --------------------------------------------------------------------------
 
@@ -246,8 +263,9 @@ class Worker:
         # Hand back the most recently numbered units first: any order works, this one is
         # stable, so two workers rebalancing do not trade the same units back and forth.
         for unit in sorted(self._owned, reverse=True)[:count]:
-            owned = self._owned.pop(unit)
+            owned = self._owned[unit]
             await self._stop_runner(owned)
+            del self._owned[unit]  # only now: if stop() interrupts, _shut_down waits for it
             await leases.release(self.app.read_models, owned.lease)
             logger.info(
                 "handed %s back (rebalancing over %d workers)",

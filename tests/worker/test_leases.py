@@ -151,13 +151,16 @@ async def test_a_takeover_waits_for_the_batch_in_flight(pg_apps: Apps) -> None:
     await asyncio.wait_for(entered.wait(), 10)  # A checked its lease; its batch is open
     await expire(app, "gated")  # a long pause of A: its lease runs out meanwhile
     taking = asyncio.create_task(take_over())
-    await asyncio.sleep(0.5)
-    assert not taking.done(), "B took the unit over while A's batch was in flight"
-    assert not batch.done()
-
-    release.set()
-    assert await asyncio.wait_for(batch, 10) is True  # A's batch commits: it held the lease
-    lease_b = await asyncio.wait_for(taking, 10)
+    try:
+        await asyncio.sleep(0.5)
+        assert not taking.done(), "B took the unit over while A's batch was in flight"
+        assert not batch.done()
+    finally:
+        release.set()  # even on failure: a batch left hanging would hang the teardown
+        done, _ = await asyncio.wait({batch, taking}, timeout=10)
+    assert done == {batch, taking}
+    assert batch.result() is True  # A's batch commits: it held a valid lease
+    lease_b = taking.result()
     assert lease_b == Lease("gated", "B", 2)
     assert moments["A committed"] <= moments["B acquired"]
     checkpoint = await app.read_models.checkpoint("gated")
