@@ -189,12 +189,14 @@ async def test_two_runners_on_one_projection_never_double_apply(
         await first.setup()
         await second.setup()
         await append_all(first, appends[: len(appends) // 2])
-        runs = [asyncio.create_task(app.run()) for app in (first, second)]
+        # Runners, not app.run(): workers would share the projection through a lease.
+        runners = [app.runner("ledger") for app in (first, second)]
+        runs = [asyncio.create_task(runner.run()) for runner in runners]
         await append_all(first, appends[len(appends) // 2 :])
         head = await first.store.last_committed()
         await first.wait_for("ledger", head, timeout=60)
-        for app in (first, second):
-            app.stop()
+        for runner in runners:
+            runner.stop()
         await asyncio.gather(*runs)
         expected = expected_of(appends)
         assert await read_ledger(redis_client, redis_store) == expected.snapshot()
@@ -285,7 +287,7 @@ async def test_status_shows_position_and_lag(
         await app.setup()
         await append_all(app, SMALL[:10])
         statuses = {s.name: s for s in await app.status()}
-        assert statuses["ledger"].state == "behind" and statuses["ledger"].lag == 100
+        assert statuses["ledger"].state == "stopped" and statuses["ledger"].lag == 100
         assert statuses["ledger"].position == START
         await app.run_until_caught_up()
         head = await app.store.head()
@@ -294,7 +296,7 @@ async def test_status_shows_position_and_lag(
             head,
             head,
             0,
-            "up to date",
+            "stopped",  # no worker runs it
         )
         assert status.events_processed == expected_of(SMALL[:10]).handled
         # The SQL projection's checkpoint stays in SQLite, the Redis one only in Redis.

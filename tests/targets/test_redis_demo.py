@@ -67,6 +67,6 @@ async def test_demo_with_redis(tmp_path: Path, redis_client: aioredis.Redis) -> 
         assert again.returncode == 0, again.stderr
         for customer, values in customers.items():
             assert await redis_client.hgetall(f"{PREFIX}:customer_orders:{customer}") == values
-        assert "customer_orders   │ async  │ 1       │ up to date" in again.stdout
+        assert "customer_orders   │ async  │ 1       │ stopped" in again.stdout
     finally:
         await delete_prefix(PREFIX)
