@@ -198,7 +198,9 @@ async def scenario_live_latency(schema: str, rate: int, seconds: float) -> Resul
             return moved
 
         runner.step = timed_step  # type: ignore[method-assign]
-        running = asyncio.create_task(app.run())
+        # The runner itself, not app.run(): a worker would make its own runner (and add
+        # lease checks, which this benchmark does not measure).
+        running = asyncio.create_task(runner.run())
         await asyncio.sleep(0.5)
         rng = random.Random(5)
         sent: list[tuple[float, Position]] = []
@@ -213,7 +215,7 @@ async def scenario_live_latency(schema: str, rate: int, seconds: float) -> Resul
             )  # fmt: skip
             sent.append((time.perf_counter(), result.position))
         await app.wait_for(projection.name, sent[-1][1], timeout=30)
-        app.stop()
+        runner.stop()
         await running
     latencies = []
     for sent_at, position in sent:
