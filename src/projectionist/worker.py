@@ -182,7 +182,8 @@ class Worker:
         if not hasattr(read_models, "in_schema"):
             return
         stale = await stale_projections(read_models, self._projections)
-        self._builds = {build_unit(p): p for p in stale}
+        # Without declared tables there is nothing to swap: those need a rebuild instead.
+        self._builds = {build_unit(p): p for p in stale if p.tables}
         if self._builds:
             await leases.register_units(read_models, {u: p.name for u, p in self._builds.items()})
         for schema in await drop_retired(read_models):

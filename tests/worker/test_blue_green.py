@@ -58,7 +58,7 @@ def balances(version: int) -> Projection:
 
 async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
     url = f"{PG_DSN}?schema={pg_schema}"
-    options = {"lease_seconds": 1.0, "heartbeat_seconds": 0.2, "retire_after_seconds": 1.0}
+    options = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "retire_after_seconds": 1.0}
     old = Application(url, [balances(1)], poll_interval=0.05)
     new = Application(url, [balances(2)], poll_interval=0.05)
     async with old, new:
@@ -135,8 +135,12 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
                 break
             await asyncio.sleep(0.1)
         assert retired == 0
-        [status] = await new.status()
-        assert status.version == 2 and status.state in {"live", "catching up"}
+        for _ in range(50):  # the new version's own unit runs under the new worker
+            [status] = await new.status()
+            if status.state in {"live", "catching up"}:
+                break
+            await asyncio.sleep(0.1)
+        assert status.version == 2 and status.state in {"live", "catching up"}, status
         new.stop()
         old.stop()
         await asyncio.gather(new_worker, old_worker)
