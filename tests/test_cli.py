@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -135,6 +136,18 @@ def test_run_status_rebuild_an_application(tmp_path: Path) -> None:
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt daily_sales from {events:,} events" in rebuilt.stdout
     assert _statuses(env)["daily_sales"]["lag"] == 0
+
+    same = run_cli("verify", "daily_sales", env=env, cwd=ROOT)
+    assert same.returncode == 0, same.stderr + same.stdout
+    assert "daily_sales: the live read model equals a rebuild (daily_sales: " in same.stdout
+    with sqlite3.connect(tmp_path / "shop.db") as edit:  # a manual edit: drift
+        edit.execute("UPDATE daily_sales SET revenue = revenue + 1 WHERE rowid = 1")
+    drifted = run_cli("verify", "daily_sales", env=env, cwd=ROOT)
+    assert drifted.returncode == 1, drifted.stderr + drifted.stdout
+    assert "daily_sales: 1 row(s) only in the live table, 1 only in the rebuild" in drifted.stdout
+    assert drifted.stdout.count("live only:") == 1
+    unknown = run_cli("verify", "nope", env=env, cwd=ROOT)
+    assert unknown.returncode == 1 and "no projection named 'nope'" in unknown.stderr
 
 
 def test_application_errors_are_one_line(tmp_path: Path) -> None:
