@@ -31,10 +31,13 @@ def cents(event: RecordedEvent) -> int:
 # -- ours, declarative: folded per batch, written set-based ------------------------------------
 
 
-def state_projection(table: str = "order_summary", batch_size: int = 10_000) -> StateProjection:
+def state_projection(
+    table: str = "order_summary", batch_size: int = 10_000, partitions: int = 1
+) -> StateProjection:
     projection = StateProjection(
         f"{table}_state",
         table=table,
+        partitions=partitions,
         key_column="order_id",
         columns={
             "customer_id": "TEXT",

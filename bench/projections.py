@@ -133,6 +133,23 @@ async def scenario_projection(schema: str, style: str) -> Result:
     return {"events": total, "seconds": seconds}
 
 
+async def scenario_worker(schema: str, table: str, partitions: int) -> Result:
+    """The state projection run by a Worker: leases, a lease check in every batch, and with
+    partitions, one runner per partition side by side."""
+    projection = state_projection(table=table, partitions=partitions)
+    async with Application(DSN, [projection], schema=schema, poll_interval=0.05) as app:
+        await app.setup()
+        total = await app.store.count_after(START)
+        head = await app.store.last_committed()
+        started = time.perf_counter()
+        running = asyncio.create_task(app.run(lease_seconds=30.0, heartbeat_seconds=1.0))
+        await app.wait_for(projection.name, head, timeout=3600)
+        seconds = time.perf_counter() - started
+        app.stop()
+        await running
+    return {"events": total, "seconds": seconds}
+
+
 async def scenario_naive(schema: str, events: int) -> Result:
     """The tutorial projector: one autocommit statement per event, a checkpoint per event."""
     connection = await asyncpg.connect(DSN, server_settings={"search_path": schema})
@@ -239,6 +256,10 @@ async def run_scenario(name: str, schema: str, options: argparse.Namespace) -> R
         result = await scenario_projection(schema, "state")
     elif name == "handler_batched":
         result = await scenario_projection(schema, "handler")
+    elif name == "state_worker":
+        result = await scenario_worker(schema, "order_summary_worker", 1)
+    elif name == "state_worker_4_partitions":
+        result = await scenario_worker(schema, "order_summary_partitioned", 4)
     elif name == "naive_per_event":
         result = await scenario_naive(schema, options.naive_events)
     elif name == "live_latency":
@@ -253,7 +274,15 @@ async def run_scenario(name: str, schema: str, options: argparse.Namespace) -> R
 
 # -- the driver ------------------------------------------------------------------------------
 
-SCENARIOS = ["read_limit", "state_coalesced", "handler_batched", "naive_per_event", "live_latency"]
+SCENARIOS = [
+    "read_limit",
+    "state_coalesced",
+    "handler_batched",
+    "state_worker",
+    "state_worker_4_partitions",
+    "naive_per_event",
+    "live_latency",
+]
 
 
 def child(name: str, schema: str, options: argparse.Namespace) -> Result:
@@ -272,11 +301,18 @@ async def compare_read_models(schema: str) -> dict[str, bool]:
     try:
         state = await summary_rows(connection, "order_summary")
         handler = await summary_rows(connection, "order_summary_handler")
+        worker = await summary_rows(connection, "order_summary_worker")
+        partitioned = await summary_rows(connection, "order_summary_partitioned")
         naive = await summary_rows(connection, "order_summary_naive")
         prefix = await summary_rows(connection, "order_summary_prefix")
     finally:
         await connection.close()
-    return {"handler_equals_state": handler == state, "naive_equals_state_prefix": naive == prefix}
+    return {
+        "handler_equals_state": handler == state,
+        "worker_equals_state": worker == state,
+        "partitioned_equals_state": partitioned == state,
+        "naive_equals_state_prefix": naive == prefix,
+    }
 
 
 async def drop(schema: str) -> None:
@@ -304,6 +340,10 @@ def main(options: argparse.Namespace) -> None:
         "state_vs_read_limit": round(rate["state_coalesced"] / rate["read_limit"], 2),
         "state_vs_naive": round(rate["state_coalesced"] / rate["naive_per_event"], 1),
         "handler_vs_naive": round(rate["handler_batched"] / rate["naive_per_event"], 1),
+        "worker_vs_state": round(rate["state_worker"] / rate["state_coalesced"], 2),
+        "partitioned_vs_state": round(
+            rate["state_worker_4_partitions"] / rate["state_coalesced"], 2
+        ),
         **checks,
     }
     print("| scenario | events | seconds | events/s | peak RSS MB | latency p50/p99/max ms |")
