@@ -246,9 +246,21 @@ class Application(OpenClose):
             if projection.kind is Kind.INLINE and checkpoint is None:
                 await rebuild(self.store, read_models, projection)
                 continue
+            if await self._built_by_workers(projection):
+                continue  # a worker builds the new version beside the old one (blue/green)
             for unit in projection.units:
                 async with read_models.transaction() as tx:
                     await prepare_read_model(tx, projection, unit)
+
+    async def _built_by_workers(self, projection: Projection) -> bool:
+        """A raised version that workers build blue/green (PostgreSQL, declared tables)."""
+        read_models = self.read_models_for(projection)
+        return (
+            projection.kind is Kind.ASYNC
+            and bool(projection.tables)
+            and hasattr(read_models, "in_schema")
+            and bool(await stale_projections(read_models, [projection]))
+        )
 
     # -- running ----------------------------------------------------------------------------
 
@@ -381,6 +393,12 @@ class Application(OpenClose):
                 async with self.read_models.transaction() as tx:
                     letter = await self._dead_letter(tx, letter_id)
                     projection = self.projection(letter.projection)
+                    if letter.version != projection.version:
+                        raise InvalidInputError(
+                            f"dead letter {letter_id} was skipped by version {letter.version} "
+                            f"of {projection.name!r}, the code is version "
+                            f"{projection.version}: discard it"
+                        )
                     if self.read_models_for(projection) is self.read_models:
                         await projection.apply([letter.event], tx)
                     else:  # its own store (Redis): applied there, then forgotten here

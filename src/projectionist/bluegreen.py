@@ -1,10 +1,10 @@
 """Blue/green rebuilds: a new version is built beside the old one, then swapped in at once.
 
 PostgreSQL only. When a projection's ``version`` is raised in code, one worker builds the new
-version into a side schema ``pj_build_<name>_v<N>`` (its handlers' unqualified tables land
+version into a side schema ``pj_build_<hash>_v<N>`` (its handlers' unqualified tables land
 there; ``search_path`` puts the side schema first), catching up from the start while the old
 version keeps serving reads and, on workers still running the old code, processing new
-events. Once caught up, one transaction moves the old tables to ``pj_retired_<name>_v<M>``,
+events. Once caught up, one transaction moves the old tables to ``pj_retired_<hash>_v<M>``,
 moves the new ones into the store's schema, and hands the new checkpoints over: readers see
 the old read model or the new one, never an empty or half-built one (``ALTER TABLE ... SET
 SCHEMA`` waits for running reads and later reads find the new table by name). The retired
@@ -17,10 +17,11 @@ On SQLite and in memory, raising the version needs ``projectionist rebuild`` (in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ProjectionSupersededError
 from .events import Position
 from .identifiers import quote_identifier
 from .leases import Lease, check
@@ -40,8 +41,15 @@ def build_unit(projection: Projection) -> str:
     return f"{projection.name}~v{projection.version}"
 
 
-def build_schema(projection: Projection) -> str:
-    return f"{BUILD_PREFIX}{projection.name}_v{projection.version}"
+def side_schema(prefix: str, read_models: ReadModelStore, name: str, version: int) -> str:
+    """A side schema's name, unique to (the base schema, the projection, the version).
+
+    Applications in other schemas of the same database have side schemas of their own, and
+    the name stays short whatever the projection's name (a hash; the schema's comment and
+    the logs say which projection it belongs to)."""
+    base = str(getattr(read_models, "quoted_schema", ""))
+    digest = hashlib.md5(f"{base}\0{name}".encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"{prefix}{digest}_v{version}"
 
 
 def side_store(read_models: ReadModelStore, schema: str) -> ReadModelStore:
@@ -93,12 +101,21 @@ class BlueGreenBuild:
         self.unit = build_unit(projection)
         self.projection = projection
         self.base = read_models
-        self.schema = build_schema(projection)
+        self.schema = side_schema(BUILD_PREFIX, read_models, projection.name, projection.version)
         self.side = side_store(read_models, self.schema)
         self.retire_after = retire_after
         self._lease = lease
+        # Faults and skipped events of the build stay with the build (in memory, in its
+        # figures): the operations tables belong to the live version's units.
         self.runners = [
-            ProjectionRunner(store, self.side, projection, partition=partition, fence=self._fence)
+            ProjectionRunner(
+                store,
+                self.side,
+                projection,
+                partition=partition,
+                fence=self._fence,
+                record_operations=False,
+            )
             for partition in projection.partition_list
         ]
         self.state = RunnerState.STOPPED
@@ -127,6 +144,7 @@ class BlueGreenBuild:
 
     async def run(self) -> None:
         """Build until caught up, then swap. Returns when swapped or stopped."""
+        self._stop.clear()
         self.state = RunnerState.CATCHING_UP
         await self.prepare()
         logger.info(
@@ -139,7 +157,8 @@ class BlueGreenBuild:
         for runner in self.runners:
             if self._stop.is_set():
                 return
-            await runner.run_until_caught_up()
+            await runner.run_until_caught_up(self._stop)
+            self.last_error = runner.last_error
         if not self._stop.is_set():
             await self.switch()
         self.state = RunnerState.STOPPED
@@ -154,7 +173,14 @@ class BlueGreenBuild:
             for unit in old:  # old-version runners wait here, then find the version moved
                 await tx.load_checkpoint(unit, lock=True)
             old_version = max(old.values(), default=0)
-            retired = quote_identifier(f"{RETIRED_PREFIX}{projection.name}_v{old_version}")
+            if old_version >= projection.version:  # a newer version swapped in meanwhile
+                raise ProjectionSupersededError(
+                    f"projection {projection.name!r}: version {old_version} is live; the "
+                    f"build of version {projection.version} is abandoned"
+                )
+            retired = quote_identifier(
+                side_schema(RETIRED_PREFIX, self.base, projection.name, old_version)
+            )
             side = quote_identifier(self.schema)
             base = await tx.fetchval("SELECT current_schema()")
             await tx.execute(f"CREATE SCHEMA IF NOT EXISTS {retired}")
@@ -171,8 +197,18 @@ class BlueGreenBuild:
                 f"INSERT INTO projection_checkpoints SELECT * FROM {side}.projection_checkpoints"
             )
             await tx.execute(f"DROP SCHEMA {side} CASCADE")
+            # Letters of the old version are moot: the new one replayed those events.
+            await tx.execute(
+                "DELETE FROM projection_dead_letters WHERE projection = $1 AND version < $2",
+                projection.name,
+                projection.version,
+            )
+            await tx.execute("DELETE FROM projection_leases WHERE unit = $1", self.unit)
             drop_at = time.time() + self.retire_after
-            await tx.execute(f"COMMENT ON SCHEMA {retired} IS 'drop after {drop_at:.0f}'")
+            await tx.execute(
+                f"COMMENT ON SCHEMA {retired} IS 'drop after {drop_at:.0f} base {base} "
+                f"projection {projection.name} version {old_version}'"
+            )
         self.switched = True
         logger.info(
             "version %d of %s is live; version %d retired until its grace period ends",
@@ -208,14 +244,16 @@ async def drop_retired(read_models: ReadModelStore) -> list[str]:
         return []
     dropped = []
     async with read_models.transaction() as tx:
+        base = await tx.fetchval("SELECT current_schema()")
         rows = await tx.fetch(
             "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
             "WHERE starts_with(nspname, $1)",
             RETIRED_PREFIX,
         )
         for schema, comment in rows:
-            due = comment and comment.startswith("drop after ")
-            if due and float(comment.removeprefix("drop after ")) <= time.time():
+            words = (comment or "").split()
+            ours = words[:2] == ["drop", "after"] and words[3:5] == ["base", str(base)]
+            if ours and float(words[2]) <= time.time():  # only this base schema's
                 await tx.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
                 dropped.append(schema)
     return dropped

@@ -288,9 +288,16 @@ async def dead_letters(
     if projection is not None:
         args.append(projection)
         sql += f" AND projection = ${len(args)}"
+    if ids is not None and len(ids) == 1:  # retry and discard look them up one by one
+        args.append(ids[0])
+        sql += f" AND id = ${len(args)}"
     rows = await tx.fetch(sql + " ORDER BY id", *args)
     letters = [_dead_letter(row) for row in rows]
     return letters if ids is None else [letter for letter in letters if letter.id in ids]
+
+
+async def delete_dead_letters_of(tx: ReadModelTransaction, projection: str) -> int:
+    return await tx.execute("DELETE FROM projection_dead_letters WHERE projection = $1", projection)
 
 
 async def delete_dead_letter(tx: ReadModelTransaction, letter_id: int) -> None:

@@ -95,10 +95,13 @@ class ProjectionRunner:
         partition: Partition | None = None,
         fence: Fence | None = None,
         operations_store: ReadModelStore | None = None,
+        record_operations: bool = True,
     ) -> None:
         self.store = store
         self.read_models = read_models
-        if operations_store is None and read_models.dialect in ("postgres", "sqlite"):
+        if not record_operations:  # a side build or a verification: faults in memory only
+            operations_store = None
+        elif operations_store is None and read_models.dialect in ("postgres", "sqlite"):
             operations_store = read_models
         self.operations_store = operations_store
         """Where faults and dead letters go (SQL): the read models' database, or for other
@@ -399,13 +402,14 @@ class ProjectionRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def run_until_caught_up(self) -> None:
-        """Process every event committed before the call, then return."""
+    async def run_until_caught_up(self, stop: asyncio.Event | None = None) -> None:
+        """Process every event committed before the call, then return (sooner if ``stop``
+        is set: after the current batch)."""
         target = await self.store.last_committed()
         await self.prepare()
         assert self.checkpoint is not None
         try:
-            while self.checkpoint < target:
+            while self.checkpoint < target and not (stop is not None and stop.is_set()):
                 if not await self.step():  # committed, not yet visible: wait for it
                     await self.store.wait_for_events(self.checkpoint, timeout=0.1)
         finally:
@@ -472,6 +476,11 @@ async def _refuse_other_partitioning(tx: ReadModelTransaction, projection: Proje
     history twice). That takes a new version (blue/green) or a rebuild."""
     stored = await stored_units(tx, projection.name)
     strangers = sorted(set(stored) - set(projection.units))
+    if strangers and max(stored.values()) > projection.version:
+        raise ProjectionSupersededError(
+            f"projection {projection.name!r} is at version {projection.version} in code but "
+            f"version {max(stored.values())} has taken over its read model"
+        )
     if strangers:
         raise ProjectionVersionError(
             f"projection {projection.name!r} has {projection.partitions} partition(s) in code "
@@ -504,9 +513,10 @@ async def rebuild(
     async with read_models.transaction() as tx:
         await _reset(tx, projection)
     ops = operations_store or (read_models if read_models.dialect != "redis" else None)
-    if ops is not None:
+    if ops is not None:  # the replay applies those events again: faults and letters are moot
         async with ops.transaction() as tx:
             await operations.clear_faults(tx, projection.name)
+            await operations.delete_dead_letters_of(tx, projection.name)
     target = await store.last_committed()
     total = await store.count_after(projection.start) * projection.partitions
     done = 0

@@ -61,9 +61,19 @@ async def verify(
         )
     if not projection.tables:
         raise ConfigurationError(f"projection {projection.name!r} declares no tables to compare")
-    async with read_models.scratch(f"{projection.name}_{uuid.uuid4().hex[:6]}") as scratch:
+    try:
+        space = read_models.scratch(f"{projection.name}_{uuid.uuid4().hex}")
+    except NotImplementedError as exc:
+        raise ConfigurationError(
+            f"projection {projection.name!r}: its read-model store has no scratch space to "
+            "verify in"
+        ) from exc
+    async with space as scratch:
+        # Faults and skipped events of the scratch copy are not the live projection's.
         runners = [
-            ProjectionRunner(store, scratch, projection, partition=partition)
+            ProjectionRunner(
+                store, scratch, projection, partition=partition, record_operations=False
+            )
             for partition in projection.partition_list
         ]
         for _ in range(ATTEMPTS):
@@ -72,8 +82,11 @@ async def verify(
                 runner.until = targets[runner.unit]
                 await runner.prepare()
                 assert runner.checkpoint is not None
-                while runner.checkpoint < runner.until and await runner.step():
-                    pass
+                try:
+                    while runner.checkpoint < runner.until and await runner.step():
+                        pass
+                finally:
+                    await runner.discard_prefetch()
             async with read_models.transaction() as live:
                 locked = {u: await live.load_checkpoint(u, lock=True) for u in projection.units}
                 if all(c is not None and c.position == targets[u] for u, c in locked.items()):

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, drop_retired, stale_projections
-from .errors import ConfigurationError, ProjectionSupersededError, ProjectionVersionError
+from .errors import (
+    ConfigurationError,
+    ProjectionistError,
+    ProjectionSupersededError,
+    ProjectionVersionError,
+)
 from .leases import Lease, UnitReport
 from .partitions import split_unit
 from .projection import Kind, Projection
@@ -94,6 +99,7 @@ class Worker:
         """Blue/green build units of projections whose stored version is older."""
         self.retire_after_seconds = retire_after_seconds
         self._superseded: set[str] = set()
+
         """Units a newer version of the code has taken over."""
         self._owned: dict[str, _Owned] = {}
         self._stop = asyncio.Event()
@@ -263,7 +269,9 @@ class Worker:
     async def _hand_back(self, count: int) -> None:
         # Hand back the most recently numbered units first: any order works, this one is
         # stable, so two workers rebalancing do not trade the same units back and forth.
-        for unit in sorted(self._owned, reverse=True)[:count]:
+        # Blue/green builds go last: a build's progress is worth keeping.
+        order = sorted(self._owned, key=lambda u: (u not in self._builds, u), reverse=True)
+        for unit in order[:count]:
             owned = self._owned[unit]
             await self._stop_runner(owned)
             del self._owned[unit]  # only now: if stop() interrupts, _shut_down waits for it
@@ -283,17 +291,33 @@ class Worker:
         for unit in free:
             if count == 0:
                 return
-            lease = await leases.acquire(read_models, unit, self.worker_id, self.lease_seconds)
-            if lease is None:
-                continue
-            count -= 1
-            self._owned[unit] = _Owned(lease, self._runner(unit, lease))
-            logger.info(
-                "took %s (token %d)",
+            if await self._acquire(unit):
+                count -= 1
+
+    async def _acquire(self, unit: str) -> bool:
+        read_models = self.app.read_models
+        lease = await leases.acquire(read_models, unit, self.worker_id, self.lease_seconds)
+        if lease is None:
+            return False
+        try:
+            runner = self._runner(unit, lease)
+        except ProjectionistError as exc:  # one unit that cannot run must not stop the rest
+            logger.error(
+                "cannot run %s: %s",
                 unit,
-                lease.token,
-                extra={"action": "lease_acquired", "worker": self.worker_id, "unit": unit},
+                exc,
+                extra={"action": "runner_failed", "worker": self.worker_id, "unit": unit},
             )
+            await leases.release(read_models, lease)
+            return False
+        self._owned[unit] = _Owned(lease, runner)
+        logger.info(
+            "took %s (token %d)",
+            unit,
+            lease.token,
+            extra={"action": "lease_acquired", "worker": self.worker_id, "unit": unit},
+        )
+        return True
 
     def _runner(self, unit: str, lease: Lease) -> ProjectionRunner | BlueGreenBuild:
         if unit in self._builds:
@@ -326,9 +350,11 @@ class Worker:
 
     async def _start_runners(self) -> None:
         now = asyncio.get_running_loop().time()
-        for owned in self._owned.values():
+        for unit, owned in self._owned.items():
             if owned.task is not None and not owned.task.done():
                 continue
+            if owned.task is not None and owned.runner.state is not RunnerState.FAULTED:
+                self._finished(unit, owned)  # ended since the renewals: back off if it failed
             if owned.runner.unit not in self._builds and any(
                 p.name == owned.runner.projection.name for p in self._builds.values()
             ):

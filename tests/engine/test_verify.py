@@ -50,3 +50,12 @@ async def test_verify_refuses_inline_projections(app_url: str) -> None:
         await app.setup()
         with pytest.raises(ConfigurationError, match="inline"):
             await app.verify("ledger")
+
+
+async def test_verify_a_projection_with_a_long_name(app_url: str) -> None:
+    name = "l" * 41  # ledger tables add "_totals": 48 characters, the longest allowed
+    async with Application(app_url, [ledger(name)]) as app:
+        await app.setup()
+        await app.store.append("account-1", money(1, 8))
+        await app.run_until_caught_up()
+        assert (await app.verify(name)).ok

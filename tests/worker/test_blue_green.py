@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
+from projectionist.bluegreen import BUILD_PREFIX, RETIRED_PREFIX, side_schema
+from projectionist.identifiers import validate_identifier
 from tests.conftest import PG_DSN
 
 ACCOUNTS = 40
@@ -93,6 +95,7 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
         reading = asyncio.create_task(read_forever())
         appending = asyncio.create_task(append_forever())
         await asyncio.sleep(0.3)
+        await new.setup()  # what `projectionist run` does first: the raised version is fine
         new_worker = asyncio.create_task(new.run(**options))
         saw_both = False
         for _ in range(300):
@@ -148,3 +151,19 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
 
 def moved(n: int) -> NewEvent:
     return NewEvent("Moved", {"amount": n % 3 + 1})
+
+
+def test_side_schemas_are_per_base_schema_and_short() -> None:
+    class Base:
+        def __init__(self, quoted_schema: str) -> None:
+            self.quoted_schema = quoted_schema
+
+    long_name = "a" * 48
+    names = {
+        side_schema(prefix, Base(base), name, 12345)  # type: ignore[arg-type]
+        for prefix in (BUILD_PREFIX, RETIRED_PREFIX)
+        for base in ('"app_one"', '"app_two"')
+        for name in ("balances", long_name)
+    }
+    assert len(names) == 8  # no two applications or projections share one
+    assert all(len(name) <= 48 and validate_identifier(name) for name in names)

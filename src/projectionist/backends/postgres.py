@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
@@ -821,7 +822,8 @@ class PostgresReadModelStore(ReadModelStore):
 
     @contextlib.asynccontextmanager
     async def scratch(self, label: str) -> AsyncIterator[ReadModelStore]:
-        side = self.in_schema(f"pj_scratch_{label}")
+        digest = hashlib.md5(label.encode(), usedforsecurity=False).hexdigest()[:16]
+        side = self.in_schema(f"pj_scratch_{digest}")  # short, whatever the label
         drop = f"DROP SCHEMA IF EXISTS {side.quoted_schema} CASCADE"
         with self._translate_errors("preparing a scratch schema"):
             async with self._pool().acquire() as connection:
