@@ -41,10 +41,10 @@ from .events import Position, RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
 from .projection import Kind, Projection, failure
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .state import KeyOf, key_function
 
 Fields = Mapping[str, object]
 ToFields = Callable[[RecordedEvent], Fields]
-KeyOf = Callable[[RecordedEvent], str]
 Syntax = Literal["websearch", "native"]
 
 WEIGHTS = ("A", "B", "C", "D")
@@ -120,7 +120,7 @@ class SearchProjection(Projection):
         self.text = _validate_text_fields(name, text)
         self.stored = _validate_stored_fields(name, stored, self.text)
         self.language = validate_identifier(language, "text search language")
-        self.key_of = _key_function(key)
+        self.key_of = key_function(key)
         self._actions: dict[str, ToFields | object] = {}
         self.setup(self._create)
 
@@ -544,20 +544,3 @@ def _validate_stored_fields(
             f"projection {name!r}: {sorted(overlap)} cannot be both text and stored fields"
         )
     return fields
-
-
-def _key_function(key: str | KeyOf) -> KeyOf:
-    if callable(key):
-        return key
-    if key == "stream_id":
-        return _stream_key
-    field_name = key
-
-    def data_key(event: RecordedEvent) -> str:
-        return str(event.data[field_name])
-
-    return data_key
-
-
-def _stream_key(event: RecordedEvent) -> str:
-    return event.stream_id

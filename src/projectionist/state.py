@@ -95,7 +95,7 @@ class StateProjection(Projection):
             if column == key_column or not _SQL_TYPE.fullmatch(sql_type):
                 raise ConfigurationError(f"projection {name!r}: bad column {column} {sql_type!r}")
         self.initial = initial
-        self.key_of = _key_function(key)
+        self.key_of = key_function(key)
         self._evolvers: dict[str, Evolve] = {}
         self.setup(self._create_table)
 
@@ -271,7 +271,8 @@ class StateProjection(Projection):
             ) from None
 
 
-def _key_function(key: str | KeyOf) -> KeyOf:
+def key_function(key: str | KeyOf) -> KeyOf:
+    """How a document or state is keyed: ``"stream_id"``, a data field's name, or a function."""
     if callable(key):
         return key
     if key == "stream_id":
