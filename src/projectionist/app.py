@@ -504,7 +504,8 @@ class Application(OpenClose):
     ) -> ProjectionStatus:
         inline = projection.kind is Kind.INLINE
         position = None if checkpoint is None else head if inline else checkpoint.position
-        lag = 0 if inline or position is None else await self.store.count_after(position)
+        _, partition = split_unit(unit)
+        lag = 0 if inline or position is None else await self.store.count_after(position, partition)
         report = lease.report if lease is not None else None
         runner = self._runners.get(unit)
         if checkpoint is None:

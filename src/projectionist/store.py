@@ -231,8 +231,9 @@ class EventStore(OpenClose, abc.ABC):
         """A transaction that blocks appends and reads every committed event."""
 
     @abc.abstractmethod
-    async def count_after(self, after: Position) -> int:
-        """How many visible events lie after ``after`` (a projection's lag)."""
+    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        """How many visible events lie after ``after`` (a projection's lag), only of the
+        streams in ``partition`` if given."""
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -311,6 +311,13 @@ async def test_partitioned_reads_split_streams_stably_and_keep_stream_order(
     assert [e.id for e in only_b.events] == [e.id for e in parts[1] if e.type == "B"]
     single = await store.read_all(START, limit=1000, partition=Partition(0, 1))
     assert len(single.events) == len(everything)
+    # Counting after a position agrees with the reads, partition by partition.
+    recorded = [e for e in everything if isinstance(e, RecordedEvent)]
+    middle = recorded[len(recorded) // 2].position
+    for index, part in enumerate(parts):
+        expected = len([e for e in part if e.position > middle])
+        assert await store.count_after(middle, Partition(index, 3)) == expected
+    assert await store.count_after(middle) == len([e for e in recorded if e.position > middle])
 
 
 @pytest.mark.parametrize("partition", [Partition(3, 3), Partition(-1, 2), Partition(0, 0)])

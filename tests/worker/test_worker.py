@@ -198,6 +198,17 @@ async def test_status_while_a_worker_runs(apps: Apps) -> None:
     finally:
         worker.stop()
         await asyncio.wait_for(running, 10)
+
+    # With no worker, each partition's lag counts only its own streams' new events.
+    later: list[RecordedEvent] = []
+    for index, stream in enumerate(streams[:5]):
+        later += (await app.store.append(stream, money(index, 3))).events
+    await settle(app.store)
+    lags = {s.partition: s.lag for s in await app.status() if s.name == "ledger"}
+    assert lags == {
+        f"{p}/4": len([e for e in later if partition_of(e.stream_id, 4) == p]) for p in range(4)
+    }
+    assert sum(lags.values()) == len(later)
     after = await app.status()
     assert {(s.owner, s.state) for s in after} == {(None, "stopped")}
 

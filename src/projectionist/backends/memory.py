@@ -63,8 +63,11 @@ class MemoryEventStore(EventStore):
         await self._read_models.apply_schema()
         return SCHEMA_VERSION
 
-    async def count_after(self, after: Position) -> int:
-        return max(len(self._events) - after.seq, 0)
+    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        part = (partition or Partition(0, 1)).validate()
+        if part.count == 1:
+            return max(len(self._events) - after.seq, 0)
+        return sum(1 for event in self._events[after.seq :] if part.holds(event.stream_id))
 
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:

@@ -182,6 +182,10 @@ class PostgresEventStore(EventStore):
             f"SELECT count(*) FROM {q}.events e WHERE (e.tx_id, e.position) > ($1, $2) "
             f"AND e.tx_id < {_HORIZON}"
         )
+        self._sql_count_after_partition = (
+            self._sql_count_after
+            + f" AND {PARTITION_SQL.format(column='e.stream_id', count='$3::bigint')} = $4"
+        )
         self._read_models = PostgresReadModelStore(
             lambda: self.pool, self._q, self._translate_errors
         )
@@ -618,9 +622,15 @@ class PostgresEventStore(EventStore):
         head = Position(rows[0]["head_tx"], rows[0]["head_position"])
         return EventBatch(events, max(after, head))
 
-    async def count_after(self, after: Position) -> int:
+    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        part = (partition or Partition(0, 1)).validate()
         async with self._connection("counting events") as connection:
-            count: int = await connection.fetchval(self._sql_count_after, after.tx, after.seq)
+            if part.count == 1:
+                count: int = await connection.fetchval(self._sql_count_after, after.tx, after.seq)
+            else:
+                count = await connection.fetchval(
+                    self._sql_count_after_partition, after.tx, after.seq, part.count, part.index
+                )
         return count
 
     def read_models(self) -> ReadModelStore:

@@ -516,11 +516,14 @@ class SqliteEventStore(EventStore):
             row = await cursor.fetchone()
         return Position(0, row[0]) if row and row[0] is not None else START
 
-    async def count_after(self, after: Position) -> int:
+    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        part = (partition or Partition(0, 1)).validate()
+        sql, params = "SELECT count(*) FROM events WHERE position > ?", [after.seq]
+        if part.count > 1:
+            sql += " AND pj_partition(stream_id, ?) = ?"
+            params += [part.count, part.index]
         async with self.transaction("counting events", write=False) as connection:
-            cursor = await connection.execute(
-                "SELECT count(*) FROM events WHERE position > ?", (after.seq,)
-            )
+            cursor = await connection.execute(sql, params)
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
