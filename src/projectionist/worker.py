@@ -173,7 +173,8 @@ class Worker:
         )
         await self._find_builds()
         await self._renew()
-        units = len(self._units) - len(self._superseded) + len(self._builds)
+        await self._leave_old_versions()
+        units = len(self._runnable()) + len(self._builds)
         fair = math.ceil(units / max(len(self.live_workers), 1))
         if len(self._owned) > fair:
             await self._hand_back(len(self._owned) - fair)
@@ -198,6 +199,26 @@ class Worker:
                 schema,
                 extra={"action": "retired_dropped", "worker": self.worker_id},
             )
+
+    def _runnable(self) -> list[str]:
+        """This worker's units it can run now: not superseded by newer code, and not of a
+        projection whose newer version it is building (the old version's units stay with
+        workers that run the old code, so it keeps following new events meanwhile)."""
+        building = {projection.name for projection in self._builds.values()}
+        return [
+            unit
+            for unit, projection in self._units.items()
+            if unit not in self._superseded and projection.name not in building
+        ]
+
+    async def _leave_old_versions(self) -> None:
+        """Hand back units of projections whose newer version is being built."""
+        runnable = set(self._runnable())
+        for unit in [u for u in self._owned if u not in self._builds and u not in runnable]:
+            owned = self._owned[unit]
+            await self._stop_runner(owned)
+            del self._owned[unit]
+            await leases.release(self.app.read_models, owned.lease)
 
     async def _renew(self) -> None:
         for unit, owned in list(self._owned.items()):
@@ -285,8 +306,7 @@ class Worker:
 
     async def _take(self, count: int) -> None:
         read_models = self.app.read_models
-        ours = [unit for unit in self._units if unit not in self._superseded]
-        free = await leases.free_units(read_models, [*ours, *self._builds])
+        free = await leases.free_units(read_models, [*self._runnable(), *self._builds])
         random.shuffle(free)  # workers starting together spread out
         for unit in free:
             if count == 0:
@@ -355,11 +375,6 @@ class Worker:
                 continue
             if owned.task is not None and owned.runner.state is not RunnerState.FAULTED:
                 self._finished(unit, owned)  # ended since the renewals: back off if it failed
-            if owned.runner.unit not in self._builds and any(
-                p.name == owned.runner.projection.name for p in self._builds.values()
-            ):
-                owned.note = "waiting for its blue/green build"
-                continue
             if owned.runner.state is RunnerState.FAULTED:
                 if not await self._fault_cleared(owned):
                     continue

@@ -118,6 +118,8 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
         assert all(rows == ACCOUNTS and total >= HISTORY for rows, total, _ in reads)
         swapped = next(i for i, (_, _, doubled) in enumerate(reads) if doubled)
         assert all(doubled for _, _, doubled in reads[swapped:])  # no flip-flop
+        # Before the swap the old version went on following new events.
+        assert max(total for _, total, _ in reads[:swapped]) > HISTORY
 
         head = await new.store.last_committed()
         await new.wait_for("balances", head, timeout=30)
