@@ -253,18 +253,22 @@ async def test_projection_started_from_a_chosen_position(app_url: str) -> None:
         if app_url == "memory://":
             store = setup_app.store
     shared = store if app_url == "memory://" else app_url
-    async with Application(shared, [ledger(batch_size=3)]) as app:
-        app.projection("ledger").start = start
-        await app.setup()
-        await app.store.append("new", money(1, 10))
-        await app.run_until_caught_up()
-        async with app.read_models.transaction() as tx:
-            seen, totals = await ledger_rows(tx)
-        assert {row[1] for row in seen} == {"new"}  # type: ignore[attr-defined]
-        assert len(seen) == 8  # type: ignore[arg-type]
-        assert await app.rebuild("ledger") == 10  # a rebuild replays from the same start
-        async with app.read_models.transaction() as tx:
-            assert await ledger_rows(tx) == [seen, totals]
+    try:
+        async with Application(shared, [ledger(batch_size=3)]) as app:
+            app.projection("ledger").start = start
+            await app.setup()
+            await app.store.append("new", money(1, 10))
+            await app.run_until_caught_up()
+            async with app.read_models.transaction() as tx:
+                seen, totals = await ledger_rows(tx)
+            assert {row[1] for row in seen} == {"new"}  # type: ignore[attr-defined]
+            assert len(seen) == 8  # type: ignore[arg-type]
+            assert await app.rebuild("ledger") == 10  # a rebuild replays from the same start
+            async with app.read_models.transaction() as tx:
+                assert await ledger_rows(tx) == [seen, totals]
+    finally:
+        if app_url == "memory://":  # a shared store is its owner's to close: this test's
+            await store.close()
 
 
 async def test_a_runner_of_an_old_version_stops_after_a_rebuild(app_url: str) -> None:
