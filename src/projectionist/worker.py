@@ -184,7 +184,7 @@ class Worker:
 
     async def _find_builds(self) -> None:
         """On PostgreSQL, a projection whose code version is newer than its read model gets
-        a blue/green build unit; its own units wait until the build swaps in."""
+        a blue/green build unit; its own units are left to older workers until the swap."""
         read_models = self.app.read_models
         if not hasattr(read_models, "in_schema"):
             return
@@ -215,25 +215,20 @@ class Worker:
         """Hand back units of projections whose newer version is being built."""
         runnable = set(self._runnable())
         for unit in [u for u in self._owned if u not in self._builds and u not in runnable]:
-            owned = self._owned[unit]
-            await self._stop_runner(owned)
-            del self._owned[unit]
-            await leases.release(self.app.read_models, owned.lease)
+            await self._hand_back_unit(unit, "its newer version is being built")
 
     async def _renew(self) -> None:
         for unit, owned in list(self._owned.items()):
             if unit in self._superseded:
-                del self._owned[unit]  # newer code runs it now: leave it to them
-                await leases.release(self.app.read_models, owned.lease)
+                await self._hand_back_unit(unit, "newer code runs it now")
                 continue
             if isinstance(owned.runner, BlueGreenBuild) and owned.runner.switched:
-                del self._owned[unit]  # done: the projection's own units take over
-                await leases.release(self.app.read_models, owned.lease)
+                await self._hand_back_unit(unit, "built: the projection's own units take over")
                 continue
             if (
                 owned.task is not None
                 and owned.task.done()
-                and owned.runner.state is not (RunnerState.FAULTED)
+                and owned.runner.state is not RunnerState.FAULTED
             ):
                 self._finished(unit, owned)
             if not await leases.renew(
@@ -293,16 +288,20 @@ class Worker:
         # Blue/green builds go last: a build's progress is worth keeping.
         order = sorted(self._owned, key=lambda u: (u not in self._builds, u), reverse=True)
         for unit in order[:count]:
-            owned = self._owned[unit]
-            await self._stop_runner(owned)
-            del self._owned[unit]  # only now: if stop() interrupts, _shut_down waits for it
-            await leases.release(self.app.read_models, owned.lease)
-            logger.info(
-                "handed %s back (rebalancing over %d workers)",
-                unit,
-                len(self.live_workers),
-                extra={"action": "lease_released", "worker": self.worker_id, "unit": unit},
-            )
+            await self._hand_back_unit(unit, f"rebalancing over {len(self.live_workers)} workers")
+
+    async def _hand_back_unit(self, unit: str, why: str) -> None:
+        """Stop its runner (after the current batch), then release its lease."""
+        owned = self._owned[unit]
+        await self._stop_runner(owned)
+        del self._owned[unit]  # only now: if stop() interrupts, _shut_down waits for it
+        await leases.release(self.app.read_models, owned.lease)
+        logger.info(
+            "handed %s back (%s)",
+            unit,
+            why,
+            extra={"action": "lease_released", "worker": self.worker_id, "unit": unit},
+        )
 
     async def _take(self, count: int) -> None:
         read_models = self.app.read_models
