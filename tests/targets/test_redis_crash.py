@@ -2,9 +2,10 @@
 
 The event store is PostgreSQL. The parent appends 20,000 events, then runs the projector of
 redis_projector_child.py in a child process and kills it with SIGKILL again and again: most
-children a random time after they report ``catching-up`` (mid catch-up), some by themselves
-right after their N-th EXEC (the commit boundary, which outside kills rarely hit). A last
-child runs to the head. The ledger only increments (HINCRBY, ZINCRBY), so the values equal
+children from outside once they have committed a random number of batches (mid catch-up:
+kills trigger on progress, never on a clock, so a fast or a loaded machine gives the same
+story), some by themselves right after their N-th EXEC (the commit boundary). A last child
+runs to the head. The ledger only increments (HINCRBY, ZINCRBY), so the values equal
 every event applied exactly once only if each batch's writes and its checkpoint were applied
 together; they must also equal a clean rebuild, key for key.
 """
@@ -12,7 +13,6 @@ together; they must also equal a clean rebuild, key for key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import signal
 import sys
@@ -28,6 +28,7 @@ from tests.conftest import PG_DSN
 from tests.faults.projector_child import DONE, READY
 from tests.targets.conftest import REDIS_URL
 from tests.targets.redis_ledger import expected_of, history, make_ledger, read_ledger
+from tests.targets.redis_projector_child import BATCH_SIZE, COMMITTED
 
 SEED = 20_261_127
 OUTSIDE_KILLS = 12  # kills from outside that land mid catch-up
@@ -46,9 +47,26 @@ async def spawn(url: str, prefix: str, *options: str) -> asyncio.subprocess.Proc
         prefix,
         *options,
         cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def kill_after_batches(
+    process: asyncio.subprocess.Process, batches: int, go_on: bool
+) -> None:
+    """SIGKILL a ``--step`` child once it has committed ``batches`` batches: while it waits
+    for the go-ahead after the last of them, or (``go_on``) just after it got it, inside the
+    next batch. It cannot get further: it waits for a go-ahead after every commit."""
+    assert process.stdin is not None and process.stdout is not None
+    for batch in range(1, batches + 1):
+        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+        assert line.decode().strip() == COMMITTED, line
+        if batch < batches or go_on:
+            process.stdin.write(b"\n")
+            await process.stdin.drain()
+    process.kill()
 
 
 async def finish(process: asyncio.subprocess.Process, what: str) -> str:
@@ -91,16 +109,17 @@ async def test_sigkilled_redis_projector_equals_clean_rebuild(
                 process = await spawn(url, redis_prefix, "--kill-after-commit", commits)
                 await finish(process, "a child killing itself at a commit")
             else:
-                process = await spawn(url, redis_prefix)
+                process = await spawn(url, redis_prefix, "--step")
                 assert process.stdout is not None
                 line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
                 assert line.decode().strip() == READY, line
-                # Shorter lives as the catch-up left shrinks, so kills keep landing inside it.
+                # A random share of the batches left (at least as many batches as handled
+                # events left / batch size), leaving enough for every kill still to come.
                 done = 0 if before is None else before.events_processed
-                left = (expected.handled - done) / expected.handled
-                await asyncio.sleep(rng.uniform(0.05, 0.6) * min(1.0, 2 * left))
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                batches_left = (expected.handled - done) // BATCH_SIZE
+                kills_to_go = OUTSIDE_KILLS - outside + COMMIT_KILLS - commit_kills
+                most = max(1, batches_left // (kills_to_go + 2))
+                await kill_after_batches(process, rng.randint(1, most), go_on=rng.random() < 0.7)
                 await finish(process, "a child killed from outside")
             after = await store.checkpoint(ledger.name)
             assert after is not None
