@@ -6,6 +6,7 @@ fail with a message saying how to start it; they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -115,3 +116,24 @@ async def settle(store: EventStore) -> None:
     """Wait until everything committed so far is visible to readers (PostgreSQL can hold
     a just-committed append back for a moment while an older transaction finishes)."""
     assert await store.wait_until_visible(await store.last_committed(), timeout=10)
+
+
+OTHER_DATABASE = "projectionist_other"
+"""A second database of the same cluster, for transactions that must not hold our readers."""
+
+
+async def connect_other_database() -> asyncpg.Connection:
+    """A connection to OTHER_DATABASE on the test server, created when it is missing."""
+    await require_postgres()
+    connection = await asyncpg.connect(PG_DSN)
+    try:
+        exists = await connection.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", OTHER_DATABASE
+        )
+        if not exists:
+            # (created by a concurrent test meanwhile: fine)
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await connection.execute(f'CREATE DATABASE "{OTHER_DATABASE}"')
+    finally:
+        await connection.close()
+    return await asyncpg.connect(PG_DSN, database=OTHER_DATABASE)

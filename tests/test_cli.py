@@ -16,6 +16,7 @@ import asyncpg
 from examples.shop.history import generate_orders
 
 from projectionist import create_store
+from projectionist.migrations import latest_version
 from tests.conftest import PG_DSN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +56,12 @@ async def test_schema_apply_on_postgres(pg_schema: str) -> None:
         "schema", "apply", env={"PROJECTIONIST_URL": PG_DSN, "PROJECTIONIST_SCHEMA": pg_schema}
     )
     assert done.returncode == 0, done.stderr
-    assert "schema version 1 is applied" in done.stdout
+    assert f"schema version {latest_version('postgres')} is applied" in done.stdout
     connection = await asyncpg.connect(PG_DSN)
     try:
-        assert (
-            await connection.fetchval(f'SELECT max(version) FROM "{pg_schema}".schema_migrations')
-            == 1
-        )
+        assert await connection.fetchval(
+            f'SELECT max(version) FROM "{pg_schema}".schema_migrations'
+        ) == latest_version("postgres")
     finally:
         await connection.close()
     assert run_cli("schema", "apply", "--url", PG_DSN, "--schema", pg_schema).returncode == 0

@@ -37,7 +37,7 @@ from .partitions import split_unit
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
-from .store import ChangeSignal, EventStore, InlineHook, OpenClose
+from .store import Backlog, ChangeSignal, EventStore, InlineHook, OpenClose
 from .verify import Verification, verify
 from .worker import Worker
 
@@ -54,7 +54,8 @@ class ProjectionStatus:
     position: Position | None
     head: Position
     lag: int
-    """Events after the projection's position (0 for inline projections)."""
+    """Committed events after the projection's position, visible to readers or still held
+    back (0 for inline projections); estimated beyond BACKLOG_COUNTED (``lag_estimated``)."""
     events_processed: int
     updated_at: datetime | None
     partition: str | None = None
@@ -62,7 +63,8 @@ class ProjectionStatus:
     owner: str | None = None
     """The worker holding its lease, if any."""
     lag_seconds: float | None = None
-    """Age of the oldest event it has still to process (0 when caught up)."""
+    """Age of the oldest committed event it has still to process (0 when caught up)."""
+    lag_estimated: bool = False
     events_per_second: float | None = None
     """Over the last minute, as reported by its owner."""
     last_batch_seconds: float | None = None
@@ -71,8 +73,11 @@ class ProjectionStatus:
     last_error: str | None = None
     dead_letters: int = 0
     fault: Fault | None = None
+    held_back_seconds: float = 0.0
+    """How long committed events have waited, invisible to every reader, behind an older
+    open transaction that appended to this store (the same for every projection)."""
     held_back_by: str | None = None
-    """An old open transaction that keeps new events invisible to every reader."""
+    """That transaction: process id, state and age (never its SQL text)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +91,7 @@ class ProjectionStatus:
             "head": str(self.head),
             "lag": self.lag,
             "lag_seconds": self.lag_seconds,
+            "lag_estimated": self.lag_estimated,
             "events_per_second": self.events_per_second,
             "events_processed": self.events_processed,
             "last_batch_seconds": self.last_batch_seconds,
@@ -94,6 +100,7 @@ class ProjectionStatus:
             "dead_letters": self.dead_letters,
             "fault": None if self.fault is None else self.fault.as_dict(),
             "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+            "held_back_seconds": self.held_back_seconds,
             "held_back_by": self.held_back_by,
         }
 
@@ -432,13 +439,13 @@ class Application(OpenClose):
         checkpoints = await self.read_models.checkpoints()
         for own in self._own_read_models():
             checkpoints.update(await own.checkpoints())
+        held_back = await self.store.held_back()
         try:
-            held_back_by = await self.store.holdup()
             lease_rows = await leases.all_leases(self.read_models)
             faults = await operations.all_faults(self.read_models)
             letters = await operations.count_dead_letters(self.read_models)
         except BackendError:  # operations tables missing: set up by an older release
-            lease_rows, faults, letters, held_back_by = {}, {}, {}, None
+            lease_rows, faults, letters = {}, {}, {}
         statuses = []
         for projection in self.projections.values():
             for partition, unit in zip(projection.partition_list, projection.units, strict=True):
@@ -457,7 +464,8 @@ class Application(OpenClose):
                         fault=faults.get(unit),
                         state=_fault_state(unit in faults, status.state),
                         dead_letters=letters.get(unit, 0),
-                        held_back_by=held_back_by,
+                        held_back_seconds=held_back.seconds if held_back else 0.0,
+                        held_back_by=held_back.by if held_back else None,
                     )
                 )
             statuses += await self._build_status(projection, head, lease_rows)
@@ -474,6 +482,7 @@ class Application(OpenClose):
             return []
         build = BlueGreenBuild(self.store, self.read_models, projection)
         position = await build.checkpoint()
+        backlog = await self.store.backlog(position or projection.start)
         report = lease.report
         return [
             ProjectionStatus(
@@ -483,7 +492,9 @@ class Application(OpenClose):
                 state="rebuilding (blue/green)" if lease.owner else "waiting to rebuild",
                 position=position,
                 head=head,
-                lag=await self.store.count_after(position or projection.start),
+                lag=backlog.events,
+                lag_estimated=backlog.estimated,
+                lag_seconds=_age(backlog),
                 events_processed=0,
                 updated_at=None,
                 owner=lease.owner,
@@ -505,7 +516,9 @@ class Application(OpenClose):
         inline = projection.kind is Kind.INLINE
         position = None if checkpoint is None else head if inline else checkpoint.position
         _, partition = split_unit(unit)
-        lag = 0 if inline or position is None else await self.store.count_after(position, partition)
+        backlog = None
+        if not inline and position is not None:
+            backlog = await self.store.backlog(position, partition)
         report = lease.report if lease is not None else None
         runner = self._runners.get(unit)
         if checkpoint is None:
@@ -529,30 +542,24 @@ class Application(OpenClose):
             state=state,
             position=position,
             head=head,
-            lag=lag,
+            lag=backlog.events if backlog else 0,
+            lag_estimated=backlog.estimated if backlog else False,
             events_processed=checkpoint.events_processed if checkpoint else 0,
             updated_at=checkpoint.updated_at if checkpoint else None,
             owner=lease.owner if lease is not None else None,
-            lag_seconds=await self._lag_seconds(projection, unit, position) if lag else 0.0,
+            lag_seconds=None if position is None else _age(backlog),
             events_per_second=report.events_per_second if report else None,
             last_batch_seconds=report.last_batch_seconds if report else None,
             errors=report.errors if report else 0,
             last_error=report.last_error if report else None,
         )
 
-    async def _lag_seconds(
-        self, projection: Projection, unit: str, position: Position | None
-    ) -> float | None:
-        """How old the first event it has still to process is."""
-        if position is None:
-            return None
-        _, partition = split_unit(unit)
-        batch = await self.store.read_all(
-            position, limit=1, types=projection.types, partition=partition
-        )
-        if not batch.events:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - batch.events[0].recorded_at).total_seconds())
+
+def _age(backlog: Backlog | None) -> float:
+    """How long the oldest event of a backlog has waited (0 when nothing waits)."""
+    if backlog is None or backlog.oldest is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - backlog.oldest).total_seconds())
 
 
 def _fault_state(faulted: bool, reported: str) -> str:

@@ -268,6 +268,15 @@ def run_command(
             help="On SIGTERM/SIGINT, how long the current batches may take to commit",
         ),
     ] = 30.0,
+    idle_transaction_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            envvar="PROJECTIONIST_IDLE_TRANSACTION_SECONDS",
+            help="PostgreSQL ends a batch left idle this long (a paused worker) "
+            "[default: --lease-seconds]",
+        ),
+    ] = None,
 ) -> None:
     """Run the application's projections as a worker until SIGINT or SIGTERM.
 
@@ -280,7 +289,10 @@ def run_command(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, app.stop)
         await app.run(
-            worker_id=worker_id, lease_seconds=lease_seconds, shutdown_seconds=shutdown_seconds
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            shutdown_seconds=shutdown_seconds,
+            idle_transaction_seconds=idle_transaction_seconds,
         )
 
     _on_app(application, url, use)
@@ -557,16 +569,20 @@ def status_table(statuses: Sequence[ProjectionStatus]) -> Table:
             item.owner or "-",
             str(item.position),
             str(item.head),
-            f"{item.lag:,}",
+            ("~" if item.lag_estimated else "") + f"{item.lag:,}",
             "-" if item.lag_seconds is None else f"{item.lag_seconds:.1f}",
             "-" if item.events_per_second is None else f"{item.events_per_second:,.0f}",
             str(item.dead_letters),
             item.updated_at.strftime("%H:%M:%S") if item.updated_at else "-",
             (item.fault.error if item.fault else item.last_error or "-")[:60],
         )
-    held = next((s.held_back_by for s in statuses if s.held_back_by), None)
+    held = next((s for s in statuses if s.held_back_seconds > 0), None)
     if held:
-        table.caption = f"readers are held back by an open {held}"
+        by = f" by an open {held.held_back_by}" if held.held_back_by else ""
+        table.caption = (
+            f"committed events have been held back from readers for "
+            f"{held.held_back_seconds:.1f}s{by}"
+        )
     return table
 
 

@@ -5,8 +5,11 @@ every acquisition, and an expiry read from the database's clock. Why leases and 
 advisory locks: a lock is released the moment its connection drops, while the worker may
 still be writing through its other connections; a lease outlives connections and is checked
 inside every batch's own transaction (``check``), so a batch commits only while its lease
-holds, and a taker waits for batches in flight (it locks the row ``FOR UPDATE``; batches hold
-it ``FOR KEY SHARE``, which does not block the owner's renewals).
+holds. Batches hold the row ``FOR KEY SHARE`` (which does not block the owner's renewals);
+a taker locks it ``FOR UPDATE SKIP LOCKED``, so it never takes a unit over under a batch in
+flight, and never waits for one either: a paused owner's batch is ended by the database
+(``ReadModelStore.limit_idle_transactions``, set by the worker) and the unit is taken at the
+next heartbeat.
 """
 
 from __future__ import annotations
@@ -96,9 +99,10 @@ async def acquire(
     """Take ``unit`` if nobody holds it; the token grows by one. None if someone does."""
     async with read_models.transaction() as tx:
         now = db_now(tx)
-        # FOR UPDATE waits for batches in flight of the previous owner (they hold the row
-        # FOR KEY SHARE): none can commit after we take over.
-        lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
+        # A batch in flight of the previous owner holds the row FOR KEY SHARE: skip the unit
+        # this time rather than wait (the owner may be paused); none can commit after we
+        # take over.
+        lock = " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgres" else ""
         rows = await tx.fetch(
             f"SELECT owner, expires_at < {now}, token FROM projection_leases WHERE unit = $1"
             + lock,

@@ -112,6 +112,13 @@ class ReadModelStore(abc.ABC):
     async def checkpoints(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint by projection name."""
 
+    def limit_idle_transactions(self, seconds: float) -> None:
+        """Have the database end a transaction of this store that stays idle (no statement
+        running) longer than ``seconds``, rolling it back and releasing its locks: a paused
+        or frozen process then blocks nobody for long. Only where the database can do it
+        (PostgreSQL: ``idle_in_transaction_session_timeout``); a no-op elsewhere."""
+        del seconds  # SQLite and Redis have no such limit: a paused writer is waited for
+
     def scratch(self, label: str) -> AbstractAsyncContextManager[ReadModelStore]:
         """An empty read-model store of the same kind, removed on exit (``verify`` rebuilds
         into it): a side schema on PostgreSQL, a temporary database file on SQLite."""

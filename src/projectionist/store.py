@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -66,6 +67,45 @@ class EventBatch:
 
     events: list[RecordedEvent]
     checkpoint: Position
+
+
+BACKLOG_COUNTED = 10_000
+"""A backlog is counted event by event up to this many, and estimated beyond (status and
+metrics stay cheap however far a projection is behind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The committed events after a position: what a projection there still has to process,
+    including events readers cannot see yet (held back by an older open append)."""
+
+    events: int
+    estimated: bool
+    """True when more than ``BACKLOG_COUNTED`` events wait: ``events`` is then an estimate
+    from positions (rolled-back appends leave gaps in them, so it may read a little high)."""
+    oldest: datetime | None
+    """When the first waiting event was recorded (None when nothing waits)."""
+
+    @staticmethod
+    def measured(
+        counted: int, reached: int | None, last: int | None, oldest: datetime | None, parts: int
+    ) -> Backlog:
+        """From ``counted`` events (at most BACKLOG_COUNTED) ending at position ``reached``,
+        and the store's ``last`` position; ``parts`` partitions share what lies beyond."""
+        if counted < BACKLOG_COUNTED or reached is None or last is None:
+            return Backlog(counted, False, oldest)
+        return Backlog(counted + max(0, last - reached) // parts, True, oldest)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Committed events that no reader can see yet, because an older transaction that
+    appended to this store is still open (docs/global-order.md)."""
+
+    seconds: float
+    """How long the first of them has waited."""
+    by: str | None
+    """The open appending transaction (process id, state, age; never its SQL text)."""
 
 
 def expected_version_number(expected: ExpectedVersion) -> int | None:
@@ -232,8 +272,13 @@ class EventStore(OpenClose, abc.ABC):
 
     @abc.abstractmethod
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
-        """How many visible events lie after ``after`` (a projection's lag), only of the
-        streams in ``partition`` if given."""
+        """How many visible events lie after ``after``, only of the streams in ``partition``
+        if given (an exact count: it reads them all; for a projection's lag see backlog)."""
+
+    @abc.abstractmethod
+    async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        """The committed events after ``after`` (visible or not yet), only of the streams in
+        ``partition`` if given: a projection's lag, at a bounded cost."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -293,9 +338,9 @@ class EventStore(OpenClose, abc.ABC):
     async def head(self) -> Position:
         """The position of the last event readers can see (START for an empty store)."""
 
-    async def holdup(self) -> str | None:
-        """What holds readers back, if anything: on PostgreSQL, an open write transaction
-        older than committed events (they stay invisible until it ends). None elsewhere."""
+    async def held_back(self) -> HeldBack | None:
+        """Committed events readers cannot see yet, and what holds them back: on PostgreSQL
+        an older open transaction that appended to this store. None elsewhere."""
         return None
 
     async def last_committed(self) -> Position:

@@ -13,6 +13,9 @@ one) through leases in that database (see ``leases``). Every ``heartbeat`` secon
 A worker that dies stops renewing; its leases expire after ``lease_seconds`` and the others
 take its units over. Every batch checks its lease inside its own transaction, so a worker
 that lost its lease (a pause, a network split) cannot commit once another has taken over.
+A paused worker's open batch is ended by the database once it has been idle for
+``idle_transaction_seconds`` (``lease_seconds`` by default), so it holds no lock the taker
+needs (docs/operations.md, "A paused worker").
 
 It installs no signal handlers: ``stop()`` ends it (the CLI wires SIGTERM/SIGINT to it).
 """
@@ -79,9 +82,12 @@ class Worker:
         shutdown_seconds: float = 30.0,
         projections: Iterable[str] | None = None,
         retire_after_seconds: float = 300.0,
+        idle_transaction_seconds: float | None = None,
     ) -> None:
         if lease_seconds <= 0 or shutdown_seconds <= 0:
             raise ConfigurationError("lease_seconds and shutdown_seconds must be positive")
+        if idle_transaction_seconds is not None and not idle_transaction_seconds > 0:
+            raise ConfigurationError("idle_transaction_seconds must be positive")
         self.app = app
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
@@ -89,6 +95,7 @@ class Worker:
         if not 0 < self.heartbeat_seconds <= lease_seconds / 2:
             raise ConfigurationError("heartbeat_seconds must be at most half of lease_seconds")
         self.shutdown_seconds = shutdown_seconds
+        self.idle_transaction_seconds = idle_transaction_seconds or lease_seconds
         names = list(projections) if projections is not None else None
         selected = [app.projection(name) for name in names] if names else None
         self._projections = [
@@ -117,6 +124,8 @@ class Worker:
     async def run(self) -> None:
         self._stop.clear()
         read_models = self.app.read_models
+        for store in {read_models, *map(self.app.read_models_for, self._projections)}:
+            store.limit_idle_transactions(self.idle_transaction_seconds)
         await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
         logger.info(
             "worker %s started: %d units",

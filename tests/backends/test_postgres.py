@@ -13,7 +13,7 @@ import pytest
 from projectionist import NewEvent, TransactionConflictError, create_store
 from projectionist.backends.postgres import PostgresEventStore
 from projectionist.migrations import latest_version, load_migrations
-from tests.conftest import PG_DSN, new_schema_name, settle
+from tests.conftest import PG_DSN, connect_other_database, new_schema_name, settle
 
 
 async def test_schemas_are_isolated(pg_schema: str) -> None:
@@ -106,15 +106,21 @@ async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
         async with store.pool.acquire() as connection:
             await connection.execute(f'ANALYZE "{pg_schema}".events')
             rows = await connection.fetch(
-                f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, 2**62, ["T1"]
+                f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, 2**62, 2**62, ["T1"]
             )
         plan = "\n".join(row[0] for row in rows)
         assert "events_global_order" in plan, plan
         assert "Seq Scan" not in plan, plan
         # The wake-up check runs on every notification: it must stay an index lookup.
         async with store.pool.acquire() as connection:
-            for sql in (store._sql_head, store._sql_head_held_back, store._sql_last_committed):
-                plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {sql}"))
+            for sql, args in (
+                (store._sql_head, [2**62]),
+                (store._sql_head_held_back, [2**62]),
+                (store._sql_last_committed, []),
+                (store._sql_held_back_since, [2**62]),
+                (store._sql_backlog, [0, 0, 10_000, 1, 0]),  # status: never a full count
+            ):
+                plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {sql}", *args))
                 assert "Seq Scan" not in plan, plan
 
 
@@ -141,28 +147,83 @@ async def test_global_order_keeps_each_stream_in_version_order(pg_schema: str) -
         assert [(e.stream_id, e.version) for e in batch.events] == [("s", 1), ("s", 2)]
 
 
-async def test_readers_wake_when_a_transaction_holding_them_back_ends(pg_schema: str) -> None:
-    """No NOTIFY comes when an unrelated write transaction ends; readers still wake fast."""
-    reader = create_store(PG_DSN, schema=pg_schema, poll_interval=60)
-    writer = create_store(PG_DSN, schema=pg_schema)
-    async with reader, writer:
-        await reader.apply_schema()
-        head = await reader.head()
-        blocker = await asyncpg.connect(PG_DSN)
+async def test_a_writer_that_appends_nothing_holds_no_reader_back(pg_schema: str) -> None:
+    """Readers wait only for this store's appenders: an open write transaction in the same
+    database or in another one (transaction ids are cluster-wide) delays nobody."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    async with store:
+        await store.apply_schema()
+        blockers = [await asyncpg.connect(PG_DSN), await connect_other_database()]
         try:
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.fetchval("SELECT pg_current_xact_id()")  # an open writer, no events
-            await writer.append("s", [NewEvent("A", {})])
-            waiting = asyncio.create_task(reader.wait_for_events(head, timeout=30))
-            await asyncio.sleep(0.3)
-            assert not waiting.done(), "the event must stay hidden while the blocker is open"
-            await transaction.rollback()
-            ended = time.monotonic()
-            assert await asyncio.wait_for(waiting, 30) is True
-            assert time.monotonic() - ended < 2
+            for blocker in blockers:
+                await blocker.execute("BEGIN")
+                await blocker.fetchval("SELECT pg_current_xact_id()")  # an open writer
+            result = await store.append("s", [NewEvent("A", {})])
+            assert await store.head() == result.position  # visible at once
+            assert [e.type for e in (await store.read_all()).events] == ["A"]
+            assert await store.held_back() is None
         finally:
-            await blocker.close()
+            for blocker in blockers:
+                await blocker.close()
+
+
+async def test_a_transaction_that_wrote_before_appending_is_not_skipped(pg_schema: str) -> None:
+    """A transaction whose id is older than events a reader has passed announces itself
+    late; its events must still come after that reader's checkpoint (a fresh order key)."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        older = await asyncpg.connect(PG_DSN)
+        try:
+            await older.execute("BEGIN")
+            old_id = int(await older.fetchval("SELECT pg_current_xact_id()::text"))
+            passed = await store.append("young", [NewEvent("Young", {})])
+            assert passed.position.tx > old_id
+            first = await store.read_all()
+            assert [e.type for e in first.events] == ["Young"]
+            late = await store.append_on(older, "late", [NewEvent("Late", {})])
+            again = await store.append_on(older, "late", [NewEvent("Later", {})])
+            assert late.position > first.checkpoint, "a key below a passed checkpoint"
+            assert again.position.tx == late.position.tx  # one key per transaction
+            assert (await store.read_all(first.checkpoint)).events == []  # still open
+            await older.execute("COMMIT")
+        finally:
+            await older.close()
+        await settle(store)
+        rest = await store.read_all(first.checkpoint)
+        assert [e.type for e in rest.events] == ["Late", "Later"]
+
+
+async def test_a_rolled_back_savepoint_announces_again(pg_schema: str) -> None:
+    """The announcement (lock and remembered key) vanishes with a rolled-back savepoint;
+    the next append of the transaction announces again, so readers still wait for it."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    assert isinstance(store, PostgresEventStore)
+    async with store:
+        await store.apply_schema()
+        connection = await asyncpg.connect(PG_DSN)
+        try:
+            await connection.execute("BEGIN")
+            await connection.execute("SAVEPOINT s")
+            await store.append_on(connection, "a", [NewEvent("Dropped", {})])
+            await connection.execute("ROLLBACK TO SAVEPOINT s")
+            passed = await store.append("b", [NewEvent("Other", {})])
+            assert await store.head() == passed.position
+            kept = await store.append_on(connection, "a", [NewEvent("Kept", {})])
+            assert kept.position > passed.position
+            assert await store.head() == passed.position  # held back by the open append
+            held = await store.held_back()
+            assert held is None  # nothing committed waits behind it yet
+            await store.append("c", [NewEvent("Behind", {})])
+            held = await store.held_back()
+            assert held is not None and held.by is not None and "idle in transaction" in held.by
+            await connection.execute("COMMIT")
+        finally:
+            await connection.close()
+        await settle(store)
+        batch = await store.read_all()
+        assert [e.type for e in batch.events] == ["Other", "Kept", "Behind"]
 
 
 async def test_rolled_back_transaction_wakes_readers_of_what_it_held_back(pg_schema: str) -> None:

@@ -22,6 +22,7 @@ from projectionist import (
 )
 from projectionist.migrations import latest_version
 from projectionist.partitions import Partition, partition_of
+from projectionist.store import BACKLOG_COUNTED
 from tests.conftest import StoreFactory, settle
 
 
@@ -318,6 +319,26 @@ async def test_partitioned_reads_split_streams_stably_and_keep_stream_order(
         expected = len([e for e in part if e.position > middle])
         assert await store.count_after(middle, Partition(index, 3)) == expected
     assert await store.count_after(middle) == len([e for e in recorded if e.position > middle])
+    # So does the backlog (a projection's lag), with the oldest waiting event's time.
+    for index, part in enumerate(parts):
+        waiting = [e for e in part if e.position > middle]
+        backlog = await store.backlog(middle, Partition(index, 3))
+        assert (backlog.events, backlog.estimated) == (len(waiting), False)
+        assert backlog.oldest == (waiting[0].recorded_at if waiting else None)
+    assert (await store.backlog(recorded[-1].position)).events == 0
+
+
+async def test_a_long_backlog_is_estimated_not_counted(store: EventStore) -> None:
+    """Status must stay cheap however far behind a projection is: beyond BACKLOG_COUNTED
+    events the backlog is estimated from positions, close to the truth."""
+    for n in range(BACKLOG_COUNTED // 1000 + 3):
+        await store.append(f"s{n}", [NewEvent("A", {"i": i}) for i in range(1000)])
+    total = await store.count_after(START)
+    backlog = await store.backlog(START)
+    assert backlog.estimated is (store.url != "memory://")  # memory counts in a list
+    assert total <= backlog.events <= total * 1.05
+    in_half = await store.backlog(START, Partition(0, 2))
+    assert abs(in_half.events - await store.count_after(START, Partition(0, 2))) < total * 0.1
 
 
 @pytest.mark.parametrize("partition", [Partition(3, 3), Partition(-1, 2), Partition(0, 0)])

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from projectionist import Application, Projection, ReadModelTransaction, RecordedEvent, leases
+from projectionist.backends.postgres import PostgresEventStore
 from projectionist.errors import ProjectionVersionError
 from projectionist.partitions import partition_of
 from projectionist.worker import Worker
@@ -228,13 +229,20 @@ async def test_status_names_the_transaction_holding_readers_back(pg_apps: Apps) 
         pid = await blocker.fetchval("SELECT pg_backend_pid()")
         transaction = blocker.transaction()
         await transaction.start()
-        await blocker.fetchval("SELECT txid_current()")  # takes an xid, stays open
+        await blocker.fetchval("SELECT txid_current()")  # a writer, but not of events
         try:
-            await app.store.append("acct-2", money(2, 3))  # commits, but is held back
+            await app.store.append("acct-2", money(2, 3))  # visible at once: not held back
+            await settle(app.store)
+            assert await nobody_holds_back()
+            assert isinstance(app.store, PostgresEventStore)
+            await app.store.append_on(blocker, "acct-3", money(3, 1))  # an appender, open
+            await app.store.append("acct-4", money(4, 3))  # commits, but is held back
 
             async def named() -> bool:
                 return all(
                     f"transaction of pid {pid} (idle in transaction" in (s.held_back_by or "")
+                    and s.held_back_seconds > 0
+                    and s.lag >= 3  # committed and waiting: counted although not visible
                     for s in await app.status()
                 )
 

@@ -11,12 +11,14 @@ import orjson
 
 from ..errors import ConcurrencyError, InvalidInputError
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ..migrations import latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
 from ..store import (
     ANY,
     DEFAULT_BATCH_SIZE,
     AppendResult,
+    Backlog,
     EventBatch,
     EventStore,
     ExclusiveReplay,
@@ -27,8 +29,6 @@ from ..store import (
     validate_types,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
-
-SCHEMA_VERSION = 1
 
 
 class MemoryEventStore(EventStore):
@@ -61,13 +61,21 @@ class MemoryEventStore(EventStore):
 
     async def apply_schema(self) -> int:
         await self._read_models.apply_schema()
-        return SCHEMA_VERSION
+        return latest_version("sqlite")  # the same tables as SQLite
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
         part = (partition or Partition(0, 1)).validate()
         if part.count == 1:
             return max(len(self._events) - after.seq, 0)
         return sum(1 for event in self._events[after.seq :] if part.holds(event.stream_id))
+
+    async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        part = (partition or Partition(0, 1)).validate()
+        waiting = (e for e in self._events[after.seq :] if part.holds(e.stream_id))
+        first = next(waiting, None)
+        if first is None:
+            return Backlog(0, False, None)
+        return Backlog(await self.count_after(after, part), False, first.recorded_at)
 
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
@@ -78,7 +86,7 @@ class MemoryEventStore(EventStore):
             yield _MemoryReplay(self, SqliteReadModelTransaction(connection))
 
     async def schema_version(self) -> int:
-        return SCHEMA_VERSION
+        return latest_version("sqlite")  # the same tables as SQLite
 
     async def append(
         self,

@@ -41,12 +41,15 @@ from ..readmodel import (
 )
 from ..store import (
     ANY,
+    BACKLOG_COUNTED,
     DEFAULT_BATCH_SIZE,
     AppendResult,
+    Backlog,
     EventBatch,
     EventStore,
     ExclusiveReplay,
     ExpectedVersion,
+    HeldBack,
     prepare_append,
     validate_batch_size,
     validate_max_bytes,
@@ -64,17 +67,23 @@ START_HINT = (
     "is PostgreSQL running? Start it with "
     "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'"
 )
-# The horizon: transactions with smaller ids have all ended, so no event can still appear
-# below it. Evaluated once per statement, with the statement's own snapshot.
-# A scalar subquery, so PostgreSQL computes it once (an InitPlan) and uses it as an index
-# bound; written inline, it would be evaluated for every row of a full index scan.
-_HORIZON = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+# The first half of every store's advisory lock key (migration 0002): appenders hold it.
+STORE_LOCK_CLASS = 1886547818
+# Above every order key: reads in an exclusive replay (appends locked out) see everything.
+_NO_HORIZON = 9223372036854775807
 _EVENT_COLUMNS = (
     "e.position, e.tx_id, e.id, e.stream_id, e.version, e.type, "
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
 )
 _APPEND_ATTEMPTS = 5
-_OWN_OBJECTS = ("events", "streams", "schema_migrations", "projection_checkpoints", "append_events")
+_OWN_OBJECTS = (
+    "events",
+    "streams",
+    "schema_migrations",
+    "projection_checkpoints",
+    "append_events",
+    "horizon",
+)
 _CHECKPOINT_SELECT = "SELECT name, version, tx_id, position, events_processed, updated_at FROM"
 CHECKPOINTS_TABLE = """
     CREATE TABLE IF NOT EXISTS {{schema}}.projection_checkpoints (
@@ -133,8 +142,14 @@ class PostgresEventStore(EventStore):
         schema: str | None = None,
         pool_size: int = 10,
         poll_interval: float = 1.0,
+        notify_interval: float = 0.01,
     ) -> None:
         super().__init__()
+        if not 0 <= notify_interval <= 1:
+            raise ConfigurationError(
+                f"notify_interval must be between 0 and 1 second, not {notify_interval!r}"
+            )
+        self.notify_interval = notify_interval
         dsn, url_schema = pop_query_option(url, "schema")
         self.schema = validate_identifier(schema or url_schema or DEFAULT_SCHEMA, "schema name")
         self.url = redact_url(url)
@@ -144,6 +159,7 @@ class PostgresEventStore(EventStore):
         self._pool: asyncpg.Pool | None = None
         self._background: list[asyncio.Task[None]] = []
         self._notify_requested = asyncio.Event()
+        self._horizon_floor = 0
         self.channel = f"projectionist_{self.schema}"
         # The channel is built from a validated identifier, so it is safe as a literal.
         self._sql_notify = (
@@ -153,8 +169,11 @@ class PostgresEventStore(EventStore):
         q = quote_identifier(self.schema)
         self._q = q
         self._sql_append = f"SELECT * FROM {q}.append_events($1, $2, $3, $4, $5, $6)"
+        # The horizon of this store (migration 0002, docs/global-order.md): read in its own
+        # statement, before the statement that reads events below it.
+        self._sql_horizon = f"SELECT {q}.horizon()"
         self._sql_head = (
-            f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < {_HORIZON} "
+            f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < $1 "
             "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
         )
         self._sql_last_committed = (
@@ -162,17 +181,42 @@ class PostgresEventStore(EventStore):
             "ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
         )
         self._sql_head_held_back = f"""
-            WITH horizon AS (SELECT {_HORIZON} AS xmin)
             SELECT h.tx_id, h.position, coalesce((
                 -- the newest committed event (one index entry), not an EXISTS the planner
                 -- may answer with a sequential scan
                 SELECT b.tx_id FROM {q}.events b ORDER BY b.tx_id DESC, b.position DESC LIMIT 1
-            ) >= (SELECT xmin FROM horizon), false) AS held_back
+            ) >= $1, false) AS held_back
             FROM (SELECT) AS one LEFT JOIN LATERAL (
-                SELECT e.tx_id, e.position FROM {q}.events e
-                WHERE e.tx_id < (SELECT xmin FROM horizon)
+                SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < $1
                 ORDER BY e.tx_id DESC, e.position DESC LIMIT 1
             ) h ON true
+        """
+        # Committed events after a position, whether readers see them yet or not: counted up
+        # to $3, the rest estimated from positions (status must not count a long backlog).
+        part = PARTITION_SQL.format(column="e.stream_id", count="$4::bigint")
+        self._sql_backlog = f"""
+            SELECT count(*) AS counted, max(c.position) AS reached,
+                   min(c.recorded_at) AS oldest,
+                   (SELECT max(l.position) FROM {q}.events l) AS last
+            FROM (
+                SELECT e.position, e.recorded_at FROM {q}.events e
+                WHERE (e.tx_id, e.position) > ($1, $2) AND ($4 = 1 OR {part} = $5)
+                ORDER BY e.tx_id, e.position LIMIT $3
+            ) c
+        """
+        # Seconds the first committed event beyond the horizon has waited, if there is one.
+        self._sql_held_back_since = (
+            "SELECT extract(epoch from clock_timestamp() - e.recorded_at)::float8 "
+            f"FROM {q}.events e WHERE e.tx_id >= $1 ORDER BY e.tx_id, e.position LIMIT 1"
+        )
+        self._sql_oldest_appender = f"""
+            SELECT a.pid, s.state,
+                   extract(epoch from clock_timestamp() - s.xact_start)::float8 AS seconds
+            FROM pg_locks a LEFT JOIN pg_stat_activity s ON s.pid = a.pid
+            WHERE a.locktype = 'advisory' AND a.granted AND a.objsubid = 2
+              AND a.classid = {STORE_LOCK_CLASS} AND a.objid = {q}.store_lock_key()::oid
+              AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            ORDER BY s.xact_start NULLS FIRST LIMIT 1
         """
         self._sql_read_stream = (
             f"SELECT {_EVENT_COLUMNS} FROM {q}.events e WHERE e.stream_id = $1 "
@@ -180,11 +224,11 @@ class PostgresEventStore(EventStore):
         )
         self._sql_count_after = (
             f"SELECT count(*) FROM {q}.events e WHERE (e.tx_id, e.position) > ($1, $2) "
-            f"AND e.tx_id < {_HORIZON}"
+            "AND e.tx_id < $3"
         )
         self._sql_count_after_partition = (
             self._sql_count_after
-            + f" AND {PARTITION_SQL.format(column='e.stream_id', count='$3::bigint')} = $4"
+            + f" AND {PARTITION_SQL.format(column='e.stream_id', count='$4::bigint')} = $5"
         )
         self._read_models = PostgresReadModelStore(
             lambda: self.pool, self._q, self._translate_errors
@@ -192,26 +236,22 @@ class PostgresEventStore(EventStore):
         self._sql_read_all = self._read_all_sql(filtered=False)
         self._sql_read_all_types = self._read_all_sql(filtered=True)
         self._sql_read_all_partition = self._read_all_sql(filtered=True, partitioned=True)
-        self._sql_exclusive_read_all = self._read_all_sql(
-            filtered=True, partitioned=True, horizon="9223372036854775807"
-        )
 
-    def _read_all_sql(
-        self, *, filtered: bool, partitioned: bool = False, horizon: str = _HORIZON
-    ) -> str:
+    def _read_all_sql(self, *, filtered: bool, partitioned: bool = False) -> str:
         # One statement, one snapshot: the page and the head it was read against. The head
         # lets a filtered read move its checkpoint past events of other types it scanned.
         # The page stops at $3 events or once $4 bytes of payload are reached (at least one
-        # event); "fetched" tells the caller whether bytes cut it short. A partitioned read
-        # ($6 of $7) keeps the streams whose hash falls in its partition.
-        type_filter = "AND e.type = ANY($5::text[])" if filtered else ""
+        # event); "fetched" tells the caller whether bytes cut it short. $5 is the horizon,
+        # read by an earlier statement (only events below it are final). A partitioned read
+        # ($7 of $8) keeps the streams whose hash falls in its partition.
+        type_filter = "AND e.type = ANY($6::text[])" if filtered else ""
         if partitioned:  # types optional: NULL for all
-            type_filter = "AND ($5::text[] IS NULL OR e.type = ANY($5))"
-            part = PARTITION_SQL.format(column="e.stream_id", count="$7::bigint")
-            type_filter += f" AND ($7::bigint = 1 OR {part} = $6::bigint)"
+            type_filter = "AND ($6::text[] IS NULL OR e.type = ANY($6))"
+            part = PARTITION_SQL.format(column="e.stream_id", count="$8::bigint")
+            type_filter += f" AND ($8::bigint = 1 OR {part} = $7::bigint)"
         q = self._q
         return f"""
-            WITH horizon AS (SELECT {horizon} AS xmin),
+            WITH horizon AS (SELECT $5::bigint AS xmin),
             head AS (
                 SELECT h.tx_id, h.position FROM {q}.events h
                 WHERE h.tx_id < (SELECT xmin FROM horizon)
@@ -462,6 +502,9 @@ class PostgresEventStore(EventStore):
         self._notify_requested.set()
 
     async def _notify_forever(self) -> None:
+        """The first commit after a quiet spell is announced at once; the commits of the
+        next ``notify_interval`` seconds share one NOTIFY after it. A NOTIFY is a transaction
+        of its own and takes a transaction id: one per burst, not one per append."""
         while True:
             await self._notify_requested.wait()
             self._notify_requested.clear()
@@ -479,6 +522,7 @@ class PostgresEventStore(EventStore):
                     extra={"action": "notify_failed", "channel": self.channel},
                 )
                 await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(self.notify_interval)
 
     async def append_on(
         self,
@@ -601,10 +645,9 @@ class PostgresEventStore(EventStore):
         wanted = validate_types(types)
         part = (partition or Partition(0, 1)).validate()
         args: list[object] = [after.tx, after.seq, limit, validate_max_bytes(max_bytes)]
-        if exclusive:  # appends are locked out: every committed event is final
-            sql = self._sql_exclusive_read_all
-            args += [wanted, part.index, part.count]
-        elif part.count > 1:
+        # In an exclusive replay appends are locked out: every committed event is final.
+        args.append(_NO_HORIZON if exclusive else await self._horizon(connection))
+        if exclusive or part.count > 1:
             sql = self._sql_read_all_partition
             args += [wanted, part.index, part.count]
         elif wanted is None:
@@ -622,16 +665,43 @@ class PostgresEventStore(EventStore):
         head = Position(rows[0]["head_tx"], rows[0]["head_position"])
         return EventBatch(events, max(after, head))
 
+    async def _horizon(self, connection: Connection) -> int:
+        """This store's horizon, in a statement of its own: a later statement's snapshot sees
+        every committed event below it, and no event can commit below it any more.
+
+        Once true of a horizon, that stays true; so the highest one seen is kept. A fresh
+        one can be lower: a transaction that wrote before it appended announces itself
+        with its older id, a bound below its (younger) order key."""
+        with self._translate_errors("reading the horizon"):
+            horizon: int = await connection.fetchval(self._sql_horizon)
+        self._horizon_floor = max(self._horizon_floor, horizon)
+        return self._horizon_floor
+
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
         part = (partition or Partition(0, 1)).validate()
         async with self._connection("counting events") as connection:
+            horizon = await self._horizon(connection)
             if part.count == 1:
-                count: int = await connection.fetchval(self._sql_count_after, after.tx, after.seq)
+                count: int = await connection.fetchval(
+                    self._sql_count_after, after.tx, after.seq, horizon
+                )
             else:
                 count = await connection.fetchval(
-                    self._sql_count_after_partition, after.tx, after.seq, part.count, part.index
-                )
+                    self._sql_count_after_partition,
+                    after.tx, after.seq, horizon, part.count, part.index,
+                )  # fmt: skip
         return count
+
+    async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        part = (partition or Partition(0, 1)).validate()
+        async with self._connection("measuring the backlog") as connection:
+            row = await connection.fetchrow(
+                self._sql_backlog, after.tx, after.seq, BACKLOG_COUNTED, part.count, part.index
+            )
+        assert row is not None
+        return Backlog.measured(
+            row["counted"], row["reached"], row["last"], row["oldest"], part.count
+        )
 
     def read_models(self) -> ReadModelStore:
         return self._read_models
@@ -648,7 +718,8 @@ class PostgresEventStore(EventStore):
 
     async def head(self) -> Position:
         async with self._connection("reading the head") as connection:
-            row = await connection.fetchrow(self._sql_head)
+            horizon = await self._horizon(connection)
+            row = await connection.fetchrow(self._sql_head, horizon)
         return START if row is None else Position(row["tx_id"], row["position"])
 
     async def last_committed(self) -> Position:
@@ -656,30 +727,30 @@ class PostgresEventStore(EventStore):
             row = await connection.fetchrow(self._sql_last_committed)
         return START if row is None else Position(row["tx_id"], row["position"])
 
-    async def holdup(self) -> str | None:
-        _, held_back = await self._head_and_held_back()
-        if not held_back:
-            return None
-        async with self._connection("looking for old transactions") as connection:
-            row = await connection.fetchrow(
-                "SELECT pid, state, extract(epoch from clock_timestamp() - xact_start)::float8 "
-                "AS seconds, left(query, 120) AS query FROM pg_stat_activity "
-                "WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
-                "ORDER BY age(backend_xid) DESC LIMIT 1"
-            )
-        if row is None:  # it ended meanwhile
-            return None
-        return (
-            f"transaction of pid {row['pid']} ({row['state']}, open {row['seconds']:.1f}s): "
-            f"{row['query']}"
-        )
+    async def held_back(self) -> HeldBack | None:
+        async with self._connection("looking for held back events") as connection:
+            horizon = await self._horizon(connection)
+            waiting = await connection.fetchval(self._sql_held_back_since, horizon)
+            if waiting is None:
+                return None
+            holder = await connection.fetchrow(self._sql_oldest_appender)
+        return HeldBack(max(0.0, waiting), None if holder is None else _describe_holder(holder))
 
     async def _head_and_held_back(self) -> tuple[Position, bool]:
         async with self._connection("reading the head") as connection:
-            row = await connection.fetchrow(self._sql_head_held_back)
+            horizon = await self._horizon(connection)
+            row = await connection.fetchrow(self._sql_head_held_back, horizon)
         assert row is not None
         head = START if row["tx_id"] is None else Position(row["tx_id"], row["position"])
         return head, bool(row["held_back"])
+
+
+def _describe_holder(row: asyncpg.Record) -> str:
+    """The open appending transaction, without its SQL text (it may hold secrets)."""
+    if row["pid"] is None:
+        return "a prepared transaction (see pg_prepared_xacts)"
+    state = row["state"] or "unknown state"
+    return f"transaction of pid {row['pid']} ({state}, open {row['seconds']:.1f}s)"
 
 
 class PostgresTransaction:
@@ -813,18 +884,34 @@ class PostgresReadModelStore(ReadModelStore):
         self._q = quoted_schema
         self._translate_errors = translate_errors
         self._base = base
+        self._idle_ms = 0
+        self._begin = self._begin_sql()
+
+    def _begin_sql(self) -> str:
+        begin = "BEGIN; SET LOCAL synchronous_commit = off"
+        if self._idle_ms:
+            begin += f"; SET LOCAL idle_in_transaction_session_timeout = {self._idle_ms}"
         # A side schema (a blue/green build, a verification) puts itself first on the path:
         # handlers' unqualified tables land there, the operations tables resolve to the base.
-        self._begin = "BEGIN; SET LOCAL synchronous_commit = off"
-        if base is not None:
-            self._begin += f"; SET LOCAL search_path = {quoted_schema}, {base}, public"
+        if self._base is not None:
+            begin += f"; SET LOCAL search_path = {self._q}, {self._base}, public"
+        return begin
+
+    def limit_idle_transactions(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ConfigurationError(f"the idle transaction limit must be positive, not {seconds}")
+        self._idle_ms = max(1, round(seconds * 1000))
+        self._begin = self._begin_sql()
 
     def in_schema(self, schema: str) -> PostgresReadModelStore:
         """The same database, with read models and checkpoints in ``schema`` (a side schema
         such as a blue/green build); the base schema stays on the path behind it."""
-        return PostgresReadModelStore(
+        side = PostgresReadModelStore(
             self._pool, quote_identifier(schema), self._translate_errors, base=self._q
         )
+        if self._idle_ms:
+            side.limit_idle_transactions(self._idle_ms / 1000)
+        return side
 
     @property
     def quoted_schema(self) -> str:

@@ -45,8 +45,10 @@ from ..readmodel import (
 )
 from ..store import (
     ANY,
+    BACKLOG_COUNTED,
     DEFAULT_BATCH_SIZE,
     AppendResult,
+    Backlog,
     ChangeSignal,
     EventBatch,
     EventStore,
@@ -526,6 +528,21 @@ class SqliteEventStore(EventStore):
             cursor = await connection.execute(sql, params)
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        part = (partition or Partition(0, 1)).validate()
+        async with self.transaction("measuring the backlog", write=False) as connection:
+            cursor = await connection.execute(
+                "SELECT count(*), max(c.position), min(c.recorded_at), "
+                "(SELECT max(position) FROM events) FROM (SELECT position, recorded_at "
+                "FROM events WHERE position > ? AND (? = 1 OR pj_partition(stream_id, ?) = ?) "
+                "ORDER BY position LIMIT ?) c",
+                (after.seq, part.count, part.count, part.index, BACKLOG_COUNTED),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        oldest = None if row[2] is None else datetime.fromisoformat(row[2])
+        return Backlog.measured(row[0], row[1], row[3], oldest, part.count)
 
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:

@@ -44,7 +44,8 @@ class StatusCollector(Collector):
             (
                 GaugeMetricFamily(
                     "projectionist_lag_events",
-                    "Events after the projection's position",
+                    "Committed events after the projection's position, visible or held back "
+                    "(estimated beyond 10,000)",
                     labels=LABELS,
                 ),
                 "lag",
@@ -52,10 +53,19 @@ class StatusCollector(Collector):
             (
                 GaugeMetricFamily(
                     "projectionist_lag_seconds",
-                    "Age of the oldest event the projection has not processed yet",
+                    "Age of the oldest committed event the projection has not processed yet",
                     labels=LABELS,
                 ),
                 "lag_seconds",
+            ),
+            (
+                GaugeMetricFamily(
+                    "projectionist_held_back_seconds",
+                    "How long committed events have waited, invisible to readers, behind an "
+                    "older open transaction that appended to the store",
+                    labels=LABELS,
+                ),
+                "held_back_seconds",
             ),
             (
                 GaugeMetricFamily(

@@ -95,13 +95,14 @@ function fill(row, item) {
   if (item.held_back_by) {
     const held = document.createElement("span");
     held.className = "held";
-    held.textContent = "held back by " + item.held_back_by;
+    const seconds = isNumber(item.held_back_seconds) ? ` for ${formatSeconds(item.held_back_seconds)}` : "";
+    held.textContent = `held back${seconds} by ${item.held_back_by}`;
     state.appendChild(held);
   }
 
   cell("owner").textContent = item.owner ?? "-";
   cell("position").textContent = item.position ?? "-";
-  cell("lag").textContent = formatCount(item.lag);
+  cell("lag").textContent = (item.lag_estimated ? "~" : "") + formatCount(item.lag);
   cell("lag_seconds").textContent = formatSeconds(item.lag_seconds);
   cell("rate").textContent = formatRate(item.rate);
   cell("events_processed").textContent = formatCount(item.events_processed);
