@@ -95,7 +95,8 @@ function fill(row, item) {
   if (item.held_back_by) {
     const held = document.createElement("span");
     held.className = "held";
-    const seconds = isNumber(item.held_back_seconds) ? ` for ${formatSeconds(item.held_back_seconds)}` : "";
+    const waited = isNumber(item.held_back_seconds) && item.held_back_seconds > 0;
+    const seconds = waited ? ` for ${formatSeconds(item.held_back_seconds)}` : "";
     held.textContent = `held back${seconds} by ${item.held_back_by}`;
     state.appendChild(held);
   }
