@@ -1,10 +1,14 @@
 """A projector run as a child process by test_projector_crash.py, to be killed with SIGKILL.
 
-    python -m tests.faults.projector_child URL [--kill-after-commit N]
+    python -m tests.faults.projector_child URL [--kill-after-commit N | --step]
 
 opens an Application with ``ledger``, runs ``setup()``, prints ``catching-up`` (the parent
 times its kills from that line), brings the projection up to the head with
 ``run_until_caught_up()``, prints ``caught-up TX/SEQ`` and exits 0.
+
+With ``--step`` it prints ``committed`` after each read-model commit once caught up with its
+set-up, and waits for a line on stdin before it goes on: the parent kills it on progress
+(after a chosen number of batches), never on a clock, and it can never run ahead to the head.
 
 With ``--kill-after-commit N`` it sends itself SIGKILL the moment its N-th read-model
 transaction has committed: a kill at a commit boundary, the instant after the rows and the
@@ -33,6 +37,7 @@ from projectionist import (
     ReadModelTransaction,
     RecordedEvent,
 )
+from tests.faults.stepping import step_after_commits
 
 LEDGER_KEYS = {"ledger_totals": "type", "ledger_accounts": "stream_id", "ledger_notes": "stream_id"}
 """Each read-model table with its primary key, to read tables back in a stable order."""
@@ -125,11 +130,13 @@ def kill_after_commits(read_models: ReadModelStore, commits: int) -> None:
     read_models.transaction = counted  # type: ignore[method-assign]
 
 
-async def project(url: str, kill_after_commit: int | None = None) -> None:
+async def project(url: str, kill_after_commit: int | None = None, step: bool = False) -> None:
     async with Application(url, [ledger]) as app:
         if kill_after_commit is not None:
             kill_after_commits(app.read_models, kill_after_commit)
         await app.setup()
+        if step:
+            step_after_commits(app.read_models)
         print(READY, flush=True)
         await app.run_until_caught_up()
         checkpoint = await app.read_models.checkpoint(ledger.name)
@@ -140,11 +147,13 @@ async def project(url: str, kill_after_commit: int | None = None) -> None:
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 1:
         asyncio.run(project(argv[0]))
+    elif len(argv) == 2 and argv[1] == "--step":
+        asyncio.run(project(argv[0], step=True))
     elif len(argv) == 3 and argv[1] == "--kill-after-commit" and argv[2].isdigit():
         asyncio.run(project(argv[0], int(argv[2])))
     else:
         print(
-            "usage: python -m tests.faults.projector_child URL [--kill-after-commit N]",
+            "usage: python -m tests.faults.projector_child URL [--kill-after-commit N | --step]",
             file=sys.stderr,
         )
         return 2

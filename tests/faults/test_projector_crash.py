@@ -7,12 +7,13 @@ counters, so a batch applied twice or lost would show. At the end the read model
 the totals computed here from the appended events, and a clean rebuild, row for row; the
 checkpoint must stand at the store's head, having counted every handled event exactly once.
 
-Kill timing: most children are killed by the parent a random time after they report
-``catching-up`` (set up, about to read). The delays are drawn from a share of the catch-up
-work still left, at the throughput measured over earlier children, so the kills spread over
-the whole catch-up and it cannot finish early. Some children are killed during start-up
-instead, at a random fraction of the measured start-up time (imports, connecting,
-``setup()``). And some kill themselves right after their N-th read-model commit (N random):
+Kill timing: most children are killed by the parent on progress, never on a clock: they run
+with ``--step`` (tests/faults/stepping.py), report each commit and wait for a go-ahead, and
+the parent kills one after a random number of batches, drawn from a share of the batches
+still left, so the kills spread over the whole catch-up and it cannot finish early, however
+fast or loaded the machine. Some children are killed during start-up instead, at a random
+fraction of the measured start-up time (imports, connecting, ``setup()``). And some kill
+themselves right after their N-th read-model commit (N random):
 the instant between a batch's commit and the next one is too short for kills from outside
 to hit reliably, yet it is where a checkpoint saved apart from its rows would be caught.
 """
@@ -46,6 +47,7 @@ from tests.faults.projector_child import (
     SIGNED,
     ledger,
 )
+from tests.faults.stepping import kill_after_batches
 
 SEED = 20_240_917
 STREAMS = 1_000
@@ -188,7 +190,7 @@ class How(enum.StrEnum):
     """Where a child is killed."""
 
     CATCH_UP = "catch-up"
-    """By the parent, a random delay after the child reported catching-up."""
+    """By the parent, after a random number of the child's batches."""
     START_UP = "start-up"
     """By the parent, a random fraction of the measured start-up time after the spawn."""
     COMMIT = "commit"
@@ -203,9 +205,10 @@ class Child:
     startup: float | None = None
     """Seconds from spawn to catching-up, when the parent waited for that."""
     delay: float = 0.0
-    """Seconds between catching-up (or the spawn, at start-up) and the parent's kill."""
+    """Seconds between the spawn and the parent's kill, at start-up."""
     commits: int = 0
-    """The commit after which a child killed at a commit kills itself."""
+    """The commit after which the child is killed (by the parent during catch-up, by itself
+    at a commit)."""
     returncode: int | None = None
     progress: int = 0
     """Events the checkpoint moved past during this life."""
@@ -230,6 +233,7 @@ async def spawn(url: str, *options: str) -> asyncio.subprocess.Process:
         url,
         *options,
         cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -289,15 +293,12 @@ class Crashes:
             return How.START_UP
         return How.CATCH_UP
 
-    def catch_up_delay(self) -> float:
-        """A random share of the catch-up time left, at the throughput measured so far,
-        leaving work for every kill still to come (so that catch-up cannot end early)."""
-        timed = [c for c in self.children if c.how is How.CATCH_UP and c.killed]
-        seconds = sum(c.delay for c in timed)
-        rate = sum(c.progress for c in timed) / seconds if seconds else 0.0
-        kills_to_go = CATCH_UP_KILLS - self.count(How.CATCH_UP)
-        share = self.left / rate / (kills_to_go + 3) if rate > 0 else 0.25
-        return self.rng.uniform(0.1, 1.6) * share
+    def catch_up_batches(self) -> int:
+        """A random share of the batches left (at least events left / batch size), leaving
+        enough for every kill still to come (so that catch-up cannot end early)."""
+        batches_left = self.left // ledger.batch_size
+        kills_to_go = CATCH_UP_KILLS - self.count(How.CATCH_UP) + COMMIT_KILLS
+        return self.rng.randint(1, max(1, batches_left // (kills_to_go + 3)))
 
     async def run_one(self) -> Child:
         child = Child(self.pick())
@@ -305,18 +306,20 @@ class Crashes:
         if child.how is How.COMMIT:
             child.commits = self.rng.randint(1, MAX_COMMITS)
             process = await spawn(self.url, "--kill-after-commit", str(child.commits))
-        else:
-            process = await spawn(self.url)
-            if child.how is How.START_UP:
-                startups = [c.startup for c in self.children if c.startup is not None]
-                child.delay = self.rng.uniform(0.0, statistics.median(startups))
-            else:
-                await wait_until_ready(process)
-                child.startup = time.monotonic() - started
-                child.delay = self.catch_up_delay()
+        elif child.how is How.START_UP:
+            process = await spawn(self.url, "--step")  # no go-ahead: at most one batch
+            startups = [c.startup for c in self.children if c.startup is not None]
+            child.delay = self.rng.uniform(0.0, statistics.median(startups))
             await asyncio.sleep(child.delay)
             with contextlib.suppress(ProcessLookupError):  # it may have ended by itself
                 process.kill()
+        else:
+            process = await spawn(self.url, "--step")
+            await wait_until_ready(process)
+            child.startup = time.monotonic() - started
+            child.commits = self.catch_up_batches()
+            go_on = self.rng.random() < 0.7
+            await kill_after_batches(process, child.commits, go_on=go_on, timeout=READY_TIMEOUT)
         await finish(process, f"a child to be killed at {child.how}")
         child.returncode = process.returncode
         self.children.append(child)
@@ -390,8 +393,8 @@ async def test_sigkilled_projector_equals_clean_rebuild(crash_url: str) -> None:
     print(
         f"\n{crash_url.partition(':')[0]}: {expected.events} events, "
         f"{sum(c.killed for c in children)} SIGKILLs: {len(mid)} from outside during catch-up "
-        f"({sum(c.progress > 0 for c in mid)} after committing batches in that life; delays "
-        f"{min(c.delay for c in mid):.2f}-{max(c.delay for c in mid):.2f}s after catching-up, "
+        f"({sum(c.progress > 0 for c in mid)} after committing batches in that life: "
+        f"{min(c.commits for c in mid)}-{max(c.commits for c in mid)} batches, "
         f"start-up median {statistics.median(startups):.2f}s), "
         f"{crashes.count(How.COMMIT)} self-inflicted at commit boundaries, "
         f"{sum(c.how is How.START_UP for c in children)} during start-up; "

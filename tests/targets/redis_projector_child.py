@@ -15,33 +15,18 @@ parent's comparison.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-from projectionist import Application, ReadModelTransaction
+from projectionist import Application
 from projectionist.targets.redis import RedisReadModelStore
 from tests.faults.projector_child import DONE, READY, kill_after_commits
+from tests.faults.stepping import step_after_commits
 from tests.targets.conftest import REDIS_URL
 from tests.targets.redis_ledger import make_ledger
 
 BATCH_SIZE = 50
 LOCK_TTL = 1.0  # a child killed while holding the set-up lock delays the next by at most this
-COMMITTED = "committed"
-
-
-def step_after_commits(store: RedisReadModelStore) -> None:
-    """After each committed transaction, say so and wait for the parent's go-ahead."""
-    transaction = store.transaction
-
-    @contextlib.asynccontextmanager
-    async def stepped() -> AsyncIterator[ReadModelTransaction]:
-        async with transaction() as tx:
-            yield tx
-        print(COMMITTED, flush=True)
-        await asyncio.to_thread(sys.stdin.readline)
-
-    store.transaction = stepped  # type: ignore[method-assign]
 
 
 async def project(url: str, prefix: str, kill_after_commit: int | None, step: bool) -> None:

@@ -26,9 +26,10 @@ from projectionist import Application
 from projectionist.targets.redis import RedisReadModelStore
 from tests.conftest import PG_DSN
 from tests.faults.projector_child import DONE, READY
+from tests.faults.stepping import kill_after_batches
 from tests.targets.conftest import REDIS_URL
 from tests.targets.redis_ledger import expected_of, history, make_ledger, read_ledger
-from tests.targets.redis_projector_child import BATCH_SIZE, COMMITTED
+from tests.targets.redis_projector_child import BATCH_SIZE
 
 SEED = 20_261_127
 OUTSIDE_KILLS = 12  # kills from outside that land mid catch-up
@@ -51,22 +52,6 @@ async def spawn(url: str, prefix: str, *options: str) -> asyncio.subprocess.Proc
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-
-
-async def kill_after_batches(
-    process: asyncio.subprocess.Process, batches: int, go_on: bool
-) -> None:
-    """SIGKILL a ``--step`` child once it has committed ``batches`` batches: while it waits
-    for the go-ahead after the last of them, or (``go_on``) just after it got it, inside the
-    next batch. It cannot get further: it waits for a go-ahead after every commit."""
-    assert process.stdin is not None and process.stdout is not None
-    for batch in range(1, batches + 1):
-        line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
-        assert line.decode().strip() == COMMITTED, line
-        if batch < batches or go_on:
-            process.stdin.write(b"\n")
-            await process.stdin.drain()
-    process.kill()
 
 
 async def finish(process: asyncio.subprocess.Process, what: str) -> str:
@@ -119,7 +104,9 @@ async def test_sigkilled_redis_projector_equals_clean_rebuild(
                 batches_left = (expected.handled - done) // BATCH_SIZE
                 kills_to_go = OUTSIDE_KILLS - outside + COMMIT_KILLS - commit_kills
                 most = max(1, batches_left // (kills_to_go + 2))
-                await kill_after_batches(process, rng.randint(1, most), go_on=rng.random() < 0.7)
+                await kill_after_batches(
+                    process, rng.randint(1, most), go_on=rng.random() < 0.7, timeout=TIMEOUT
+                )
                 await finish(process, "a child killed from outside")
             after = await store.checkpoint(ledger.name)
             assert after is not None
