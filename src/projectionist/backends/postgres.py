@@ -206,8 +206,9 @@ class PostgresEventStore(EventStore):
         """
         # Seconds the first committed event beyond the horizon has waited, if there is one.
         self._sql_held_back_since = (
-            "SELECT extract(epoch from clock_timestamp() - e.recorded_at)::float8 "
-            f"FROM {q}.events e WHERE e.tx_id >= $1 ORDER BY e.tx_id, e.position LIMIT 1"
+            "SELECT e.tx_id, extract(epoch from clock_timestamp() - e.recorded_at)::float8 "
+            f"AS seconds FROM {q}.events e WHERE e.tx_id >= $1 "
+            "ORDER BY e.tx_id, e.position LIMIT 1"
         )
         self._sql_oldest_appender = f"""
             SELECT a.pid, s.state,
@@ -216,7 +217,10 @@ class PostgresEventStore(EventStore):
             WHERE a.locktype = 'advisory' AND a.granted AND a.objsubid = 2
               AND a.classid = {STORE_LOCK_CLASS} AND a.objid = {q}.store_lock_key()::oid
               AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            ORDER BY s.xact_start NULLS FIRST LIMIT 1
+              -- a prepared transaction has no process; a process whose transaction ended
+              -- between the two reads (idle, or gone) is no holder
+              AND (a.pid IS NULL OR (s.pid IS NOT NULL AND s.state IS DISTINCT FROM 'idle'))
+            ORDER BY a.pid IS NOT NULL, s.xact_start NULLS LAST LIMIT 1
         """
         self._sql_read_stream = (
             f"SELECT {_EVENT_COLUMNS} FROM {q}.events e WHERE e.stream_id = $1 "
@@ -730,11 +734,14 @@ class PostgresEventStore(EventStore):
     async def held_back(self) -> HeldBack | None:
         async with self._connection("looking for held back events") as connection:
             horizon = await self._horizon(connection)
-            waiting = await connection.fetchval(self._sql_held_back_since, horizon)
-            if waiting is None:
+            row = await connection.fetchrow(self._sql_held_back_since, horizon)
+            # An event committed between the horizon and that read is not held back: it was
+            # committing while we looked. Only one still beyond a fresh horizon waits.
+            if row is None or row["tx_id"] < await self._horizon(connection):
                 return None
             holder = await connection.fetchrow(self._sql_oldest_appender)
-        return HeldBack(max(0.0, waiting), None if holder is None else _describe_holder(holder))
+        by = None if holder is None else _describe_holder(holder)
+        return HeldBack(max(0.0, row["seconds"]), by)
 
     async def _head_and_held_back(self) -> tuple[Position, bool]:
         async with self._connection("reading the head") as connection:
@@ -749,8 +756,9 @@ def _describe_holder(row: asyncpg.Record) -> str:
     """The open appending transaction, without its SQL text (it may hold secrets)."""
     if row["pid"] is None:
         return "a prepared transaction (see pg_prepared_xacts)"
-    state = row["state"] or "unknown state"
-    return f"transaction of pid {row['pid']} ({state}, open {row['seconds']:.1f}s)"
+    state = row["state"] or "state not visible to this role"
+    age = "" if row["seconds"] is None else f", open {row['seconds']:.1f}s"
+    return f"transaction of pid {row['pid']} ({state}{age})"
 
 
 class PostgresTransaction:
