@@ -8,8 +8,10 @@ inside every batch's own transaction (``check``), so a batch commits only while 
 holds. Batches hold the row ``FOR KEY SHARE`` (which does not block the owner's renewals);
 a taker locks it ``FOR UPDATE SKIP LOCKED``, so it never takes a unit over under a batch in
 flight, and never waits for one either: a paused owner's batch is ended by the database
-(``ReadModelStore.limit_idle_transactions``, set by the worker) and the unit is taken at the
-next heartbeat.
+(``ReadModelStore.guard_transactions``, set by the worker) or, if it was stopped in the middle
+of a statement (not idle, so no idle limit applies), by the taker
+(``ReadModelStore.end_stuck_transactions`` for the owner of an expired, still locked lease),
+and the unit is taken at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -118,6 +120,16 @@ async def acquire(
             unit, owner, token, seconds,
         )  # fmt: skip
     return Lease(unit, owner, token)
+
+
+async def expired_owner(read_models: ReadModelStore, unit: str) -> str | None:
+    """The owner of ``unit`` if its lease has expired without being released, else None."""
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch(
+            f"SELECT owner FROM projection_leases WHERE unit = $1 AND expires_at < {db_now(tx)}",
+            unit,
+        )
+    return rows[0][0] if rows else None
 
 
 async def renew(

@@ -112,12 +112,24 @@ class ReadModelStore(abc.ABC):
     async def checkpoints(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint by projection name."""
 
-    def limit_idle_transactions(self, seconds: float) -> None:
-        """Have the database end a transaction of this store that stays idle (no statement
-        running) longer than ``seconds``, rolling it back and releasing its locks: a paused
-        or frozen process then blocks nobody for long. Only where the database can do it
-        (PostgreSQL: ``idle_in_transaction_session_timeout``); a no-op elsewhere."""
-        del seconds  # SQLite and Redis have no such limit: a paused writer is waited for
+    def guard_transactions(self, owner: str, idle_seconds: float) -> None:
+        """Transactions of this store now belong to ``owner`` (a worker): have the database
+        end one that stays idle (no statement running) longer than ``idle_seconds``, rolling
+        it back and releasing its locks, so a paused or frozen owner blocks nobody for long;
+        and mark them so that ``end_stuck_transactions(owner, ...)`` can find them. Only where
+        the database can do it (PostgreSQL); a no-op elsewhere."""
+        del (
+            owner,
+            idle_seconds,
+        )  # SQLite and Redis have no such limit: a paused writer is waited for
+
+    async def end_stuck_transactions(self, owner: str, older_than: float) -> int:
+        """End the open transactions of ``owner`` (see ``guard_transactions``) that began more
+        than ``older_than`` seconds ago; return how many. A worker calls it for the owner of
+        an expired lease whose row is still locked: a process stopped in the middle of a
+        statement is not idle, so no idle limit ends its transaction. 0 where unsupported."""
+        del owner, older_than
+        return 0
 
     def scratch(self, label: str) -> AbstractAsyncContextManager[ReadModelStore]:
         """An empty read-model store of the same kind, removed on exit (``verify`` rebuilds

@@ -125,7 +125,7 @@ class Worker:
         self._stop.clear()
         read_models = self.app.read_models
         for store in {read_models, *map(self.app.read_models_for, self._projections)}:
-            store.limit_idle_transactions(self.idle_transaction_seconds)
+            store.guard_transactions(self.worker_id, self.idle_transaction_seconds)
         await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
         logger.info(
             "worker %s started: %d units",
@@ -326,6 +326,7 @@ class Worker:
         read_models = self.app.read_models
         lease = await leases.acquire(read_models, unit, self.worker_id, self.lease_seconds)
         if lease is None:
+            await self._end_stuck_owner(unit)
             return False
         try:
             runner = self._runner(unit, lease)
@@ -346,6 +347,32 @@ class Worker:
             extra={"action": "lease_acquired", "worker": self.worker_id, "unit": unit},
         )
         return True
+
+    async def _end_stuck_owner(self, unit: str) -> None:
+        """A free unit we could not take is locked by a batch of its expired owner: one that
+        is stopped in the middle of a statement, which no idle limit ends. End it; the unit
+        is taken at the next heartbeat."""
+        owner = await leases.expired_owner(self.app.read_models, unit)
+        if owner is None or owner == self.worker_id:
+            return
+        store = self.app.read_models_for(self._units[unit]) if unit in self._units else None
+        # Its stuck batch began before it stopped renewing, at least ~3/4 of a lease ago; a
+        # younger transaction of that owner is left alone.
+        ended = 0
+        for read_models in {self.app.read_models, store or self.app.read_models}:
+            ended += await read_models.end_stuck_transactions(owner, self.lease_seconds / 2)
+        if ended:
+            logger.warning(
+                "ended %d stuck transactions of %s, whose lease on %s expired",
+                ended,
+                owner,
+                unit,
+                extra={
+                    "action": "stuck_transactions_ended",
+                    "worker": self.worker_id,
+                    "unit": unit,
+                },
+            )
 
     def _runner(self, unit: str, lease: Lease) -> ProjectionRunner | BlueGreenBuild:
         if unit in self._builds:

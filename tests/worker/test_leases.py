@@ -10,12 +10,13 @@ from collections.abc import Sequence
 import pytest
 
 from projectionist import Application, Projection, ReadModelTransaction, RecordedEvent, leases
-from projectionist.errors import LeaseLostError
+from projectionist.errors import LeaseLostError, StoreUnavailableError
 from projectionist.leases import Lease, UnitReport
 from projectionist.runner import ProjectionRunner
+from projectionist.worker import Worker
 from tests.conftest import settle
 from tests.engine.projections import ledger, ledger_rows, money
-from tests.worker.conftest import Apps
+from tests.worker.conftest import Apps, eventually
 
 REPORT = UnitReport("live", None, None, 0, None)
 
@@ -166,3 +167,46 @@ async def test_a_takeover_skips_a_unit_under_a_batch_in_flight(pg_apps: Apps) ->
     assert (checkpoint.position, checkpoint.events_processed) == (first.position, 3)
     async with app.read_models.transaction() as tx:
         assert len(await tx.fetch("SELECT * FROM gated_seen")) == 3
+
+
+async def test_a_taker_ends_a_stuck_batch_that_no_idle_limit_ends(pg_apps: Apps) -> None:
+    """A worker stopped in the middle of a statement is not idle: no idle limit ends its
+    batch, which keeps the lease row locked. A taker that finds the unit's lease expired and
+    its row still locked ends that owner's old transactions, and takes the unit next time."""
+    projection, entered, release = gated_ledger()
+    stuck = await pg_apps.open([projection])
+    await stuck.setup()
+    stuck.read_models.guard_transactions("A", idle_seconds=60)  # no idle limit in time
+    await leases.register_units(stuck.read_models, {"gated": "gated"})
+    await stuck.store.append("acct-1", money(1, 5))
+    await settle(stuck.store)
+    lease_a = await leases.acquire(stuck.read_models, "gated", "A", 30.0)
+    assert lease_a is not None
+    batch = asyncio.create_task(fenced_runner(stuck, projection, lease_a).step())
+    taker = await pg_apps.open([projection])
+    worker = Worker(taker, worker_id="B", lease_seconds=1.0)
+    running = None
+    try:
+        await asyncio.wait_for(entered.wait(), 10)  # A's batch holds the lease row
+        await expire(stuck, "gated")  # A stopped renewing
+        running = asyncio.create_task(worker.run())
+
+        async def taken() -> bool:
+            return "gated" in worker.owned
+
+        waited = await eventually(taken, what="B to take the stuck unit")
+        assert waited < 5
+        release.set()  # A resumes: its next statement finds its session ended
+        done, _ = await asyncio.wait({batch}, timeout=10)
+        assert done == {batch}
+        with pytest.raises(StoreUnavailableError):  # its session was ended under it
+            batch.result()
+    finally:
+        release.set()
+        worker.stop()
+        if running is not None:
+            await running
+        await asyncio.wait({batch}, timeout=10)
+    async with taker.read_models.transaction() as tx:
+        owner = await tx.fetch("SELECT owner, token FROM projection_leases WHERE unit = 'gated'")
+    assert owner[0][1] == 2  # B took it with token 2

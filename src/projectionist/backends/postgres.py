@@ -893,23 +893,42 @@ class PostgresReadModelStore(ReadModelStore):
         self._translate_errors = translate_errors
         self._base = base
         self._idle_ms = 0
+        self._owner_label: str | None = None
         self._begin = self._begin_sql()
 
     def _begin_sql(self) -> str:
         begin = "BEGIN; SET LOCAL synchronous_commit = off"
         if self._idle_ms:
             begin += f"; SET LOCAL idle_in_transaction_session_timeout = {self._idle_ms}"
+        if self._owner_label:  # hex digits after a fixed prefix: safe as a literal
+            begin += f"; SET LOCAL application_name = '{self._owner_label}'"
         # A side schema (a blue/green build, a verification) puts itself first on the path:
         # handlers' unqualified tables land there, the operations tables resolve to the base.
         if self._base is not None:
             begin += f"; SET LOCAL search_path = {self._q}, {self._base}, public"
         return begin
 
-    def limit_idle_transactions(self, seconds: float) -> None:
-        if not seconds > 0:
-            raise ConfigurationError(f"the idle transaction limit must be positive, not {seconds}")
-        self._idle_ms = max(1, round(seconds * 1000))
+    def guard_transactions(self, owner: str, idle_seconds: float) -> None:
+        if not idle_seconds > 0:
+            raise ConfigurationError(
+                f"the idle transaction limit must be positive, not {idle_seconds!r}"
+            )
+        self._idle_ms = max(1, round(idle_seconds * 1000))
+        self._owner_label = owner_label(owner)
         self._begin = self._begin_sql()
+
+    async def end_stuck_transactions(self, owner: str, older_than: float) -> int:
+        with self._translate_errors("ending stuck transactions"):
+            async with self._pool().acquire() as connection:
+                ended: int = await connection.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = $1 AND pid <> pg_backend_pid() "
+                    "AND xact_start < clock_timestamp() - make_interval(secs => $2)",
+                    owner_label(owner),
+                    float(older_than),
+                )
+        return ended
 
     def in_schema(self, schema: str) -> PostgresReadModelStore:
         """The same database, with read models and checkpoints in ``schema`` (a side schema
@@ -917,8 +936,8 @@ class PostgresReadModelStore(ReadModelStore):
         side = PostgresReadModelStore(
             self._pool, quote_identifier(schema), self._translate_errors, base=self._q
         )
-        if self._idle_ms:
-            side.limit_idle_transactions(self._idle_ms / 1000)
+        side._idle_ms, side._owner_label = self._idle_ms, self._owner_label
+        side._begin = side._begin_sql()
         return side
 
     @property
@@ -987,6 +1006,15 @@ class PostgresReadModelStore(ReadModelStore):
                     f"{_CHECKPOINT_SELECT} {self._q}.projection_checkpoints"
                 )
         return {row["name"]: _checkpoint_from_row(row) for row in rows}
+
+
+def owner_label(owner: str) -> str:
+    """The ``application_name`` of an owner's transactions: short (names are cut at 63
+    bytes) and made of hex digits, whatever the worker id holds."""
+    return (
+        "projectionist-worker-"
+        + hashlib.md5(owner.encode(), usedforsecurity=False).hexdigest()[:16]
+    )
 
 
 def _checkpoint_from_row(row: asyncpg.Record) -> Checkpoint:
