@@ -22,7 +22,7 @@ async def _kill(application_name: str) -> int:
         return int(
             await admin.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1",
+                "WHERE application_name LIKE '%' || $1",  # a worker's transaction prefixes it
                 application_name,
             )
         )

@@ -901,7 +901,12 @@ class PostgresReadModelStore(ReadModelStore):
         if self._idle_ms:
             begin += f"; SET LOCAL idle_in_transaction_session_timeout = {self._idle_ms}"
         if self._owner_label:  # hex digits after a fixed prefix: safe as a literal
-            begin += f"; SET LOCAL application_name = '{self._owner_label}'"
+            # Put in front of the session's own name (kept, shown after it) for this
+            # transaction: end_stuck_transactions finds the owner's transactions by it.
+            begin += (
+                "; SELECT set_config('application_name', "
+                f"'{self._owner_label}' || current_setting('application_name'), true)"
+            )
         # A side schema (a blue/green build, a verification) puts itself first on the path:
         # handlers' unqualified tables land there, the operations tables resolve to the base.
         if self._base is not None:
@@ -923,7 +928,7 @@ class PostgresReadModelStore(ReadModelStore):
                 ended: int = await connection.fetchval(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
                     "FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = $1 AND pid <> pg_backend_pid() "
+                    "AND starts_with(application_name, $1) AND pid <> pg_backend_pid() "
                     "AND xact_start < clock_timestamp() - make_interval(secs => $2)",
                     owner_label(owner),
                     float(older_than),
