@@ -355,11 +355,13 @@ class Worker:
         owner = await leases.expired_owner(self.app.read_models, unit)
         if owner is None or owner == self.worker_id:
             return
-        store = self.app.read_models_for(self._units[unit]) if unit in self._units else None
+        stores = {self.app.read_models}
+        if unit in self._units:  # a build unit runs on the application's read models
+            stores.add(self.app.read_models_for(self._units[unit]))
         # Its stuck batch began before it stopped renewing, at least ~3/4 of a lease ago; a
         # younger transaction of that owner is left alone.
         ended = 0
-        for read_models in {self.app.read_models, store or self.app.read_models}:
+        for read_models in stores:
             ended += await read_models.end_stuck_transactions(owner, self.lease_seconds / 2)
         if ended:
             logger.warning(
