@@ -60,7 +60,8 @@ async def test_schema_apply_on_postgres(pg_schema: str) -> None:
     connection = await asyncpg.connect(PG_DSN)
     try:
         assert await connection.fetchval(
-            f'SELECT max(version) FROM "{pg_schema}".schema_migrations'
+            f'SELECT max(version) FROM "{pg_schema}".projectionist_migrations '
+            "WHERE track = 'events'"
         ) == latest_version("postgres")
     finally:
         await connection.close()

@@ -2,10 +2,12 @@
 
 They live in the read-model database, next to ``projection_checkpoints``, so that a batch can
 check its lease and a poison event can be dead-lettered in the same transaction as the rows
-and the checkpoint. The SQL here runs unchanged on PostgreSQL and SQLite (``$n`` placeholders
-are translated for SQLite); the few differences are picked by ``tx.dialect``. Times are
-seconds since the epoch read from the database's clock (``db_now``), so that workers on
-machines with skewed clocks still agree on when a lease expires.
+and the checkpoint; their shapes are migrations of the ``read_models`` track
+(``sql/<backend>/read_models/``, docs/schema.md). The SQL here runs unchanged on PostgreSQL
+and SQLite (``$n`` placeholders are translated for SQLite); the few differences are picked
+by ``tx.dialect``. Times are seconds since the epoch read from the database's clock
+(``db_now``), so that workers on machines with skewed clocks still agree on when a lease
+expires.
 """
 
 from __future__ import annotations
@@ -25,72 +27,11 @@ _NOW = {
     "postgres": "extract(epoch from clock_timestamp())::double precision",
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
-_SERIAL = {"postgres": "BIGSERIAL PRIMARY KEY", "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT"}
-_TABLES = """
-CREATE TABLE IF NOT EXISTS {prefix}projection_leases (
-    unit TEXT PRIMARY KEY,
-    projection TEXT NOT NULL,
-    owner TEXT,
-    token BIGINT NOT NULL DEFAULT 0,
-    expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
-    state TEXT,
-    events_per_second DOUBLE PRECISION,
-    last_batch_seconds DOUBLE PRECISION,
-    errors BIGINT NOT NULL DEFAULT 0,
-    last_error TEXT,
-    reported_at DOUBLE PRECISION
-);
-CREATE TABLE IF NOT EXISTS {prefix}projection_workers (
-    worker_id TEXT PRIMARY KEY,
-    host TEXT NOT NULL,
-    pid BIGINT NOT NULL,
-    started_at DOUBLE PRECISION NOT NULL,
-    heartbeat_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {prefix}projection_faults (
-    unit TEXT PRIMARY KEY,
-    projection TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    position TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    stream_version BIGINT NOT NULL,
-    event_type TEXT NOT NULL,
-    error TEXT NOT NULL,
-    traceback TEXT NOT NULL,
-    attempts BIGINT NOT NULL,
-    failed_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {prefix}projection_dead_letters (
-    id {serial},
-    projection TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    position TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    stream_version BIGINT NOT NULL,
-    event_type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    error TEXT NOT NULL,
-    traceback TEXT NOT NULL,
-    attempts BIGINT NOT NULL,
-    failed_at DOUBLE PRECISION NOT NULL
-)
-"""
 
 
 def db_now(tx: ReadModelTransaction) -> str:
     """SQL for the database's current time in epoch seconds (not the transaction's start)."""
     return _NOW[tx.dialect]
-
-
-def table_statements(dialect: str, prefix: str = "") -> list[str]:
-    """CREATE TABLE IF NOT EXISTS statements of the operations tables, for the backends'
-    ``apply_schema`` (``prefix``: a quoted schema and a dot, or nothing)."""
-    script = _TABLES.format(serial=_SERIAL[dialect], prefix=prefix)
-    return [statement for statement in script.split(";") if statement.strip()]
 
 
 # -- faults -------------------------------------------------------------------------------------

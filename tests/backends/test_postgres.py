@@ -42,10 +42,14 @@ async def test_concurrent_schema_apply_is_safe(pg_schema: str) -> None:
         versions = await asyncio.gather(*(store.apply_schema() for store in stores))
         assert versions == [latest_version("postgres")] * 4
         connection = await asyncpg.connect(PG_DSN)
-        rows = await connection.fetch(f'SELECT version FROM "{pg_schema}".schema_migrations')
+        rows = await connection.fetch(
+            f'SELECT track, version FROM "{pg_schema}".projectionist_migrations'
+        )
         await connection.close()
-        assert sorted(r["version"] for r in rows) == [
-            m.version for m in load_migrations("postgres")
+        assert sorted((r["track"], r["version"]) for r in rows) == [
+            (track, m.version)
+            for track in ("events", "read_models")
+            for m in load_migrations("postgres", track)
         ]
     finally:
         for store in stores:

@@ -11,7 +11,7 @@ import orjson
 
 from ..errors import ConcurrencyError, InvalidInputError
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
-from ..migrations import latest_version
+from ..migrations import EVENTS, latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
 from ..store import (
@@ -60,8 +60,10 @@ class MemoryEventStore(EventStore):
         return self._read_models
 
     async def apply_schema(self) -> int:
+        # Read models live in an in-memory SQLite: the sqlite read_models track applies there.
+        # Events live in lists, so the events version is, by definition, the latest.
         await self._read_models.apply_schema()
-        return latest_version("sqlite")  # the same tables as SQLite
+        return latest_version("sqlite", EVENTS)
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
         part = (partition or Partition(0, 1)).validate()
@@ -86,7 +88,7 @@ class MemoryEventStore(EventStore):
             yield _MemoryReplay(self, SqliteReadModelTransaction(connection))
 
     async def schema_version(self) -> int:
-        return latest_version("sqlite")  # the same tables as SQLite
+        return latest_version("sqlite", EVENTS)  # events live in lists: always the latest
 
     async def append(
         self,

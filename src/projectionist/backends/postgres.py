@@ -30,8 +30,14 @@ from ..errors import (
 )
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier, validate_identifier
-from ..migrations import load_migrations
-from ..operations import table_statements as operations_tables
+from ..migrations import (
+    EVENTS,
+    READ_MODELS,
+    VERSION_TABLE,
+    Dialect,
+    applied_version,
+    apply_migrations,
+)
 from ..partitions import PARTITION_SQL, Partition
 from ..readmodel import (
     Checkpoint,
@@ -63,10 +69,6 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 """A connection of your own or one borrowed from the store's pool."""
 
 DEFAULT_SCHEMA = "projectionist"
-START_HINT = (
-    "is PostgreSQL running? Start it with "
-    "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'"
-)
 # The first half of every store's advisory lock key (migration 0002): appenders hold it.
 STORE_LOCK_CLASS = 1886547818
 # Above every order key: reads in an exclusive replay (appends locked out) see everything.
@@ -76,25 +78,20 @@ _EVENT_COLUMNS = (
     "e.data::text AS data, e.metadata::text AS metadata, e.recorded_at"
 )
 _APPEND_ATTEMPTS = 5
+# Objects of our migrations: a statement that misses one means the schema was not applied.
 _OWN_OBJECTS = (
     "events",
     "streams",
-    "schema_migrations",
+    VERSION_TABLE,
     "projection_checkpoints",
+    "projection_leases",
+    "projection_workers",
+    "projection_faults",
+    "projection_dead_letters",
     "append_events",
     "horizon",
 )
 _CHECKPOINT_SELECT = "SELECT name, version, tx_id, position, events_processed, updated_at FROM"
-CHECKPOINTS_TABLE = """
-    CREATE TABLE IF NOT EXISTS {{schema}}.projection_checkpoints (
-        name text PRIMARY KEY,
-        version integer NOT NULL,
-        tx_id bigint NOT NULL,
-        position bigint NOT NULL,
-        events_processed bigint NOT NULL,
-        updated_at timestamptz NOT NULL DEFAULT now()
-    )
-"""
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -112,6 +109,41 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _: event.set()
+
+
+def _why_no_connection(exc: BaseException) -> str:
+    """What is wrong when a connection cannot be made, said without naming any tool."""
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"the server answers, but that database does not exist ({exc})"
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):  # or a bad password
+        return f"the server refused the login ({exc})"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"the server refused the connection ({exc})"
+    return f"no PostgreSQL server answers at that address ({exc})"
+
+
+class _MigrationSession:
+    """One pooled connection as the migration runner sees it (``migrations.MigrationSession``)."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, connection: Connection, quoted_schema: str) -> None:
+        self._connection = connection
+        self.schema = quoted_schema
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, exclusive: bool) -> AsyncIterator[None]:
+        async with self._connection.transaction():  # the runner takes the advisory locks
+            yield
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self._connection.execute(sql, *args)
+
+    async def execute_script(self, script: str) -> None:
+        await self._connection.execute(script)  # no arguments: several statements may run
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._connection.fetch(sql, *args)]
 
 
 def _event_from_row(row: asyncpg.Record, at: int = 0) -> RecordedEvent:
@@ -301,7 +333,7 @@ class PostgresEventStore(EventStore):
             )
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailableError(
-                f"cannot connect to {self.url}: {exc} ({START_HINT})"
+                f"cannot connect to {self.url}: {_why_no_connection(exc)}"
             ) from exc
         except ValueError as exc:  # asyncpg's own parsing of the URL: a bad port or host
             raise ConfigurationError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
@@ -375,8 +407,8 @@ class PostgresEventStore(EventStore):
             if not any(name in str(exc) for name in _OWN_OBJECTS):
                 raise BackendError(f"{doing} failed: {exc}") from exc
             raise SchemaError(
-                f"the event store schema {self.schema!r} is missing in {self.url}: "
-                "run 'projectionist schema apply' (or await store.apply_schema())"
+                f"the projectionist schema {self.schema!r} is missing or not up to date in "
+                f"{self.url}: run 'projectionist schema apply' (or await store.apply_schema())"
             ) from exc
         except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
             raise TransactionConflictError(
@@ -408,55 +440,16 @@ class PostgresEventStore(EventStore):
     # -- schema -----------------------------------------------------------------------------
 
     async def apply_schema(self) -> int:
-        async with self._connection("applying the schema") as connection, connection.transaction():
-            # Concurrent appliers queue here instead of racing on CREATE statements.
-            await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('projectionist.schema.' || $1))",
-                self._q,  # the read-model store's apply_schema takes the same lock
+        """Apply the ``events`` and the ``read_models`` migrations; the events version."""
+        async with self._connection("applying the schema") as connection:
+            reached = await apply_migrations(
+                _MigrationSession(connection, self._q), (EVENTS, READ_MODELS)
             )
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
-            await connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._q}.schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            current = await connection.fetchval(
-                f"SELECT coalesce(max(version), 0) FROM {self._q}.schema_migrations"
-            )
-            migrations = load_migrations("postgres")
-            if current > len(migrations):
-                raise SchemaError(
-                    f"schema {self.schema!r} is at version {current}, newer than this "
-                    f"projectionist knows ({len(migrations)}): upgrade projectionist"
-                )
-            for migration in migrations[current:]:
-                await connection.execute(migration.sql.replace("{{schema}}", self._q))
-                await connection.execute(
-                    f"INSERT INTO {self._q}.schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-                logger.info(
-                    "applied migration %s",
-                    migration.name,
-                    extra={"action": "migration_applied", "schema": self.schema},
-                )
-            await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
-            for statement in operations_tables("postgres", f"{self._q}."):
-                await connection.execute(statement)
-        return len(migrations)
+        return reached[EVENTS]
 
     async def schema_version(self) -> int:
         async with self._connection("reading the schema version") as connection:
-            exists = await connection.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", f"{self._q}.schema_migrations"
-            )
-            if not exists:
-                return 0
-            version: int = await connection.fetchval(
-                f"SELECT coalesce(max(version), 0) FROM {self._q}.schema_migrations"
-            )
-            return version
+            return await applied_version(_MigrationSession(connection, self._q), EVENTS)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -990,19 +983,30 @@ class PostgresReadModelStore(ReadModelStore):
                 await connection.execute("COMMIT")
 
     async def apply_schema(self) -> None:
-        with self._translate_errors("creating the checkpoint table"):
+        """Apply the ``read_models`` migrations (a side schema: see ``_apply_side_schema``)."""
+        if self._base is not None:
+            await self._apply_side_schema(self._base)
+            return
+        with self._translate_errors("applying the read-model schema"):
+            async with self._pool().acquire() as connection:
+                await apply_migrations(_MigrationSession(connection, self._q), (READ_MODELS,))
+
+    async def _apply_side_schema(self, base: str) -> None:
+        """A side schema holds only checkpoints, in a table shaped like the base schema's
+        (which the read_models track keeps): it is dropped or swapped in, never migrated.
+        It has no operations tables, so that the side's search_path finds the base's."""
+        with self._translate_errors("preparing a side schema"):
             async with self._pool().acquire() as connection, connection.transaction():
-                # Workers starting together: CREATE ... IF NOT EXISTS can still collide.
+                # Builders of one side schema queue here rather than collide on CREATE.
                 await connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('projectionist.schema.' || $1))",
+                    "SELECT pg_advisory_xact_lock(hashtext('projectionist.side.' || $1))",
                     self._q,
                 )
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
-                await connection.execute(CHECKPOINTS_TABLE.replace("{{schema}}", self._q))
-                if self._base is not None:
-                    return  # a side schema: the operations tables are the base schema's
-                for statement in operations_tables("postgres", f"{self._q}."):
-                    await connection.execute(statement)
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._q}.projection_checkpoints "
+                    f"(LIKE {base}.projection_checkpoints INCLUDING ALL)"
+                )
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
         with self._translate_errors("reading checkpoints"):

@@ -34,8 +34,14 @@ from ..errors import (
 )
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
-from ..migrations import load_migrations
-from ..operations import table_statements as operations_tables
+from ..migrations import (
+    EVENTS,
+    READ_MODELS,
+    VERSION_TABLE,
+    Dialect,
+    applied_version,
+    apply_migrations,
+)
 from ..partitions import Partition, partition_of
 from ..readmodel import (
     Checkpoint,
@@ -65,17 +71,17 @@ _CHECKPOINT_SELECT = (
     "SELECT name, version, tx_id, position, events_processed, updated_at "
     "FROM projection_checkpoints"
 )
-CHECKPOINTS_TABLE = """
-    CREATE TABLE IF NOT EXISTS projection_checkpoints (
-        name TEXT PRIMARY KEY,
-        version INTEGER NOT NULL,
-        tx_id INTEGER NOT NULL,
-        position INTEGER NOT NULL,
-        events_processed INTEGER NOT NULL,
-        updated_at TEXT NOT NULL
-    )
-"""
-OWN_TABLES = ("events", "streams", "schema_migrations", "projection_checkpoints")
+# Tables of our migrations: a statement that misses one means the schema was not applied.
+OWN_TABLES = (
+    "events",
+    "streams",
+    VERSION_TABLE,
+    "projection_checkpoints",
+    "projection_leases",
+    "projection_workers",
+    "projection_faults",
+    "projection_dead_letters",
+)
 _EVENT_COLUMNS = (
     "e.position, e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at"
 )
@@ -238,6 +244,44 @@ def to_sqlite_placeholders(sql: str) -> str:
     return translated
 
 
+class _MigrationSession:
+    """The store's connection as the migration runner sees it (``migrations.MigrationSession``)."""
+
+    dialect: Dialect = "sqlite"
+    schema = ""  # one database per file: no schemas
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._database = database
+        self._connection: aiosqlite.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, exclusive: bool) -> AsyncIterator[None]:
+        # exclusive: BEGIN IMMEDIATE, so no other process writes until the migration is in.
+        doing = "applying the schema" if exclusive else "reading the schema version"
+        async with self._database.transaction(doing, write=exclusive) as connection:
+            self._connection = connection
+            try:
+                yield
+            finally:
+                self._connection = None
+
+    def _open(self) -> aiosqlite.Connection:
+        assert self._connection is not None, "the migration runner runs inside a transaction"
+        return self._connection
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self._open().execute(to_sqlite_placeholders(sql), args)
+
+    async def execute_script(self, script: str) -> None:
+        # executescript would COMMIT the runner's transaction: run statement by statement.
+        for statement in _split_statements(script):
+            await self._open().execute(statement)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        cursor = await self._open().execute(to_sqlite_placeholders(sql), args)
+        return [tuple(row) for row in await cursor.fetchall()]
+
+
 class SqliteReadModelTransaction(ReadModelTransaction):
     dialect = "sqlite"
 
@@ -320,10 +364,8 @@ class SqliteReadModelStore(ReadModelStore):
             yield SqliteReadModelTransaction(connection)
 
     async def apply_schema(self) -> None:
-        async with self.database.transaction("creating checkpoints", write=True) as connection:
-            await connection.execute(CHECKPOINTS_TABLE)
-            for statement in operations_tables("sqlite"):
-                await connection.execute(statement)
+        """Apply the ``read_models`` migrations."""
+        await apply_migrations(_MigrationSession(self.database), (READ_MODELS,))
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
         async with self.database.transaction("reading checkpoints", write=False) as connection:
@@ -371,46 +413,12 @@ class SqliteEventStore(EventStore):
     # -- schema -----------------------------------------------------------------------------
 
     async def apply_schema(self) -> int:
-        migrations = load_migrations("sqlite")
-        async with self.transaction("applying the schema", write=True) as connection:
-            await connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            current = await self._current_version(connection)
-            if current > len(migrations):
-                raise SchemaError(
-                    f"{self.url} has schema version {current}, newer than this projectionist "
-                    f"knows ({len(migrations)}): upgrade projectionist"
-                )
-            for migration in migrations[current:]:
-                # executescript would COMMIT our transaction; run statement by statement.
-                for statement in _split_statements(migration.sql):
-                    await connection.execute(statement)
-                await connection.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (migration.version, migration.name, datetime.now(UTC).isoformat()),
-                )
-            await connection.execute(CHECKPOINTS_TABLE)
-            for statement in operations_tables("sqlite"):
-                await connection.execute(statement)
-        return len(migrations)
+        """Apply the ``events`` and the ``read_models`` migrations; the events version."""
+        reached = await apply_migrations(_MigrationSession(self.database), (EVENTS, READ_MODELS))
+        return reached[EVENTS]
 
     async def schema_version(self) -> int:
-        async with self.transaction("reading the schema version", write=False) as connection:
-            return await self._current_version(connection)
-
-    @staticmethod
-    async def _current_version(connection: aiosqlite.Connection) -> int:
-        cursor = await connection.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'schema_migrations'"
-        )
-        exists = await cursor.fetchone()
-        if not exists or not exists[0]:
-            return 0
-        cursor = await connection.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        return await applied_version(_MigrationSession(self.database), EVENTS)
 
     # -- writing ----------------------------------------------------------------------------
 

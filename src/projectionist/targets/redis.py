@@ -67,10 +67,7 @@ _EXTEND = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
-START_HINT = (
-    'start it with \'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" '
-    "--appendonly no' (or 'make services')"
-)
+START_HINT = "no Redis server answers at that address, or it refused the connection"
 
 
 class RedisReadModelStore(OpenClose, ReadModelStore):
