@@ -18,9 +18,9 @@ from typing import Any
 
 from .events import START, NewEvent, RecordedEvent
 from .factory import create_store
+from .preparation import prepare_read_model
 from .projection import Projection
 from .readmodel import ReadModelTransaction
-from .runner import prepare_read_model
 from .store import EventStore
 
 Query = str | Callable[[ReadModelTransaction], Awaitable[Any]]

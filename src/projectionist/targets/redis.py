@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import uuid
@@ -49,6 +50,7 @@ from ..events import START, Position
 from ..projection import Kind, Projection
 from ..readmodel import Checkpoint, CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from ..store import OpenClose
+from ..transient import doubling_delay, in_cause_chain
 from ..urls import redact_url
 
 logger = logging.getLogger("projectionist.redis")
@@ -57,6 +59,7 @@ T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # no glob characters: SCAN MATCH stays exact
 _UNLINK_CHUNK = 1000
+_LOCK_POLL_FIRST = 0.005
 _LOCK_POLL_MAX = 0.1
 # Compare-and-delete / compare-and-extend: only the holder's token releases or extends a lock.
 _RELEASE = """
@@ -301,14 +304,12 @@ class RedisTransaction(ReadModelTransaction):
 
     async def _watch_unlocked(self, name: str) -> None:
         checkpoint_key, lock_key = self.store.checkpoint_key(name), self.store.lock_key(name)
-        delay = 0.005
-        while True:
+        for attempt in itertools.count(1):
             await self._pipe.watch(checkpoint_key, lock_key)
             if not await self._pipe.exists(lock_key):
                 return
             await self._pipe.reset()  # type: ignore[no-untyped-call]  # UNWATCH; the holder's EXEC will move the checkpoint
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _LOCK_POLL_MAX)
+            await asyncio.sleep(_lock_poll_delay(attempt))
 
     async def save_checkpoint(
         self, name: str, version: int, expected: Position | None, new: Position, processed: int
@@ -346,10 +347,10 @@ class RedisTransaction(ReadModelTransaction):
             raise ConfigurationError(f"lock projection {name!r} before queuing writes")
         token = uuid.uuid4().hex
         ttl = int(self.store.lock_ttl * 1000)
-        delay = 0.005
+        attempt = 0
         while not await self.client.set(self.store.lock_key(name), token, nx=True, px=ttl):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _LOCK_POLL_MAX)
+            attempt += 1
+            await asyncio.sleep(_lock_poll_delay(attempt))
         self._locks[name] = token
         await self.load_checkpoint(name)
 
@@ -424,6 +425,11 @@ class RedisTransaction(ReadModelTransaction):
                     extra={"action": "redis_lock_release_failed", "projection": name},
                 )
         self._locks.clear()
+
+
+def _lock_poll_delay(attempt: int) -> float:
+    """How long to wait before looking at a held lock again: 5 ms, doubling up to 100 ms."""
+    return doubling_delay(attempt, base=_LOCK_POLL_FIRST, cap=_LOCK_POLL_MAX)
 
 
 def as_redis(tx: ReadModelTransaction) -> RedisTransaction:
@@ -510,11 +516,8 @@ def translate_error(exc: BaseException) -> BaseException:
 
 
 def _lost_connection(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, RedisConnectionError | RedisTimeoutError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return in_cause_chain(exc, _is_connection_error)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
