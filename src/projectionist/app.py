@@ -22,6 +22,7 @@ from typing import Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, stale_projections
+from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import (
     BackendError,
     ConfigurationError,
@@ -119,7 +120,7 @@ class Application(OpenClose):
         live: Iterable[LiveProjection[Any]] = (),
         schema: str | None = None,
         read_model_url: str | None = None,
-        poll_interval: float = 1.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         # A store given as an object is shared, not owned: the caller opens and closes it.
         self._shared_store = url if isinstance(url, EventStore) else None

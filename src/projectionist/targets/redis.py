@@ -35,7 +35,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -46,8 +46,8 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendError, ConfigurationError, StoreUnavailableError
-from ..events import START, Position
-from ..projection import Kind, Projection
+from ..events import Position
+from ..projection import Kind, Projection, ProjectionOptions, ProjectionOptionsDict
 from ..readmodel import Checkpoint, CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from ..store import OpenClose
 from ..transient import doubling_delay, in_cause_chain
@@ -449,8 +449,9 @@ class RedisProjection(Projection):
     """A projection whose read model and checkpoint live in a ``RedisReadModelStore``.
 
     ``tables`` name its key namespaces (default: the projection's name); a rebuild deletes
-    every key under them. It is always async: an inline projection writes in the append's
-    SQL transaction, which Redis cannot join.
+    every key under them. It takes every projection option (``ProjectionOptions``); its kind
+    is always async: an inline projection writes in the append's SQL transaction, which
+    Redis cannot join. Faults and dead letters go to the application's SQL store.
     """
 
     def __init__(
@@ -458,26 +459,22 @@ class RedisProjection(Projection):
         name: str,
         store: RedisReadModelStore,
         *,
-        version: int = 1,
         tables: Iterable[str] | None = None,
-        batch_size: int = 1000,
-        max_batch_bytes: int = 16 * 1024 * 1024,
-        start: Position = START,
+        options: ProjectionOptions | None = None,
+        **settings: Unpack[ProjectionOptionsDict],
     ) -> None:
         if not isinstance(store, RedisReadModelStore):
             raise ConfigurationError(
                 f"projection {name!r}: store must be a RedisReadModelStore, not "
                 f"{type(store).__name__}"
             )
-        super().__init__(
-            name,
-            version=version,
-            kind=Kind.ASYNC,
-            tables=(name,) if tables is None else tables,
-            batch_size=batch_size,
-            max_batch_bytes=max_batch_bytes,
-            start=start,
-        )
+        tables = (name,) if tables is None else tables
+        super().__init__(name, tables=tables, options=options, **settings)
+        if self.kind is not Kind.ASYNC:
+            raise ConfigurationError(
+                f"projection {name!r}: a projection on Redis is async (an inline one would "
+                "write in the append's SQL transaction, which Redis cannot join)"
+            )
         self.read_models = store
 
     def __repr__(self) -> str:
