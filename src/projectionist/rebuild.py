@@ -92,8 +92,13 @@ async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
     """Drop the read model and every checkpoint of the projection (of any partitioning);
     create it afresh with a checkpoint per unit at the start."""
     await tx.lock_projection(projection.name)
+    stored = await stored_units(tx, projection.name)
+    for unit in sorted({*stored, *projection.units}):
+        # Read every checkpoint this reset changes before it queues a write: Redis can
+        # WATCH a key only before its transaction's MULTI (the teardown's first write).
+        await tx.load_checkpoint(unit)
     await projection.run_teardown(tx)
-    for unit in await stored_units(tx, projection.name):
+    for unit in stored:
         await tx.delete_checkpoint(unit)
     await projection.run_setup(tx)
     for unit in projection.units:
