@@ -22,6 +22,7 @@ from typing import Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, stale_projections
+from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import (
     BackendError,
     ConfigurationError,
@@ -34,9 +35,12 @@ from .factory import create_store
 from .live import LiveProjection
 from .operations import DeadLetter, Fault
 from .partitions import split_unit
+from .preparation import prepare_read_model
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
-from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
+from .rebuild import Progress, rebuild
+from .recording import OperationsRecords
+from .runner import ProjectionRunner, RunnerState
 from .store import Backlog, ChangeSignal, EventStore, InlineHook, OpenClose
 from .verify import Verification, verify
 from .worker import Worker
@@ -116,7 +120,7 @@ class Application(OpenClose):
         live: Iterable[LiveProjection[Any]] = (),
         schema: str | None = None,
         read_model_url: str | None = None,
-        poll_interval: float = 1.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         # A store given as an object is shared, not owned: the caller opens and closes it.
         self._shared_store = url if isinstance(url, EventStore) else None
@@ -291,7 +295,9 @@ class Application(OpenClose):
                     projection,
                     progress=self.progress,
                     partition=partition,
-                    operations_store=self.read_models,
+                    records=OperationsRecords.choose(
+                        self.read_models_for(projection), self.read_models
+                    ),
                 )
         return [self._runners[unit] for unit in projection.units]
 
@@ -367,7 +373,11 @@ class Application(OpenClose):
         """Drop the read model of ``name`` and replay all history into it."""
         projection = self.projection(name)
         return await rebuild(
-            self.store, self.read_models_for(projection), projection, progress, self.read_models
+            self.store,
+            self.read_models_for(projection),
+            projection,
+            progress,
+            OperationsRecords.choose(self.read_models_for(projection), self.read_models),
         )
 
     async def verify(self, name: str) -> Verification:

@@ -25,9 +25,11 @@ from .errors import ConfigurationError, ProjectionSupersededError
 from .events import Position
 from .identifiers import quote_identifier
 from .leases import Lease, check
+from .preparation import stored_units
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
-from .runner import ProjectionRunner, RunnerState, stored_units
+from .recording import OperationsRecords
+from .runner import ProjectionRunner, RunnerState
 from .store import EventStore
 
 logger = logging.getLogger("projectionist.bluegreen")
@@ -114,7 +116,7 @@ class BlueGreenBuild:
                 projection,
                 partition=partition,
                 fence=self._fence,
-                record_operations=False,
+                records=OperationsRecords.in_memory(),
             )
             for partition in projection.partition_list
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import ConfigurationError
 from .store import EventStore
 from .urls import redact_url
@@ -9,7 +10,9 @@ from .urls import redact_url
 SCHEMES = ("postgresql://", "postgres://", "sqlite:///", "memory://")
 
 
-def create_store(url: str, *, schema: str | None = None, poll_interval: float = 1.0) -> EventStore:
+def create_store(
+    url: str, *, schema: str | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL
+) -> EventStore:
     """A store for ``url``, not yet opened: ``async with create_store(url) as store: ...``.
 
     - ``postgresql://user@host:5432/db`` (``?schema=name`` or ``schema=`` picks the schema),

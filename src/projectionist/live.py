@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
+from .defaults import DEFAULT_BATCH_SIZE, STREAM_PAGE_SIZE
 from .events import START, RecordedEvent
 from .identifiers import validate_identifier
 from .runner import sleep_until_new_events
@@ -53,7 +54,7 @@ class LiveProjection(Evolver[S]):
         self.position = START
         self._stop = asyncio.Event()
 
-    async def run(self, store: EventStore, batch_size: int = 1000) -> None:
+    async def run(self, store: EventStore, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self._stop.clear()
         self.state = self._initial()
         self.position = START if self.from_start else await store.head()
@@ -81,9 +82,9 @@ async def fold_stream(
     state = initial
     version = 1
     while True:
-        events = await store.read_stream(stream_id, from_version=version, limit=1000)
+        events = await store.read_stream(stream_id, from_version=version, limit=STREAM_PAGE_SIZE)
         state = _fold(functions, state, events)
-        if len(events) < 1000:
+        if len(events) < STREAM_PAGE_SIZE:
             return state
         version = events[-1].version + 1
 

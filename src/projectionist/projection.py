@@ -17,19 +17,27 @@ rebuild replays everything), so prefer upserts to blind inserts.
     @summaries.on_batch("ItemAdded")
     async def items(events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> None:
         await tx.executemany("UPDATE ...", [(...) for event in events])
+
+Every kind of projection (this one, ``StateProjection``, ``SearchProjection``,
+``RedisProjection``) takes the same options (``ProjectionOptions``): as keyword arguments
+(``Projection("p", batch_size=500, on_error="skip")``), as one ``options=`` object shared by
+several projections, or both (the keywords override the object).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import ClassVar, TypedDict, TypeVar, Unpack
 
-from .errors import ConfigurationError, HandlerError
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
+from .errors import ConfigurationError, HandlerError, InvalidInputError
 from .events import START, Position, RecordedEvent, validate_name
 from .identifiers import validate_identifier
-from .partitions import Partition, unit_name, validate_partition_count
+from .partitions import MAX_PARTITIONS, Partition, unit_name
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .store import validate_batch_size, validate_max_bytes
 
@@ -58,66 +66,170 @@ class OnError(enum.StrEnum):
     """The event goes to the dead-letter table with its error and the checkpoint moves on."""
 
 
+class ProjectionOptionsDict(TypedDict, total=False):
+    """The options of ``ProjectionOptions`` as keyword arguments (enums also as strings)."""
+
+    version: int
+    kind: Kind | str
+    batch_size: int
+    max_batch_bytes: int
+    start: Position
+    partitions: int
+    on_error: OnError | str
+    retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionOptions:
+    """How any projection is fed, whatever its kind; checked when made.
+
+    ``ProjectionOptions.of(batch_size=500, on_error="skip")`` takes the same keywords as
+    every projection's constructor.
+    """
+
+    version: int = 1
+    """Raise it when the read model's shape or meaning changes: it is rebuilt."""
+    kind: Kind = Kind.ASYNC
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    """A batch also ends once its events' stored payload reaches this many bytes."""
+    start: Position = START
+    """Where the projection begins (and a rebuild replays from): START, or a position
+    such as ``await store.head()`` to skip history."""
+    partitions: int = 1
+    """Streams are split over this many partitions (by a stable hash of the stream id),
+    each with its own checkpoint, possibly on different workers. Changing it needs a
+    new version (a blue/green rebuild) or a rebuild."""
+    on_error: OnError = OnError.STOP
+    retries: int = 0
+    """How many more times a failing event is tried (with backoff) before ``on_error``."""
+
+    def __post_init__(self) -> None:
+        version = self.version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigurationError("version must be an integer >= 1")
+        object.__setattr__(self, "kind", _member(Kind, "kind", self.kind))
+        object.__setattr__(self, "batch_size", validate_batch_size(self.batch_size))
+        object.__setattr__(self, "max_batch_bytes", validate_max_bytes(self.max_batch_bytes))
+        if not isinstance(self.start, Position):
+            raise ConfigurationError("start must be a Position")
+        partitions = self.partitions
+        if isinstance(partitions, bool) or not isinstance(partitions, int):
+            partitions = 0
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ConfigurationError(f"partitions must be an integer from 1 to {MAX_PARTITIONS}")
+        if partitions > 1 and self.kind is Kind.INLINE:
+            raise ConfigurationError("inline projections have no partitions")
+        object.__setattr__(self, "on_error", _member(OnError, "on_error", self.on_error))
+        retries = self.retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ConfigurationError("retries must be an integer 0..100")
+
+    @classmethod
+    def of(
+        cls, base: ProjectionOptions | None = None, **options: Unpack[ProjectionOptionsDict]
+    ) -> ProjectionOptions:
+        """``base`` (default: the defaults) with the given options changed."""
+        base = base or cls()
+        return dataclasses.replace(
+            base,
+            version=options.get("version", base.version),
+            kind=_member(Kind, "kind", options.get("kind", base.kind)),
+            batch_size=options.get("batch_size", base.batch_size),
+            max_batch_bytes=options.get("max_batch_bytes", base.max_batch_bytes),
+            start=options.get("start", base.start),
+            partitions=options.get("partitions", base.partitions),
+            on_error=_member(OnError, "on_error", options.get("on_error", base.on_error)),
+            retries=options.get("retries", base.retries),
+        )
+
+
+E = TypeVar("E", Kind, OnError)
+
+
+def _member(enum_type: type[E], option: str, value: E | str) -> E:
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(enum_type)
+        raise ConfigurationError(f"{option} must be one of {choices}, not {value!r}") from None
+
+
 class Projection:
     """A read model built from events. See the module documentation for an example."""
 
     read_models: ReadModelStore | None = None
     """Where this projection's read model and checkpoint live when not in the application's
     read-model store: e.g. a ``RedisReadModelStore`` (``targets.redis.RedisProjection``)."""
+    default_options: ClassVar[ProjectionOptions] = ProjectionOptions()
+    """The options a kind starts from when given no ``options=``."""
 
     def __init__(
         self,
         name: str,
         *,
-        version: int = 1,
-        kind: Kind | str = Kind.ASYNC,
         tables: Iterable[str] = (),
-        batch_size: int = 1000,
-        max_batch_bytes: int = 16 * 1024 * 1024,
-        start: Position = START,
-        partitions: int = 1,
-        on_error: OnError | str = OnError.STOP,
-        retries: int = 0,
+        options: ProjectionOptions | None = None,
+        **settings: Unpack[ProjectionOptionsDict],
     ) -> None:
         self.name = validate_identifier(name, "projection name")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ConfigurationError(f"projection {name!r}: version must be an integer >= 1")
         try:
-            self.kind = Kind(kind)
-        except ValueError:
-            raise ConfigurationError(
-                f"projection {name!r}: kind must be one of {', '.join(Kind)}, not {kind!r}"
-            ) from None
-        self.version = version
+            self.options = ProjectionOptions.of(options or self.default_options, **settings)
+        except (ConfigurationError, InvalidInputError) as exc:
+            raise type(exc)(f"projection {name!r}: {exc}") from None
         self.tables = tuple(validate_identifier(t, "table name") for t in tables)
-        self.batch_size = validate_batch_size(batch_size)
-        self.max_batch_bytes = validate_max_bytes(max_batch_bytes)
-        """A batch also ends once its events' stored payload reaches this many bytes."""
-        if not isinstance(start, Position):
-            raise ConfigurationError(f"projection {name!r}: start must be a Position")
-        self.start = start
-        self.partitions = validate_partition_count(name, partitions)
-        """Streams are split over this many partitions (by a stable hash of the stream id),
-        each with its own checkpoint, possibly on different workers. Changing it needs a
-        new version (a blue/green rebuild) or a rebuild."""
-        if self.partitions > 1 and self.kind is Kind.INLINE:
-            raise ConfigurationError(f"projection {name!r}: inline projections have no partitions")
-        try:
-            self.on_error = OnError(on_error)
-        except ValueError:
-            raise ConfigurationError(
-                f"projection {name!r}: on_error must be one of {', '.join(OnError)}, "
-                f"not {on_error!r}"
-            ) from None
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-            raise ConfigurationError(f"projection {name!r}: retries must be an integer 0..100")
-        self.retries = retries
-        """How many more times a failing event is tried (with backoff) before ``on_error``."""
-        """Where the projection begins (and a rebuild replays from): START, or a position
-        such as ``await store.head()`` to skip history."""
+        self._types: set[str] = set()
         self._handlers: dict[str, tuple[bool, EventHandler | BatchHandler]] = {}
         self._setup: SetupHook | None = None
         self._teardown: SetupHook | None = None
+
+    # -- options (settable: a changed option is checked again) -----------------------------
+
+    def _change(self, **change: Unpack[ProjectionOptionsDict]) -> None:
+        try:
+            self.options = ProjectionOptions.of(self.options, **change)
+        except (ConfigurationError, InvalidInputError) as exc:
+            raise type(exc)(f"projection {self.name!r}: {exc}") from None
+
+    @property
+    def version(self) -> int:
+        return self.options.version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._change(version=value)
+
+    @property
+    def kind(self) -> Kind:
+        return self.options.kind
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return self.options.max_batch_bytes
+
+    @property
+    def start(self) -> Position:
+        return self.options.start
+
+    @start.setter
+    def start(self, value: Position) -> None:
+        self._change(start=value)
+
+    @property
+    def partitions(self) -> int:
+        return self.options.partitions
+
+    @property
+    def on_error(self) -> OnError:
+        return self.options.on_error
+
+    @property
+    def retries(self) -> int:
+        return self.options.retries
 
     def __repr__(self) -> str:
         return f"Projection({self.name!r}, version={self.version}, kind={self.kind.value!r})"
@@ -136,7 +248,20 @@ class Projection:
     @property
     def types(self) -> frozenset[str]:
         """The event types this projection handles; only these are read and decoded."""
-        return frozenset(self._handlers)
+        return frozenset(self._types)
+
+    def handles(self, *types: str) -> None:
+        """Declare event types this projection reads, for kinds that apply whole batches
+        themselves (state and search projections) rather than through handlers."""
+        if not types:
+            raise ConfigurationError(f"projection {self.name!r}: name at least one event type")
+        for type_ in types:
+            validate_name(type_, "event type")
+            if type_ in self._types:
+                raise ConfigurationError(
+                    f"projection {self.name!r} already has a handler for {type_!r}"
+                )
+            self._types.add(type_)
 
     def on(self, *types: str) -> Callable[[EventHandler], EventHandler]:
         """Register ``async def handler(event, tx)`` for each of ``types``."""
@@ -156,12 +281,8 @@ class Projection:
             raise ConfigurationError(f"projection {self.name!r}: name at least one event type")
 
         def register(handler: EventHandler | BatchHandler) -> EventHandler | BatchHandler:
+            self.handles(*types)
             for type_ in types:
-                validate_name(type_, "event type")
-                if type_ in self._handlers:
-                    raise ConfigurationError(
-                        f"projection {self.name!r} already has a handler for {type_!r}"
-                    )
                 self._handlers[type_] = (batch, handler)
             return handler
 

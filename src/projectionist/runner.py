@@ -1,10 +1,12 @@
-"""Feeding projections: the async runner (catch-up, then live), inline set-up, rebuilds.
+"""Feeding an async projection: the runner, catch-up then live, one batch at a time.
 
 The runner reads from the projection's checkpoint in batches of the types it handles,
 applies a batch and moves the checkpoint in one read-model transaction. A crash anywhere
 leaves the last committed batch as the truth: the next start continues exactly there.
 Catch-up and live are the same loop (read from the checkpoint until nothing is left, then
 sleep until new events are visible), so there is no seam where events could slip through.
+Rebuilds (``rebuild``), read-model preparation (``preparation``), the transient-failure
+policy (``transient``) and where faults and dead letters go (``recording``) live apart.
 """
 
 from __future__ import annotations
@@ -13,55 +15,23 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from . import operations
-from .errors import (
-    HandlerError,
-    LeaseLostError,
-    ProjectionSupersededError,
-    ProjectionVersionError,
-    StoreUnavailableError,
-    TransactionConflictError,
-)
+from .errors import HandlerError, LeaseLostError
 from .events import Position
-from .partitions import Partition, split_unit, unit_name
-from .projection import Kind, OnError, Projection
+from .operations import Fault
+from .partitions import Partition, unit_name
+from .preparation import prepare_read_model
+from .projection import OnError, Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
+from .recording import OperationsRecords
 from .store import ChangeSignal, EventBatch, EventStore
+from .transient import backoff, is_transient
 
 logger = logging.getLogger("projectionist.runner")
 
-RETRY_BASE_DELAY = 0.1
-RETRY_MAX_DELAY = 30.0
-# SQLSTATE classes of failures that pass: connection exceptions, transaction rollbacks
-# (serialization failures, deadlocks), insufficient resources, operator intervention.
-_TRANSIENT_SQLSTATES = ("08", "40", "53", "57P")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is worth retrying as is."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(
-            current,
-            StoreUnavailableError | TransactionConflictError | ConnectionError | TimeoutError,
-        ):
-            return True
-        sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-Progress = Callable[[int, int], None]
-"""Called during rebuilds with (events done, events in all)."""
 Fence = Callable[[ReadModelTransaction], Awaitable[None]]
 """Run inside every batch's transaction before it applies: raises LeaseLostError when this
 runner no longer owns its unit (the worker's lease check)."""
@@ -80,7 +50,8 @@ class ProjectionRunner:
 
     A handler's failure is met by the projection's policy: ``retries`` more attempts with
     backoff, then ``on_error``: stop in a faulted state (recorded in ``projection_faults``)
-    or skip the event into ``projection_dead_letters``. A failure in a batch is first
+    or skip the event into ``projection_dead_letters`` (``records`` says where those go:
+    by default in the read models' own database, with the batch). A failure in a batch is first
     narrowed down to its event by applying that stretch of history one event at a time.
     """
 
@@ -94,20 +65,12 @@ class ProjectionRunner:
         progress: ChangeSignal | None = None,
         partition: Partition | None = None,
         fence: Fence | None = None,
-        operations_store: ReadModelStore | None = None,
-        record_operations: bool = True,
+        records: OperationsRecords | None = None,
     ) -> None:
         self.store = store
         self.read_models = read_models
-        if not record_operations:  # a side build or a verification: faults in memory only
-            operations_store = None
-        elif operations_store is None and read_models.dialect in ("postgres", "sqlite"):
-            operations_store = read_models
-        self.operations_store = operations_store
-        """Where faults and dead letters go (SQL): the read models' database, or for other
-        targets (Redis) the application's; None: faults are kept in memory only."""
-        self._shared = operations_store is read_models
-        """Faults and dead letters commit with the batch (same database), else on their own."""
+        self.records = records or OperationsRecords.in_batch(read_models)
+        """Where this unit's fault and dead letters go (see ``recording``)."""
         self.projection = projection
         self.partition = partition
         self.unit = unit_name(projection.name, partition)
@@ -118,7 +81,7 @@ class ProjectionRunner:
         self.checkpoint: Position | None = None
         self.progress = progress or ChangeSignal()
         """Notified after every committed batch (``wait_for`` in this process listens)."""
-        self.fault: operations.Fault | None = None
+        self.fault: Fault | None = None
         self.last_error: str | None = None
         self.errors = 0
         self.last_batch_seconds: float | None = None
@@ -134,9 +97,7 @@ class ProjectionRunner:
         """Create the read model and checkpoint when missing; return the checkpoint."""
         async with self.read_models.transaction() as tx:
             self.checkpoint = await prepare_read_model(tx, self.projection, self.unit)
-        if self.operations_store is not None:
-            async with self.operations_store.transaction() as tx:
-                self.fault = await operations.load_fault(tx, self.unit)
+        self.fault = await self.records.load_fault(self.unit)
         return self.checkpoint
 
     @property
@@ -207,14 +168,13 @@ class ProjectionRunner:
         await tx.save_checkpoint(
             self.unit, self.projection.version, self.checkpoint, batch.checkpoint, len(batch.events)
         )
-        if self.fault is not None and self._shared:  # it got past the event that stopped it
-            await operations.clear_fault(tx, self.unit)
+        if self.fault is not None:  # it got past the event that stopped it
+            await self.records.clear_fault_in(tx, self.unit)
 
     async def _moved_to(self, batch: EventBatch) -> None:
         self.checkpoint = batch.checkpoint
-        if self.fault is not None and not self._shared and self.operations_store is not None:
-            async with self.operations_store.transaction() as tx:
-                await operations.clear_fault(tx, self.unit)
+        if self.fault is not None:
+            await self.records.fault_cleared(self.unit)
         self.fault = None
         if self._isolate_until is not None and self.checkpoint >= self._isolate_until:
             self._isolate_until = None
@@ -247,17 +207,15 @@ class ProjectionRunner:
                 exc,
                 extra={"action": "handler_retry", "projection": self.unit},
             )
-            await self._sleep(_backoff(attempts))
+            await self._sleep(backoff(attempts))
             return
         del self._attempts[event.position]
         if self.projection.on_error is OnError.SKIP:
             await self._dead_letter(batch, exc, attempts)
             return
-        if self.operations_store is not None:
-            async with self.operations_store.transaction() as tx:
-                self.fault = await operations.record_fault(
-                    tx, self.unit, self.projection.version, event, exc, attempts
-                )
+        self.fault = await self.records.record_fault(
+            self.unit, self.projection.version, event, exc, attempts
+        )
         self.state = RunnerState.FAULTED
         logger.error(
             "projection faulted: %s",
@@ -270,15 +228,10 @@ class ProjectionRunner:
         """Record the event as a dead letter and move the checkpoint past it, together."""
         event = batch.events[0]
         version = self.projection.version
-        if self.operations_store is not None and not self._shared:
-            # Another database: the letter first (at least once), then the checkpoint.
-            async with self.operations_store.transaction() as tx:
-                await operations.add_dead_letter(tx, self.unit, version, event, exc, attempts)
         try:
             async with self.read_models.transaction() as tx:
                 await self._claim(tx)
-                if self._shared:
-                    await operations.add_dead_letter(tx, self.unit, version, event, exc, attempts)
+                await self.records.dead_letter(tx, self.unit, version, event, exc, attempts)
                 await self._commit_checkpoint(tx, batch)
         except CheckpointConflictError:
             await self.prepare()
@@ -387,7 +340,7 @@ class ProjectionRunner:
         await self.discard_prefetch()
         self.errors += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        delay = _backoff(failures)
+        delay = backoff(failures)
         logger.warning(
             "transient failure %d, retrying in %.2fs: %s",
             failures,
@@ -420,12 +373,6 @@ class ProjectionRunner:
         self._stop.set()
 
 
-def _backoff(failures: int) -> float:
-    """Exponential backoff with jitter: 0.1 s, 0.2 s, 0.4 s ... up to 30 s, +-50%."""
-    delay = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** (failures - 1))
-    return delay * random.uniform(0.5, 1.5)
-
-
 async def sleep_until_new_events(store: EventStore, after: Position, stop: asyncio.Event) -> None:
     """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed."""
     waiting = asyncio.ensure_future(store.wait_for_events(after, timeout=store.poll_interval))
@@ -439,159 +386,3 @@ async def sleep_until_new_events(store: EventStore, after: Position, stop: async
                 await task
     if not waiting.cancelled() and waiting.exception() is not None:
         raise waiting.exception()  # type: ignore[misc]
-
-
-async def prepare_read_model(
-    tx: ReadModelTransaction, projection: Projection, unit: str | None = None
-) -> Position:
-    """Run the projection's (idempotent) setup; create the checkpoint of ``unit`` (default:
-    the projection's only unit) if missing; return it."""
-    unit = unit or projection.name
-    # Runners starting together queue here: one creates the tables and the checkpoint.
-    await tx.lock_projection(projection.name)
-    checkpoint = await tx.load_checkpoint(unit)
-    if checkpoint is not None and checkpoint.version > projection.version:
-        raise ProjectionSupersededError(
-            f"projection {projection.name!r} is at version {projection.version} in code but "
-            f"version {checkpoint.version} has taken over its read model: deploy the newer code"
-        )
-    if checkpoint is not None and checkpoint.version != projection.version:
-        raise ProjectionVersionError(
-            f"projection {projection.name!r} is at version {projection.version} in code but "
-            f"its read model was built by version {checkpoint.version}: run "
-            f"'projectionist rebuild {projection.name}'"
-        )
-    if checkpoint is None:
-        await _refuse_other_partitioning(tx, projection)
-    await projection.run_setup(tx)
-    if checkpoint is None:
-        await tx.save_checkpoint(unit, projection.version, None, projection.start, 0)
-        return projection.start
-    return checkpoint.position
-
-
-async def _refuse_other_partitioning(tx: ReadModelTransaction, projection: Projection) -> None:
-    """A new unit's checkpoint starts from the beginning: right for a new projection, wrong
-    for one whose read model was built with another partition count (it would apply
-    history twice). That takes a new version (blue/green) or a rebuild."""
-    stored = await stored_units(tx, projection.name)
-    strangers = sorted(set(stored) - set(projection.units))
-    if strangers and max(stored.values()) > projection.version:
-        raise ProjectionSupersededError(
-            f"projection {projection.name!r} is at version {projection.version} in code but "
-            f"version {max(stored.values())} has taken over its read model"
-        )
-    if strangers:
-        raise ProjectionVersionError(
-            f"projection {projection.name!r} has {projection.partitions} partition(s) in code "
-            f"but its read model was built with checkpoints {', '.join(strangers)}: raise its "
-            f"version (blue/green rebuild) or run 'projectionist rebuild {projection.name}'"
-        )
-
-
-async def stored_units(tx: ReadModelTransaction, name: str) -> dict[str, int]:
-    """The checkpoints stored for projection ``name`` (any partitioning): unit -> version."""
-    stored = await tx.checkpoint_versions()
-    return {unit: version for unit, version in stored.items() if split_unit(unit)[0] == name}
-
-
-async def rebuild(
-    store: EventStore,
-    read_models: ReadModelStore,
-    projection: Projection,
-    progress: Progress | None = None,
-    operations_store: ReadModelStore | None = None,
-) -> int:
-    """Drop the read model, reset the checkpoint, replay all history. Returns events applied.
-
-    Async projections replay batch by batch while appends go on (runners elsewhere notice
-    the moved checkpoint and follow it). Inline projections replay in one transaction that
-    holds appends back, so none can slip between the replay and the first inline append.
-    """
-    if projection.kind is Kind.INLINE:
-        return await _rebuild_inline(store, projection, progress)
-    async with read_models.transaction() as tx:
-        await _reset(tx, projection)
-    ops = operations_store or (read_models if read_models.dialect != "redis" else None)
-    if ops is not None:  # the replay applies those events again: faults and letters are moot
-        async with ops.transaction() as tx:
-            await operations.clear_faults(tx, projection.name)
-            await operations.delete_dead_letters_of(tx, projection.name)
-    target = await store.last_committed()
-    total = await store.count_after(projection.start) * projection.partitions
-    done = 0
-    for partition in projection.partition_list:
-        runner = ProjectionRunner(
-            store, read_models, projection, partition=partition, operations_store=ops
-        )
-        done += await _replay(runner, target, _offset(progress, done, total))
-    # Counted again: events held back when the rebuild began are in by now.
-    applied = await store.count_after(projection.start) - await store.count_after(target)
-    if progress is not None:
-        progress(applied, applied)
-    return applied
-
-
-def _offset(progress: Progress | None, base: int, total: int) -> Callable[[int], None]:
-    """Progress of one unit, reported as part of the whole rebuild."""
-
-    def report(done: int) -> None:
-        if progress is not None:
-            progress(base + done, total)
-
-    return report
-
-
-async def _replay(
-    runner: ProjectionRunner, target: Position, progress: Callable[[int], None]
-) -> int:
-    """Run one unit from its start to ``target``; report the events scanned on the way."""
-    store, start = runner.store, runner.projection.start
-    runner.checkpoint = start
-    before = await store.count_after(start)
-    last_report = 0.0
-    try:
-        while runner.checkpoint < target:
-            if not await runner.step():
-                await store.wait_for_events(runner.checkpoint, timeout=0.1)
-            if time.monotonic() - last_report > 0.25:
-                last_report = time.monotonic()  # counting is a query: not after every batch
-                progress(before - await store.count_after(runner.checkpoint))
-    finally:
-        await runner.discard_prefetch()
-    return before - await store.count_after(runner.checkpoint)
-
-
-async def _reset(tx: ReadModelTransaction, projection: Projection) -> None:
-    """Drop the read model and every checkpoint of the projection (of any partitioning);
-    create it afresh with a checkpoint per unit at the start."""
-    await tx.lock_projection(projection.name)
-    await projection.run_teardown(tx)
-    for unit in await stored_units(tx, projection.name):
-        await tx.delete_checkpoint(unit)
-    await projection.run_setup(tx)
-    for unit in projection.units:
-        await tx.save_checkpoint(unit, projection.version, None, projection.start, 0)
-
-
-async def _rebuild_inline(
-    store: EventStore, projection: Projection, progress: Progress | None
-) -> int:
-    async with store.exclusive_replay() as replay:
-        tx = replay.read_model
-        await _reset(tx, projection)
-        checkpoint = projection.start
-        applied = 0
-        while True:
-            batch = await replay.read_all(checkpoint, projection.batch_size, projection.types)
-            if batch.checkpoint == checkpoint:
-                break
-            await projection.apply(batch.events, tx)
-            applied += len(batch.events)
-            checkpoint = batch.checkpoint
-            if progress is not None:
-                progress(applied, applied)
-        await tx.save_checkpoint(
-            projection.name, projection.version, projection.start, checkpoint, applied
-        )
-    return applied

@@ -31,7 +31,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import asyncpg
 import orjson
@@ -39,7 +39,7 @@ import orjson
 from .errors import BackendError, ConfigurationError, HandlerError, InvalidInputError
 from .events import Position, RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
-from .projection import Kind, Projection, failure
+from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .state import KeyOf, key_function
 
@@ -90,7 +90,8 @@ class SearchProjection(Projection):
     ``key`` is the document id of an event: the stream id (default), a field of its data,
     or a function. ``language`` picks stemming: a PostgreSQL text search configuration
     (``"english"``, ``"simple"``, ...); on SQLite ``"english"`` uses the porter stemmer and
-    anything else no stemming. Changing fields or language needs a new ``version``.
+    anything else no stemming. Changing fields or language needs a new ``version``. It
+    takes every projection option (``ProjectionOptions``): partitions, error policy, start.
     """
 
     def __init__(
@@ -102,20 +103,12 @@ class SearchProjection(Projection):
         stored: Iterable[str] = (),
         key: str | KeyOf = "stream_id",
         language: str = "english",
-        version: int = 1,
-        kind: Kind | str = Kind.ASYNC,
-        batch_size: int = 1000,
-        max_batch_bytes: int = 16 * 1024 * 1024,
+        options: ProjectionOptions | None = None,
+        **settings: Unpack[ProjectionOptionsDict],
     ) -> None:
         table = validate_identifier(table, "search table name")
-        super().__init__(
-            name,
-            version=version,
-            kind=kind,
-            tables=[table, f"{table}_fts"],  # the FTS5 table exists on SQLite only
-            batch_size=batch_size,
-            max_batch_bytes=max_batch_bytes,
-        )
+        # The FTS5 table exists on SQLite only.
+        super().__init__(name, tables=[table, f"{table}_fts"], options=options, **settings)
         self.table = table
         self.text = _validate_text_fields(name, text)
         self.stored = _validate_stored_fields(name, stored, self.text)
@@ -141,10 +134,7 @@ class SearchProjection(Projection):
         self._declare(types, _DELETE)
 
     def _declare(self, types: tuple[str, ...], action: ToFields | object) -> None:
-        async def unused(event: RecordedEvent, tx: ReadModelTransaction) -> None:
-            raise AssertionError("search projections fold whole batches")
-
-        self.on(*types)(unused)  # validates the types and declares them, so only they are read
+        self.handles(*types)  # validates the types; only these are read
         for type_ in types:
             self._actions[type_] = action
 

@@ -27,14 +27,15 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Unpack
 
 import orjson
 
+from .defaults import STATE_BATCH_SIZE
 from .errors import ConfigurationError, HandlerError
 from .events import RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
-from .projection import Kind, OnError, Projection, failure
+from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelTransaction
 
 State = dict[str, Any]
@@ -57,7 +58,13 @@ _SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
 
 
 class StateProjection(Projection):
-    """A projection of one state per key; see the module documentation."""
+    """A projection of one state per key; see the module documentation.
+
+    It takes every projection option (``ProjectionOptions``); its batches default to
+    ``STATE_BATCH_SIZE`` events, since each batch writes every touched key once.
+    """
+
+    default_options: ClassVar[ProjectionOptions] = ProjectionOptions(batch_size=STATE_BATCH_SIZE)
 
     def __init__(
         self,
@@ -68,25 +75,10 @@ class StateProjection(Projection):
         key: str | KeyOf = "stream_id",
         key_column: str = "key",
         columns: dict[str, str] | None = None,
-        version: int = 1,
-        batch_size: int = 5000,
-        max_batch_bytes: int = 16 * 1024 * 1024,
-        kind: Kind | str = Kind.ASYNC,
-        partitions: int = 1,
-        on_error: OnError | str = OnError.STOP,
-        retries: int = 0,
+        options: ProjectionOptions | None = None,
+        **settings: Unpack[ProjectionOptionsDict],
     ) -> None:
-        super().__init__(
-            name,
-            version=version,
-            kind=kind,
-            tables=[table],
-            batch_size=batch_size,
-            max_batch_bytes=max_batch_bytes,
-            partitions=partitions,
-            on_error=on_error,
-            retries=retries,
-        )
+        super().__init__(name, tables=[table], options=options, **settings)
         self.table = table
         self.key_column = validate_identifier(key_column, "key column")
         self.columns = dict(columns) if columns is not None else None
@@ -103,13 +95,9 @@ class StateProjection(Projection):
         """Register a pure ``evolve(state, event) -> new state | DELETE`` for ``types``."""
 
         def register(function: Evolve) -> Evolve:
+            self.handles(*types)  # only these types are read
             for type_ in types:
                 self._evolvers[type_] = function
-
-            async def unused(event: RecordedEvent, tx: ReadModelTransaction) -> None:
-                raise AssertionError("state projections fold whole batches")
-
-            self.on(*types)(unused)  # declares the types, so only they are read
             return function
 
         return register

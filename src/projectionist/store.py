@@ -16,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Self
 
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import InvalidInputError
 from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from .partitions import Partition
@@ -38,7 +39,6 @@ ANY = StreamState.ANY
 NO_STREAM = StreamState.NO_STREAM
 ExpectedVersion = int | StreamState
 
-DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 100_000
 
 
@@ -386,5 +386,5 @@ class EventStore(OpenClose, abc.ABC):
         """The head, and whether events exist beyond it that readers cannot see yet."""
         return await self.head(), False
 
-    poll_interval: float = 1.0
+    poll_interval: float = DEFAULT_POLL_INTERVAL
     """Seconds between checks when no wake-up arrives."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from .defaults import DEFAULT_BATCH_SIZE
 from .events import START, NewEvent, RecordedEvent
 from .factory import create_store
+from .preparation import prepare_read_model
 from .projection import Projection
 from .readmodel import ReadModelTransaction
-from .runner import prepare_read_model
 from .store import EventStore
 
 Query = str | Callable[[ReadModelTransaction], Awaitable[Any]]
@@ -78,7 +79,7 @@ async def _fresh_history(
     recorded: list[RecordedEvent] = []
     checkpoint = START
     while True:
-        batch = await store.read_all(checkpoint, limit=1000)
+        batch = await store.read_all(checkpoint, limit=DEFAULT_BATCH_SIZE)
         if not batch.events:
             return recorded
         recorded += batch.events

@@ -17,6 +17,7 @@ from .errors import ConfigurationError, ProjectionistError
 from .identifiers import quote_identifier
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .recording import OperationsRecords
 from .runner import ProjectionRunner
 from .store import EventStore
 
@@ -72,7 +73,11 @@ async def verify(
         # Faults and skipped events of the scratch copy are not the live projection's.
         runners = [
             ProjectionRunner(
-                store, scratch, projection, partition=partition, record_operations=False
+                store,
+                scratch,
+                projection,
+                partition=partition,
+                records=OperationsRecords.in_memory(),
             )
             for partition in projection.partition_list
         ]

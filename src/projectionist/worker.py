@@ -46,7 +46,9 @@ from .leases import Lease, UnitReport
 from .partitions import split_unit
 from .projection import Kind, Projection
 from .readmodel import ReadModelTransaction
-from .runner import ProjectionRunner, RunnerState, is_transient
+from .recording import OperationsRecords
+from .runner import ProjectionRunner, RunnerState
+from .transient import is_transient
 
 if TYPE_CHECKING:
     from .app import Application
@@ -402,7 +404,7 @@ class Worker:
             # whose own checkpoint compare-and-set still prevents a double application.
             fence=fence if read_models is self.app.read_models else None,
             progress=self.app.progress,
-            operations_store=self.app.read_models,
+            records=OperationsRecords.choose(read_models, self.app.read_models),
         )
 
     async def _start_runners(self) -> None:

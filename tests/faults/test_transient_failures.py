@@ -11,7 +11,7 @@ import pytest
 
 from projectionist import Application
 from projectionist.errors import BackendError, HandlerError, StoreUnavailableError
-from projectionist.runner import is_transient
+from projectionist.transient import is_transient
 from tests.conftest import PG_DSN, settle
 from tests.engine.projections import ledger, ledger_rows, money
 

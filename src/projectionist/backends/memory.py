@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import ConcurrencyError, InvalidInputError
 from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..migrations import EVENTS, latest_version
@@ -16,7 +17,6 @@ from ..partitions import Partition
 from ..readmodel import ReadModelStore
 from ..store import (
     ANY,
-    DEFAULT_BATCH_SIZE,
     AppendResult,
     Backlog,
     EventBatch,

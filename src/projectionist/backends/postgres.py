@@ -19,6 +19,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 from orjson import loads
 
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ..errors import (
     BackendError,
     ConcurrencyError,
@@ -48,7 +49,6 @@ from ..readmodel import (
 from ..store import (
     ANY,
     BACKLOG_COUNTED,
-    DEFAULT_BATCH_SIZE,
     AppendResult,
     Backlog,
     EventBatch,
@@ -173,7 +173,7 @@ class PostgresEventStore(EventStore):
         *,
         schema: str | None = None,
         pool_size: int = 10,
-        poll_interval: float = 1.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         notify_interval: float = 0.01,
     ) -> None:
         super().__init__()

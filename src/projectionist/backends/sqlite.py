@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ..errors import (
     BackendError,
     ConcurrencyError,
@@ -52,7 +53,6 @@ from ..readmodel import (
 from ..store import (
     ANY,
     BACKLOG_COUNTED,
-    DEFAULT_BATCH_SIZE,
     AppendResult,
     Backlog,
     ChangeSignal,
@@ -387,7 +387,9 @@ def _checkpoint_from_row(row: Sequence[Any]) -> Checkpoint:
 class SqliteEventStore(EventStore):
     """Event store in one SQLite file (or ``sqlite:///:memory:``)."""
 
-    def __init__(self, url: str, *, poll_interval: float = 1.0, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL, busy_timeout: float = 5.0
+    ) -> None:
         super().__init__()
         self.url = url
         self.path = sqlite_path(url)

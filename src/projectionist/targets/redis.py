@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -45,10 +46,11 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendError, ConfigurationError, StoreUnavailableError
-from ..events import START, Position
-from ..projection import Kind, Projection
+from ..events import Position
+from ..projection import Kind, Projection, ProjectionOptions, ProjectionOptionsDict
 from ..readmodel import Checkpoint, CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from ..store import OpenClose
+from ..transient import doubling_delay, in_cause_chain
 from ..urls import redact_url
 
 logger = logging.getLogger("projectionist.redis")
@@ -57,6 +59,7 @@ T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # no glob characters: SCAN MATCH stays exact
 _UNLINK_CHUNK = 1000
+_LOCK_POLL_FIRST = 0.005
 _LOCK_POLL_MAX = 0.1
 # Compare-and-delete / compare-and-extend: only the holder's token releases or extends a lock.
 _RELEASE = """
@@ -298,14 +301,12 @@ class RedisTransaction(ReadModelTransaction):
 
     async def _watch_unlocked(self, name: str) -> None:
         checkpoint_key, lock_key = self.store.checkpoint_key(name), self.store.lock_key(name)
-        delay = 0.005
-        while True:
+        for attempt in itertools.count(1):
             await self._pipe.watch(checkpoint_key, lock_key)
             if not await self._pipe.exists(lock_key):
                 return
             await self._pipe.reset()  # type: ignore[no-untyped-call]  # UNWATCH; the holder's EXEC will move the checkpoint
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _LOCK_POLL_MAX)
+            await asyncio.sleep(_lock_poll_delay(attempt))
 
     async def save_checkpoint(
         self, name: str, version: int, expected: Position | None, new: Position, processed: int
@@ -343,10 +344,10 @@ class RedisTransaction(ReadModelTransaction):
             raise ConfigurationError(f"lock projection {name!r} before queuing writes")
         token = uuid.uuid4().hex
         ttl = int(self.store.lock_ttl * 1000)
-        delay = 0.005
+        attempt = 0
         while not await self.client.set(self.store.lock_key(name), token, nx=True, px=ttl):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _LOCK_POLL_MAX)
+            attempt += 1
+            await asyncio.sleep(_lock_poll_delay(attempt))
         self._locks[name] = token
         await self.load_checkpoint(name)
 
@@ -423,6 +424,11 @@ class RedisTransaction(ReadModelTransaction):
         self._locks.clear()
 
 
+def _lock_poll_delay(attempt: int) -> float:
+    """How long to wait before looking at a held lock again: 5 ms, doubling up to 100 ms."""
+    return doubling_delay(attempt, base=_LOCK_POLL_FIRST, cap=_LOCK_POLL_MAX)
+
+
 def as_redis(tx: ReadModelTransaction) -> RedisTransaction:
     """``tx`` as the Redis transaction it is, for handlers of a projection on Redis:
 
@@ -440,8 +446,9 @@ class RedisProjection(Projection):
     """A projection whose read model and checkpoint live in a ``RedisReadModelStore``.
 
     ``tables`` name its key namespaces (default: the projection's name); a rebuild deletes
-    every key under them. It is always async: an inline projection writes in the append's
-    SQL transaction, which Redis cannot join.
+    every key under them. It takes every projection option (``ProjectionOptions``); its kind
+    is always async: an inline projection writes in the append's SQL transaction, which
+    Redis cannot join. Faults and dead letters go to the application's SQL store.
     """
 
     def __init__(
@@ -449,26 +456,22 @@ class RedisProjection(Projection):
         name: str,
         store: RedisReadModelStore,
         *,
-        version: int = 1,
         tables: Iterable[str] | None = None,
-        batch_size: int = 1000,
-        max_batch_bytes: int = 16 * 1024 * 1024,
-        start: Position = START,
+        options: ProjectionOptions | None = None,
+        **settings: Unpack[ProjectionOptionsDict],
     ) -> None:
         if not isinstance(store, RedisReadModelStore):
             raise ConfigurationError(
                 f"projection {name!r}: store must be a RedisReadModelStore, not "
                 f"{type(store).__name__}"
             )
-        super().__init__(
-            name,
-            version=version,
-            kind=Kind.ASYNC,
-            tables=(name,) if tables is None else tables,
-            batch_size=batch_size,
-            max_batch_bytes=max_batch_bytes,
-            start=start,
-        )
+        tables = (name,) if tables is None else tables
+        super().__init__(name, tables=tables, options=options, **settings)
+        if self.kind is not Kind.ASYNC:
+            raise ConfigurationError(
+                f"projection {name!r}: a projection on Redis is async (an inline one would "
+                "write in the append's SQL transaction, which Redis cannot join)"
+            )
         self.read_models = store
 
     def __repr__(self) -> str:
@@ -507,11 +510,8 @@ def translate_error(exc: BaseException) -> BaseException:
 
 
 def _lost_connection(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, RedisConnectionError | RedisTimeoutError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return in_cause_chain(exc, _is_connection_error)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)

@@ -1,0 +1,179 @@
+"""Where a unit's operations records (its fault, its dead letters) go: one object, chosen once.
+
+Three places, one per kind of read model:
+
+- ``OperationsRecords.in_batch(read_models)``: SQL read models hold the operations tables
+  themselves, so a dead letter commits in the very transaction that moves the checkpoint
+  past its event, and a cleared fault with the batch that got past it.
+- ``OperationsRecords.separate(store)``: a target without those tables (Redis) records into
+  the application's SQL store, committing on its own: the letter before the batch (at least
+  once), the cleared fault after it.
+- ``OperationsRecords.in_memory()``: verify's scratch copy and blue/green builds keep their
+  failures to themselves (the runner's state, errors and last error): the operations tables
+  belong to the live version's units.
+
+``OperationsRecords.choose(read_models, application_store)`` picks the first or the second
+for a unit of the application. The runner only asks its records to record, load or clear.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from . import operations
+from .events import RecordedEvent
+from .operations import Fault
+from .readmodel import ReadModelStore, ReadModelTransaction
+
+
+class OperationsRecords(abc.ABC):
+    """Records a unit's fault and dead letters; see the module documentation."""
+
+    @staticmethod
+    def in_batch(read_models: ReadModelStore) -> OperationsRecords:
+        """In the read models' own database, in the batch's transaction where one is open."""
+        return _InBatch(read_models)
+
+    @staticmethod
+    def separate(store: ReadModelStore) -> OperationsRecords:
+        """In another (SQL) store than the read models', each record committing on its own."""
+        return _Separate(store)
+
+    @staticmethod
+    def in_memory() -> OperationsRecords:
+        """Nowhere but the runner itself."""
+        return _InMemory()
+
+    @staticmethod
+    def choose(read_models: ReadModelStore, application_store: ReadModelStore) -> OperationsRecords:
+        """A unit of the application: in its batches when its read models are the
+        application's own store, else in that store beside them."""
+        if read_models is application_store:
+            return _InBatch(read_models)
+        return _Separate(application_store)
+
+    @abc.abstractmethod
+    async def load_fault(self, unit: str) -> Fault | None:
+        """The fault that stopped ``unit`` in an earlier run, if one is recorded."""
+
+    @abc.abstractmethod
+    async def record_fault(
+        self, unit: str, version: int, event: RecordedEvent, exc: BaseException, attempts: int
+    ) -> Fault | None:
+        """Record why ``unit`` stopped (the failed batch rolled back: its own transaction)."""
+
+    @abc.abstractmethod
+    async def dead_letter(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        """Record ``event`` as skipped; ``tx`` is the transaction moving the checkpoint past it."""
+
+    @abc.abstractmethod
+    async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
+        """Forget the fault of ``unit`` in ``tx``: the batch that got past its event."""
+
+    @abc.abstractmethod
+    async def fault_cleared(self, unit: str) -> None:
+        """Forget the fault of ``unit`` now that the batch that got past its event committed."""
+
+    @abc.abstractmethod
+    async def forget_projection(self, projection: str) -> None:
+        """Drop the faults and dead letters of every unit of ``projection`` (a rebuild
+        applies those events again, so they are moot)."""
+
+
+class _InBatch(OperationsRecords):
+    def __init__(self, read_models: ReadModelStore) -> None:
+        self.read_models = read_models
+
+    async def load_fault(self, unit: str) -> Fault | None:
+        async with self.read_models.transaction() as tx:
+            return await operations.load_fault(tx, unit)
+
+    async def record_fault(
+        self, unit: str, version: int, event: RecordedEvent, exc: BaseException, attempts: int
+    ) -> Fault | None:
+        async with self.read_models.transaction() as tx:
+            return await operations.record_fault(tx, unit, version, event, exc, attempts)
+
+    async def dead_letter(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        await operations.add_dead_letter(tx, unit, version, event, exc, attempts)
+
+    async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
+        await operations.clear_fault(tx, unit)
+
+    async def fault_cleared(self, unit: str) -> None:
+        pass  # cleared with the batch, in its transaction
+
+    async def forget_projection(self, projection: str) -> None:
+        async with self.read_models.transaction() as tx:
+            await operations.clear_faults(tx, projection)
+            await operations.delete_dead_letters_of(tx, projection)
+
+
+class _Separate(_InBatch):
+    """The same tables in another store: every record is a transaction of its own there."""
+
+    async def dead_letter(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        # Committed before the batch's transaction moves the checkpoint: at least once.
+        async with self.read_models.transaction() as own:
+            await operations.add_dead_letter(own, unit, version, event, exc, attempts)
+
+    async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
+        pass  # another database: cleared once the batch committed
+
+    async def fault_cleared(self, unit: str) -> None:
+        async with self.read_models.transaction() as tx:
+            await operations.clear_fault(tx, unit)
+
+
+class _InMemory(OperationsRecords):
+    async def load_fault(self, unit: str) -> Fault | None:
+        return None
+
+    async def record_fault(
+        self, unit: str, version: int, event: RecordedEvent, exc: BaseException, attempts: int
+    ) -> Fault | None:
+        return None
+
+    async def dead_letter(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        pass
+
+    async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
+        pass
+
+    async def fault_cleared(self, unit: str) -> None:
+        pass
+
+    async def forget_projection(self, projection: str) -> None:
+        pass
