@@ -20,15 +20,17 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from . import leases
-from .app import Application, ProjectionStatus
+from .app import Application
 from .errors import ConfigurationError, ProjectionistError
 from .factory import create_store
 from .identifiers import quote_identifier
 from .operations import DeadLetter
+from .status import ProjectionStatus, Severity
 from .verify import Verification
 
 T = TypeVar("T")
@@ -100,10 +102,16 @@ def main_options(
 
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; turn a ProjectionistError into one red line and exit status 1."""
+    return _checked(lambda: asyncio.run(_awaited(factory)))
+
+
+def _checked(call: Callable[[], T]) -> T:
+    """``call()``; a ProjectionistError becomes one red line (its text, never markup) and
+    exit status 1."""
     try:
-        return asyncio.run(_awaited(factory))
+        return call()
     except ProjectionistError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -195,14 +203,9 @@ async def _reset_demo_store(url: str) -> None:
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
     elif url.startswith(("postgresql://", "postgres://")):
-        from .backends.postgres import PostgresEventStore
-
         store = create_store(url, schema=DEMO_SCHEMA)
-        assert isinstance(store, PostgresEventStore)
-        async with store, store.pool.acquire() as connection:
-            await connection.execute(
-                f"DROP SCHEMA IF EXISTS {quote_identifier(DEMO_SCHEMA)} CASCADE"
-            )
+        async with store, store.read_models().transaction() as tx:
+            await tx.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(DEMO_SCHEMA)} CASCADE")
 
 
 # -- applications -------------------------------------------------------------------------
@@ -219,6 +222,39 @@ AppUrlOption = Annotated[
     str | None,
     typer.Option("--url", envvar="PROJECTIONIST_URL", help="Override the application's store URL"),
 ]
+# run and dashboard also accept the application as an argument, as they did first: scripts
+# and service units written that way keep working; --app is the documented form.
+OptionalAppOption = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        envvar="PROJECTIONIST_APP",
+        help="The application as module:attribute (a projectionist.Application)",
+        show_default=False,
+    ),
+]
+PositionalApp = Annotated[
+    str | None, typer.Argument(metavar="[APP]", hidden=True, show_default=False)
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", envvar="PROJECTIONIST_JSON", help="Print one JSON object per line"),
+]
+
+
+def _application_path(option: str | None, positional: str | None) -> str:
+    """The application of run/dashboard, given as ``--app`` (or, as before, positionally)."""
+    if option and positional and option != positional:
+        raise ConfigurationError(
+            f"two applications given: --app {option!r} and {positional!r}; give one"
+        )
+    path = option or positional
+    if not path:
+        raise ConfigurationError(
+            "no application: give --app module:attribute of a projectionist.Application "
+            "(or set PROJECTIONIST_APP)"
+        )
+    return path
 
 
 def load_application(path: str) -> Application:
@@ -244,9 +280,8 @@ def load_application(path: str) -> Application:
 
 @app.command("run")
 def run_command(
-    application: Annotated[
-        str, typer.Argument(envvar="PROJECTIONIST_APP", help="module:attribute of the Application")
-    ],
+    positional: PositionalApp = None,
+    application: OptionalAppOption = None,
     url: AppUrlOption = None,
     worker_id: Annotated[
         str | None,
@@ -295,7 +330,7 @@ def run_command(
             idle_transaction_seconds=idle_transaction_seconds,
         )
 
-    _on_app(application, url, use)
+    _on_app(_checked(lambda: _application_path(application, positional)), url, use)
 
 
 @app.command()
@@ -314,7 +349,7 @@ def health(
     """Exit 0 if a worker (or the given one) has sent a heartbeat within MAX_AGE seconds."""
 
     async def use(app: Application) -> list[tuple[str, float]]:
-        return await leases.live_workers(app.read_models, max_age)
+        return await app.live_workers(max_age)
 
     alive = [
         (w, age) for w, age in _on_app(application, url, use) if worker_id is None or w == worker_id
@@ -350,9 +385,12 @@ app.add_typer(dead_letters_app, name="dead-letters")
 @dead_letters_app.command("list")
 def dead_letters_list(
     application: AppOption,
-    name: Annotated[str | None, typer.Option("--projection", help="Only this one")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--projection", envvar="PROJECTIONIST_PROJECTION", help="Only this one"),
+    ] = None,
     url: AppUrlOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List dead letters, oldest first."""
 
@@ -370,13 +408,15 @@ def dead_letters_list(
     for letter in letters:
         event = letter.event
         table.add_row(
-            str(letter.id),
-            letter.unit,
-            str(event.position),
-            f"{event.stream_id} v{event.version}",
-            event.type,
-            letter.error,
-            str(letter.attempts),
+            *_texts(
+                str(letter.id),
+                letter.unit,
+                str(event.position),
+                f"{event.stream_id} v{event.version}",
+                event.type,
+                letter.error,
+                str(letter.attempts),
+            )
         )
     console.print(table)
 
@@ -393,7 +433,8 @@ def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOpti
 
     results = _on_app(application, url, use)
     for letter_id, error in results:
-        console.print(f"{letter_id}: " + ("applied" if error is None else f"failed again: {error}"))
+        outcome = "applied" if error is None else f"failed again: {error}"
+        console.print(f"{letter_id}: {outcome}", markup=False, highlight=False)
     if any(error is not None for _, error in results):
         raise typer.Exit(1)
 
@@ -414,7 +455,7 @@ def dead_letters_discard(
 def status(
     application: AppOption,
     url: AppUrlOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show each projection: kind, version, state, position, head, lag, last update."""
 
@@ -440,8 +481,7 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
         try:
             # Not setup(): it refuses a read model of another version, which is what a
             # rebuild is for.
-            await target.store.apply_schema()
-            await target.read_models.apply_schema()
+            await target.prepare_schema()
             with Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -482,31 +522,24 @@ def verify_command(name: str, application: AppOption, url: AppUrlOption = None) 
         return
     for diff in result.differences:
         console.print(
-            f"[red]{diff.table}[/red]: {diff.extra} row(s) only in the live table, "
+            f"[red]{escape(diff.table)}[/red]: {diff.extra} row(s) only in the live table, "
             f"{diff.missing} only in the rebuild",
             highlight=False,
         )
         for row in diff.only_live:
-            console.print(f"  live only:    {row}", highlight=False)
+            console.print(f"  live only:    {row}", markup=False, highlight=False)
         for row in diff.only_rebuilt:
-            console.print(f"  rebuild only: {row}", highlight=False)
+            console.print(f"  rebuild only: {row}", markup=False, highlight=False)
     raise typer.Exit(1)
 
 
-# -- dashboard (issue 6) ------------------------------------------------------------------
+# -- dashboard ----------------------------------------------------------------------------
 
 
 @app.command("dashboard")
 def dashboard_command(
-    application: Annotated[
-        str | None,
-        typer.Argument(
-            envvar="PROJECTIONIST_APP",
-            metavar="APP",
-            help="module:attribute of the Application",
-            show_default=False,
-        ),
-    ] = None,
+    positional: PositionalApp = None,
+    application: OptionalAppOption = None,
     url: AppUrlOption = None,
     host: Annotated[
         str, typer.Option(envvar="PROJECTIONIST_DASHBOARD_HOST", help="Address to listen on")
@@ -532,12 +565,7 @@ def dashboard_command(
         sys.stdout.flush()
 
     async def go() -> None:
-        if not application:
-            raise ConfigurationError(
-                "no application: give APP as module:attribute of a projectionist.Application "
-                "(or set PROJECTIONIST_APP)"
-            )
-        target = load_application(application)
+        target = load_application(_application_path(application, positional))
         await target.open(url)
         try:
             dashboard = Dashboard(target, interval=interval)
@@ -551,39 +579,58 @@ def dashboard_command(
     _run(go)
 
 
-# -- end dashboard ------------------------------------------------------------------------
+SEVERITY_STYLES = {
+    Severity.OK: "green",
+    Severity.WARN: "yellow",
+    Severity.BAD: "bold red",
+    Severity.IDLE: "dim",
+}
+"""How the status table colours a state, by its severity."""
 
 
 def status_table(statuses: Sequence[ProjectionStatus]) -> Table:
+    """The ``status`` table (the demo prints it too). Every cell is plain text: names,
+    states and errors are shown as written, never read as markup."""
     table = Table(title="Projections", title_justify="left")
     table.add_column("name", no_wrap=True)
     columns = ("kind", "version", "state", "owner", "position", "head", "lag", "lag s", "ev/s")
     for column in (*columns, "dead", "updated", "last error"):
         table.add_column(column)
     for item in statuses:
-        table.add_row(
-            item.name + (f" [{item.partition}]" if item.partition else ""),
-            item.kind,
-            str(item.version),
-            item.state,
-            item.owner or "-",
-            str(item.position),
-            str(item.head),
-            ("~" if item.lag_estimated else "") + f"{item.lag:,}",
-            "-" if item.lag_seconds is None else f"{item.lag_seconds:.1f}",
-            "-" if item.events_per_second is None else f"{item.events_per_second:,.0f}",
-            str(item.dead_letters),
-            item.updated_at.strftime("%H:%M:%S") if item.updated_at else "-",
-            (item.fault.error if item.fault else item.last_error or "-")[:60],
-        )
+        cells = _texts(*_status_cells(item))
+        cells[3].stylize(SEVERITY_STYLES[item.severity])
+        table.add_row(*cells)
     held = next((s for s in statuses if s.held_back_seconds > 0), None)
     if held:
         by = f" by an open {held.held_back_by}" if held.held_back_by else ""
-        table.caption = (
+        table.caption = Text(
             f"committed events have been held back from readers for "
             f"{held.held_back_seconds:.1f}s{by}"
         )
     return table
+
+
+def _status_cells(item: ProjectionStatus) -> list[str]:
+    return [
+        item.name + (f" [{item.partition}]" if item.partition else ""),
+        item.kind,
+        str(item.version),
+        item.state_text,
+        item.owner or "-",
+        str(item.position),
+        str(item.head),
+        ("~" if item.lag_estimated else "") + f"{item.lag:,}",
+        "-" if item.lag_seconds is None else f"{item.lag_seconds:.1f}",
+        "-" if item.events_per_second is None else f"{item.events_per_second:,.0f}",
+        str(item.dead_letters),
+        item.updated_at.strftime("%H:%M:%S") if item.updated_at else "-",
+        (item.fault.error if item.fault else item.last_error or "-")[:60],
+    ]
+
+
+def _texts(*cells: str) -> list[Text]:
+    """Table cells as plain text: rich would read "[...]" in them as markup."""
+    return [Text(cell) for cell in cells]
 
 
 def main() -> None:

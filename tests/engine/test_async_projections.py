@@ -19,6 +19,8 @@ from projectionist import (
     ProjectionVersionError,
     ReadModelTransaction,
     RecordedEvent,
+    Severity,
+    UnitState,
     create_store,
 )
 from projectionist.projection import Projection
@@ -182,7 +184,12 @@ async def test_new_version_in_code_asks_for_a_rebuild(app_url: str) -> None:
         if app_url.startswith("postgresql"):
             await app.setup()  # accepted: workers build the new version beside (blue/green)
             [status] = await app.status()
-            assert status.state == "needs rebuild (read model is version 1)"
+            assert (status.state, status.detail) == (
+                UnitState.NEEDS_REBUILD,
+                "read model is version 1",
+            )
+            assert status.state_text == "needs rebuild (read model is version 1)"
+            assert status.severity is Severity.BAD
             with pytest.raises(ProjectionVersionError, match="projectionist rebuild ledger"):
                 await app.run_until_caught_up()  # a runner, not a worker, says so
         else:
