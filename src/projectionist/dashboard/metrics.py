@@ -99,6 +99,22 @@ class StatusCollector(Collector):
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     family.add_metric(_labels(row), float(value))
             yield family
+        yield _states(rows)
+
+
+def _states(rows: Sequence[Mapping[str, Any]]) -> GaugeMetricFamily:
+    """1 per unit, labelled with its state and that state's severity: alert on
+    ``projectionist_unit_state{severity="bad"}`` rather than on words."""
+    family = GaugeMetricFamily(
+        "projectionist_unit_state",
+        "1, labelled with the projection unit's state and its severity (ok, warn, bad, idle)",
+        labels=[*LABELS, "state", "severity"],
+    )
+    for row in rows:
+        state, severity = row.get("state"), row.get("severity")
+        if isinstance(state, str) and isinstance(severity, str):
+            family.add_metric([*_labels(row), state, severity], 1.0)
+    return family
 
 
 def _labels(row: Mapping[str, Any]) -> list[str]:
