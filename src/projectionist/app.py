@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from . import leases, operations
 from .bluegreen import stale_projections
@@ -43,6 +43,7 @@ from .worker import Worker
 class Application(OpenClose):
     """An event store, the projections over it, and the operations on them."""
 
+    @overload
     def __init__(
         self,
         store: str | EventStore,
@@ -52,10 +53,36 @@ class Application(OpenClose):
         schema: str | None = None,
         read_model_url: str | None = None,
         poll_interval: float = 1.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        url: str | EventStore,
+        projections: Iterable[Projection] = (),
+        live: Iterable[LiveProjection[Any]] = (),
+        schema: str | None = None,
+        read_model_url: str | None = None,
+        poll_interval: float = 1.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        store: str | EventStore | None = None,
+        projections: Iterable[Projection] = (),
+        *,
+        live: Iterable[LiveProjection[Any]] = (),
+        schema: str | None = None,
+        read_model_url: str | None = None,
+        poll_interval: float = 1.0,
+        url: str | EventStore | None = None,
     ) -> None:
         """``store`` is the event store's URL (``postgresql://...``, ``sqlite:///path.db``,
         ``memory://``), which the application opens and closes, or an ``EventStore``
-        object, which it shares: its owner opens and closes it."""
+        object, which it shares: its owner opens and closes it. (``url=`` is its former
+        name, still accepted.)"""
+        store = _the_store(store, url)
         self._shared_store = store if isinstance(store, EventStore) else None
         self.url = store.url if isinstance(store, EventStore) else store
         """The event store's URL (``open(url)`` may override it)."""
@@ -388,6 +415,15 @@ class Application(OpenClose):
             own_read_models=self._own_read_models(),
             runners=self._runners,
         )
+
+
+def _the_store(store: str | EventStore | None, url: str | EventStore | None) -> str | EventStore:
+    if store is not None and url is not None:
+        raise ConfigurationError("give the event store once: as store (or url=), not both")
+    given = store if store is not None else url
+    if given is None:
+        raise ConfigurationError("an Application needs an event store: a URL or an EventStore")
+    return given
 
 
 def _inline_hook(projection: Projection) -> InlineHook:

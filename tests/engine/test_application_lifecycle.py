@@ -75,3 +75,12 @@ async def test_close_undoes_open_and_a_second_open_is_a_no_op(tmp_path: Path) ->
         await app.close()
         assert store.inline_hooks == []
         assert await store.head() is not None
+
+
+def test_the_store_is_named_store_and_url_still_works() -> None:
+    assert Application("memory://").url == "memory://"
+    assert Application(url="memory://", projections=[ledger()]).url == "memory://"
+    with pytest.raises(ConfigurationError, match="once"):
+        Application("memory://", url="memory://")  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="needs an event store"):
+        Application()  # type: ignore[call-overload]

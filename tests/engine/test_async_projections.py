@@ -13,6 +13,7 @@ import pytest
 from projectionist import (
     Application,
     ConfigurationError,
+    EventStore,
     HandlerError,
     NewEvent,
     ProjectionTimeoutError,
@@ -298,13 +299,13 @@ async def test_a_runner_of_an_old_version_stops_after_a_rebuild(app_url: str) ->
 
 
 async def test_runners_starting_a_new_projection_together(app_url: str) -> None:
-    shared: object = app_url
+    shared: str | EventStore = app_url
     async with Application(app_url, [ledger()]) as first:
         if app_url == "memory://":
             shared = first.store
         await first.store.apply_schema()
         await first.store.append("account-1", money(1, 6))
-        async with Application(shared, [ledger()]) as second:  # type: ignore[arg-type]
+        async with Application(shared, [ledger()]) as second:
             await asyncio.gather(
                 first.runner("ledger").prepare(), second.runner("ledger").prepare()
             )
