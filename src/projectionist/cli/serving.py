@@ -25,41 +25,46 @@ from .base import (
     run_async,
 )
 
+WorkerIdOption = Annotated[
+    str | None,
+    typer.Option(envvar="PROJECTIONIST_WORKER_ID", help="[default: host:pid:random]"),
+]
+LeaseSecondsOption = Annotated[
+    float,
+    typer.Option(
+        min=1.0,
+        envvar="PROJECTIONIST_LEASE_SECONDS",
+        help="How long a dead worker's projections wait before others take them over",
+    ),
+]
+ShutdownSecondsOption = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        envvar="PROJECTIONIST_SHUTDOWN_SECONDS",
+        help="On SIGTERM/SIGINT, how long the current batches may take to commit",
+    ),
+]
+IdleTransactionOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.1,
+        envvar="PROJECTIONIST_IDLE_TRANSACTION_SECONDS",
+        help="PostgreSQL ends a batch left idle this long (a paused worker) "
+        "[default: --lease-seconds]",
+    ),
+]
+
 
 @app.command("run")
 def run_command(
     positional: PositionalApp = None,
     application: OptionalAppOption = None,
     url: AppUrlOption = None,
-    worker_id: Annotated[
-        str | None,
-        typer.Option(envvar="PROJECTIONIST_WORKER_ID", help="[default: host:pid:random]"),
-    ] = None,
-    lease_seconds: Annotated[
-        float,
-        typer.Option(
-            min=1.0,
-            envvar="PROJECTIONIST_LEASE_SECONDS",
-            help="How long a dead worker's projections wait before others take them over",
-        ),
-    ] = 10.0,
-    shutdown_seconds: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            envvar="PROJECTIONIST_SHUTDOWN_SECONDS",
-            help="On SIGTERM/SIGINT, how long the current batches may take to commit",
-        ),
-    ] = 30.0,
-    idle_transaction_seconds: Annotated[
-        float | None,
-        typer.Option(
-            min=0.1,
-            envvar="PROJECTIONIST_IDLE_TRANSACTION_SECONDS",
-            help="PostgreSQL ends a batch left idle this long (a paused worker) "
-            "[default: --lease-seconds]",
-        ),
-    ] = None,
+    worker_id: WorkerIdOption = None,
+    lease_seconds: LeaseSecondsOption = 10.0,
+    shutdown_seconds: ShutdownSecondsOption = 30.0,
+    idle_transaction_seconds: IdleTransactionOption = None,
 ) -> None:
     """Run the application's projections as a worker until SIGINT or SIGTERM.
 
