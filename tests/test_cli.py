@@ -14,9 +14,13 @@ from pathlib import Path
 
 import asyncpg
 from examples.shop.history import generate_orders
+from rich.console import Console
 
-from projectionist import create_store
+from projectionist import Position, ProjectionStatus, Severity, UnitState, create_store
+from projectionist.cli import status_table
+from projectionist.cli.tables import SEVERITY_STYLES
 from projectionist.migrations import latest_version
+from projectionist.runner import RunnerState
 from tests.conftest import PG_DSN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,3 +167,57 @@ def test_application_errors_are_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     unknown = run_cli("rebuild", "nope", "--app", "examples.shop.app:app", env=env, cwd=ROOT)
     assert unknown.returncode == 1 and "no projection named 'nope'" in unknown.stderr
+
+
+def test_the_status_table_shows_text_as_written_coloured_by_severity() -> None:
+    head = Position(0, 9)
+    rows = [
+        ProjectionStatus(
+            name="orders[bold]",
+            kind="async",
+            version=2,
+            state=UnitState.NEEDS_REBUILD,
+            detail="read model is version 1",
+            position=head,
+            head=head,
+            lag=0,
+            events_processed=9,
+            updated_at=None,
+            last_error="KeyError: [red]'sku'[/red]",
+        ),
+        ProjectionStatus(
+            name="daily",
+            kind="async",
+            version=1,
+            state=UnitState.LIVE,
+            position=head,
+            head=head,
+            lag=0,
+            events_processed=9,
+            updated_at=None,
+        ),
+    ]
+    console = Console(record=True, width=250, color_system="truecolor", force_terminal=True)
+    console.print(status_table(rows))
+    text = console.export_text()
+    assert "orders[bold]" in text and "KeyError: [red]'sku'[/red]" in text  # not markup
+    assert "needs rebuild (read model is version 1)" in text
+    styles = {
+        segment.text.strip(): str(segment.style)
+        for segment in console.render(status_table(rows))
+        if segment.text.strip() in ("needs rebuild (read model is version 1)", "live")
+    }
+    assert styles == {
+        "needs rebuild (read model is version 1)": SEVERITY_STYLES[Severity.BAD],
+        "live": SEVERITY_STYLES[Severity.OK],
+    }
+
+
+def test_every_state_has_a_severity_and_worker_words_parse_without_error() -> None:
+    assert {state.severity for state in UnitState} <= set(Severity)
+    for runner_state in RunnerState:  # what a worker or a runner reports
+        assert UnitState.parse(runner_state.value) == (UnitState(runner_state.value), None)
+    assert UnitState.parse("starting") == (UnitState.STARTING, None)
+    assert UnitState.parse("needs rebuild") == (UnitState.NEEDS_REBUILD, None)
+    assert UnitState.parse("dozing") == (UnitState.UNKNOWN, "dozing")  # a newer worker's
+    assert UnitState.parse(None) == (UnitState.UNKNOWN, None)

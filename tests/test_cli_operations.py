@@ -125,6 +125,8 @@ def test_dead_letters_status_and_restart(tmp_path: Path) -> None:
 
     state = statuses(url)
     assert state["strict"]["state"] == "faulted"
+    assert (state["strict"]["state_text"], state["strict"]["severity"]) == ("faulted", "bad")
+    assert state["lenient"]["severity"] == "idle" and state["lenient"]["detail"] is None
     fault = state["strict"]["fault"]
     assert isinstance(fault.pop("failed_at"), float)
     assert fault == {
@@ -184,7 +186,7 @@ def test_health_and_a_worker_that_resumes_after_restart(tmp_path: Path) -> None:
 
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", APP, "--url", url,
+        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
          "--worker-id", "w-ops", "--lease-seconds", "1"],
         cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

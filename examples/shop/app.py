@@ -1,4 +1,4 @@
-"""The shop application: ``projectionist run examples.shop.app:app`` runs its projections.
+"""The shop application: ``projectionist run --app examples.shop.app:app`` runs its projections.
 
 The store URL comes from ``PROJECTIONIST_URL`` (default: an SQLite file next to you).
 """

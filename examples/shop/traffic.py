@@ -3,7 +3,7 @@ projections run, and each projection pauses now and then (as in a worker restart
 lag rises and falls.
 
     python -m examples.shop.traffic --url sqlite:///shop.db --seconds 120
-    projectionist dashboard examples.shop.app:app --url sqlite:///shop.db   # another terminal
+    projectionist dashboard --app examples.shop.app:app --url sqlite:///shop.db   # another terminal
 
 When the time is up, appends stop and every projection catches up before the script ends.
 """

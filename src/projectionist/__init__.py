@@ -1,6 +1,6 @@
 """projectionist: read models from event streams, for CQRS and event-sourced systems."""
 
-from .app import Application, ProjectionStatus
+from .app import Application
 from .errors import (
     BackendError,
     ConcurrencyError,
@@ -17,19 +17,25 @@ from .errors import (
 from .events import START, NewEvent, Position, RecordedEvent
 from .factory import create_store
 from .live import Evolver, LiveProjection, fold_stream
-from .projection import Kind, Projection
+from .operations import DeadLetter, Fault
+from .projection import Kind, OnError, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .search import SearchHit, SearchProjection, SearchQueryError
 from .state import DELETE, Evolved, State, StateProjection
+from .status import ProjectionStatus, Severity, UnitState
 from .store import (
     ANY,
     NO_STREAM,
     AppendResult,
+    Backlog,
     EventBatch,
     EventStore,
     ExpectedVersion,
+    HeldBack,
     StreamState,
 )
+from .verify import Verification
+from .worker import Worker
 
 __all__ = [
     "ANY",
@@ -39,19 +45,24 @@ __all__ = [
     "AppendResult",
     "Application",
     "BackendError",
+    "Backlog",
     "Checkpoint",
     "ConcurrencyError",
     "ConfigurationError",
+    "DeadLetter",
     "EventBatch",
     "EventStore",
     "Evolved",
     "Evolver",
     "ExpectedVersion",
+    "Fault",
     "HandlerError",
+    "HeldBack",
     "InvalidInputError",
     "Kind",
     "LiveProjection",
     "NewEvent",
+    "OnError",
     "Position",
     "Projection",
     "ProjectionStatus",
@@ -65,11 +76,15 @@ __all__ = [
     "SearchHit",
     "SearchProjection",
     "SearchQueryError",
+    "Severity",
     "State",
     "StateProjection",
     "StoreUnavailableError",
     "StreamState",
     "TransactionConflictError",
+    "UnitState",
+    "Verification",
+    "Worker",
     "create_store",
     "fold_stream",
 ]

@@ -1,7 +1,7 @@
 """An application: one event store, its projections, and what to do with them.
 
-It is what ``projectionist run|status|rebuild APP`` loads (``APP`` = ``module:attribute``)
-and what a program embeds:
+It is what ``projectionist run|status|rebuild --app APP`` loads (``APP`` =
+``module:attribute``) and what a program embeds:
 
     app = Application("sqlite:///shop.db", [order_summaries, daily_sales])
     async with app:                      # opens the store, registers inline projections
@@ -13,18 +13,15 @@ and what a program embeds:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from . import leases, operations
-from .bluegreen import BlueGreenBuild, build_unit, stale_projections
+from .bluegreen import stale_projections
 from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import (
-    BackendError,
     ConfigurationError,
     HandlerError,
     InvalidInputError,
@@ -33,98 +30,66 @@ from .errors import (
 from .events import Position, RecordedEvent
 from .factory import create_store
 from .live import LiveProjection
-from .operations import DeadLetter, Fault
-from .partitions import split_unit
+from .operations import DeadLetter
+from .partitions import Partition
 from .preparation import prepare_read_model
 from .projection import Kind, Projection
-from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
+from .readmodel import ReadModelStore, ReadModelTransaction
 from .rebuild import Progress, rebuild
 from .recording import OperationsRecords
-from .runner import ProjectionRunner, RunnerState
-from .store import Backlog, ChangeSignal, EventStore, InlineHook, OpenClose
+from .runner import Fence, ProjectionRunner
+from .status import ProjectionStatus, projection_statuses
+from .store import ChangeSignal, EventStore, InlineHook, OpenClose
 from .verify import Verification, verify
 from .worker import Worker
 
 
-@dataclass(frozen=True, slots=True)
-class ProjectionStatus:
-    """One unit of a projection (the projection, or one of its partitions), as of now."""
-
-    name: str
-    kind: str
-    version: int
-    state: str
-    """not set up, catching up, live, faulted, stopped (no worker runs it), needs rebuild..."""
-    position: Position | None
-    head: Position
-    lag: int
-    """Committed events after the projection's position, visible to readers or still held
-    back (0 for inline projections); estimated beyond BACKLOG_COUNTED (``lag_estimated``)."""
-    events_processed: int
-    updated_at: datetime | None
-    partition: str | None = None
-    """"2/4" for partition 2 of 4; None when the projection is not partitioned."""
-    owner: str | None = None
-    """The worker holding its lease, if any."""
-    lag_seconds: float | None = None
-    """Age of the oldest committed event it has still to process (0 when caught up)."""
-    lag_estimated: bool = False
-    events_per_second: float | None = None
-    """Over the last minute, as reported by its owner."""
-    last_batch_seconds: float | None = None
-    errors: int = 0
-    """Failures seen by its current owner (transient ones included)."""
-    last_error: str | None = None
-    dead_letters: int = 0
-    fault: Fault | None = None
-    held_back_seconds: float = 0.0
-    """How long committed events have waited, invisible to every reader, behind an older
-    open transaction that appended to this store (the same for every projection)."""
-    held_back_by: str | None = None
-    """That transaction: process id, state and age (never its SQL text)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "version": self.version,
-            "partition": self.partition,
-            "state": self.state,
-            "owner": self.owner,
-            "position": None if self.position is None else str(self.position),
-            "head": str(self.head),
-            "lag": self.lag,
-            "lag_seconds": self.lag_seconds,
-            "lag_estimated": self.lag_estimated,
-            "events_per_second": self.events_per_second,
-            "events_processed": self.events_processed,
-            "last_batch_seconds": self.last_batch_seconds,
-            "errors": self.errors,
-            "last_error": self.last_error,
-            "dead_letters": self.dead_letters,
-            "fault": None if self.fault is None else self.fault.as_dict(),
-            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
-            "held_back_seconds": self.held_back_seconds,
-            "held_back_by": self.held_back_by,
-        }
-
-
 class Application(OpenClose):
-    """The store URL, the projections, and the operations on them."""
+    """An event store, the projections over it, and the operations on them."""
 
+    @overload
     def __init__(
         self,
-        url: str | EventStore,
+        store: str | EventStore,
         projections: Iterable[Projection] = (),
         *,
         live: Iterable[LiveProjection[Any]] = (),
         schema: str | None = None,
         read_model_url: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        url: str | EventStore,
+        projections: Iterable[Projection] = (),
+        live: Iterable[LiveProjection[Any]] = (),
+        schema: str | None = None,
+        read_model_url: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        store: str | EventStore | None = None,
+        projections: Iterable[Projection] = (),
+        *,
+        live: Iterable[LiveProjection[Any]] = (),
+        schema: str | None = None,
+        read_model_url: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        url: str | EventStore | None = None,
     ) -> None:
-        # A store given as an object is shared, not owned: the caller opens and closes it.
-        self._shared_store = url if isinstance(url, EventStore) else None
-        self.url = url.url if isinstance(url, EventStore) else url
+        """``store`` is the event store's URL (``postgresql://...``, ``sqlite:///path.db``,
+        ``memory://``), which the application opens and closes, or an ``EventStore``
+        object, which it shares: its owner opens and closes it. (``url=`` is its former
+        name, still accepted.)"""
+        store = _the_store(store, url)
+        self._shared_store = store if isinstance(store, EventStore) else None
+        self.url = store.url if isinstance(store, EventStore) else store
+        """The event store's URL (``open(url)`` may override it)."""
         self.schema = schema
         self.poll_interval = poll_interval
         self.projections = {p.name: p for p in projections}
@@ -139,52 +104,53 @@ class Application(OpenClose):
                 "live in the event store's database (drop read_model_url or make them async)"
             )
         _refuse_inline_with_own_read_models(self.projections.values())
-        self._own_opened: list[OpenClose] = []  # projections' own read-model stores
         self._store: EventStore | None = None
         # A read-model database of its own: reached through a store object on that URL,
         # of which only the read-model side (tables and checkpoints) is used.
         self._read_model_host: EventStore | None = None
+        self._opened: contextlib.AsyncExitStack | None = None
+        """What open() opened, closed by close() in reverse order."""
         self._runners: dict[str, ProjectionRunner] = {}
         self._worker: Worker | None = None
         self.progress = ChangeSignal()
         """Notified after every batch committed in this process (``wait_for`` listens)."""
-        self._hooks: list[InlineHook] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self, url: str | None = None) -> None:
-        """Open the store (``url`` overrides the application's) and register inline hooks."""
+        """Open the store (``url`` overrides the application's), register the inline hooks,
+        open the read-model database and projections' own stores. If any of them fails,
+        what was opened is closed again and the error raised."""
         if self._store is not None:
             return
-        store = self._shared_store or create_store(
-            url or self.url, schema=self.schema, poll_interval=self.poll_interval
-        )
-        await store.open()
-        self._hooks = [_inline_hook(p) for p in self.projections.values() if p.kind is Kind.INLINE]
-        for hook in self._hooks:
-            store.add_inline_hook(hook)
-        self._store = store
-        if self.read_model_url:
-            host = create_store(self.read_model_url, schema=self.schema)
-            try:
-                await host.open()
-            except BaseException:
-                await self.close()
-                raise
-            self._read_model_host = host
-        await self._open_own_read_models()
+        async with contextlib.AsyncExitStack() as opened:
+            store = self._shared_store or create_store(
+                url or self.url, schema=self.schema, poll_interval=self.poll_interval
+            )
+            await store.open()
+            if store is not self._shared_store:
+                opened.push_async_callback(store.close)
+            for projection in self.projections.values():
+                if projection.kind is Kind.INLINE:
+                    hook = _inline_hook(projection)
+                    store.add_inline_hook(hook)
+                    opened.callback(store.inline_hooks.remove, hook)
+            host = None
+            if self.read_model_url:
+                host = create_store(self.read_model_url, schema=self.schema)
+                await opened.enter_async_context(host)
+            for own in self._own_read_models():
+                if isinstance(own, OpenClose):
+                    await opened.enter_async_context(own)
+            self._opened = opened.pop_all()
+        self._store, self._read_model_host = store, host
 
     async def close(self) -> None:
-        await self._close_own_read_models()
-        if self._read_model_host is not None:
-            host, self._read_model_host = self._read_model_host, None
-            await host.close()
-        if self._store is not None:
-            store, self._store = self._store, None
-            for hook in self._hooks:
-                store.inline_hooks.remove(hook)
-            if store is not self._shared_store:
-                await store.close()
+        """Close what ``open()`` opened (a shared store stays open); idempotent."""
+        opened, self._opened = self._opened, None
+        self._store = self._read_model_host = None
+        if opened is not None:
+            await opened.aclose()
 
     @property
     def store(self) -> EventStore:
@@ -207,25 +173,6 @@ class Application(OpenClose):
     def _own_read_models(self) -> list[ReadModelStore]:
         stores = [p.read_models for p in self.projections.values() if p.read_models is not None]
         return list({id(store): store for store in stores}.values())
-
-    async def _open_own_read_models(self) -> None:
-        opened: list[OpenClose] = []
-        try:
-            for store in self._own_read_models():
-                if isinstance(store, OpenClose):
-                    await store.open()
-                    opened.append(store)
-        except BaseException:
-            for done in reversed(opened):
-                await done.close()
-            await self.close()
-            raise
-        self._own_opened = opened
-
-    async def _close_own_read_models(self) -> None:
-        opened, self._own_opened = self._own_opened, []
-        for store in reversed(opened):
-            await store.close()
 
     # ------------------------------------------------------------------------------------
 
@@ -289,17 +236,34 @@ class Application(OpenClose):
             raise ConfigurationError(f"projection {name!r} is {projection.kind}: it has no runner")
         for partition, unit in zip(projection.partition_list, projection.units, strict=True):
             if unit not in self._runners:
-                self._runners[unit] = ProjectionRunner(
-                    self.store,
-                    self.read_models_for(projection),
-                    projection,
-                    progress=self.progress,
-                    partition=partition,
-                    records=OperationsRecords.choose(
-                        self.read_models_for(projection), self.read_models
-                    ),
-                )
+                self._runners[unit] = self.new_runner(projection, partition)
         return [self._runners[unit] for unit in projection.units]
+
+    def new_runner(
+        self,
+        projection: Projection,
+        partition: Partition | None = None,
+        *,
+        fence: Fence | None = None,
+    ) -> ProjectionRunner:
+        """A new runner of ``projection`` (or one partition of it) on this application's
+        store, its read models, progress signal and operations tables.
+
+        ``fence`` (a lease check) runs in each batch's own transaction, so it is used only
+        where the leases are: when the projection's read models are the application's own.
+        Another target (Redis) is kept from applying a batch twice by its own checkpoint
+        compare-and-set instead.
+        """
+        read_models = self.read_models_for(projection)
+        return ProjectionRunner(
+            self.store,
+            read_models,
+            projection,
+            partition=partition,
+            fence=fence if read_models is self.read_models else None,
+            progress=self.progress,
+            records=OperationsRecords.choose(read_models, self.read_models),
+        )
 
     def _async_names(self) -> list[str]:
         return [p.name for p in self.projections.values() if p.kind is Kind.ASYNC]
@@ -441,142 +405,33 @@ class Application(OpenClose):
             raise InvalidInputError(f"there is no dead letter {letter_id}")
         return found[0]
 
+    # -- workers ----------------------------------------------------------------------------
+
+    async def live_workers(self, within: float) -> list[tuple[str, float]]:
+        """Workers on this application's database whose last heartbeat is at most
+        ``within`` seconds old: (worker id, seconds since that heartbeat), by id."""
+        return await leases.live_workers(self.read_models, within)
+
     # -- status -----------------------------------------------------------------------------
 
     async def status(self) -> list[ProjectionStatus]:
         """Every projection (every partition of partitioned ones), as of now."""
-        head = await self.store.head()
-        checkpoints = await self.read_models.checkpoints()
-        for own in self._own_read_models():
-            checkpoints.update(await own.checkpoints())
-        held_back = await self.store.held_back()
-        try:
-            lease_rows = await leases.all_leases(self.read_models)
-            faults = await operations.all_faults(self.read_models)
-            letters = await operations.count_dead_letters(self.read_models)
-        except BackendError:  # operations tables missing: set up by an older release
-            lease_rows, faults, letters = {}, {}, {}
-        statuses = []
-        for projection in self.projections.values():
-            for partition, unit in zip(projection.partition_list, projection.units, strict=True):
-                status = await self._unit_status(
-                    projection,
-                    unit,
-                    head,
-                    checkpoints.get(unit),
-                    lease_rows.get(unit),
-                    building=build_unit(projection) in lease_rows,
-                )
-                statuses.append(
-                    dataclasses.replace(
-                        status,
-                        partition=None if partition is None else str(partition),
-                        fault=faults.get(unit),
-                        state=_fault_state(unit in faults, status.state),
-                        dead_letters=letters.get(unit, 0),
-                        held_back_seconds=held_back.seconds if held_back else 0.0,
-                        held_back_by=held_back.by if held_back else None,
-                    )
-                )
-            statuses += await self._build_status(projection, head, lease_rows)
-        return statuses
-
-    async def _build_status(
-        self, projection: Projection, head: Position, lease_rows: dict[str, leases.LeaseRow]
-    ) -> list[ProjectionStatus]:
-        """A blue/green build of a newer version in progress, shown beside the old one."""
-        lease = lease_rows.get(build_unit(projection))
-        if lease is None or projection.kind is not Kind.ASYNC:
-            return []
-        if projection not in await stale_projections(self.read_models, [projection]):
-            return []
-        build = BlueGreenBuild(self.store, self.read_models, projection)
-        position = await build.checkpoint()
-        backlog = await self.store.backlog(position or projection.start)
-        report = lease.report
-        return [
-            ProjectionStatus(
-                name=projection.name,
-                kind="async",
-                version=projection.version,
-                state="rebuilding (blue/green)" if lease.owner else "waiting to rebuild",
-                position=position,
-                head=head,
-                lag=backlog.events,
-                lag_estimated=backlog.estimated,
-                lag_seconds=_age(backlog),
-                events_processed=0,
-                updated_at=None,
-                owner=lease.owner,
-                events_per_second=report.events_per_second if report else None,
-                last_error=report.last_error if report else None,
-            )
-        ]
-
-    async def _unit_status(
-        self,
-        projection: Projection,
-        unit: str,
-        head: Position,
-        checkpoint: Checkpoint | None,
-        lease: leases.LeaseRow | None,
-        *,
-        building: bool = False,
-    ) -> ProjectionStatus:
-        inline = projection.kind is Kind.INLINE
-        position = None if checkpoint is None else head if inline else checkpoint.position
-        _, partition = split_unit(unit)
-        backlog = None
-        if not inline and position is not None:
-            backlog = await self.store.backlog(position, partition)
-        report = lease.report if lease is not None else None
-        runner = self._runners.get(unit)
-        if checkpoint is None:
-            state = "not set up"
-        elif checkpoint.version < projection.version and building:
-            state = f"serving version {checkpoint.version} (version {projection.version} building)"
-        elif checkpoint.version != projection.version:
-            state = f"needs rebuild (read model is version {checkpoint.version})"
-        elif inline:
-            state = "inline"
-        elif report is not None:
-            state = report.state
-        elif runner is not None and runner.state is not RunnerState.STOPPED:
-            state = runner.state.value
-        else:
-            state = "stopped"
-        return ProjectionStatus(
-            name=projection.name,
-            kind=projection.kind.value,
-            version=checkpoint.version if checkpoint else projection.version,
-            state=state,
-            position=position,
-            head=head,
-            lag=backlog.events if backlog else 0,
-            lag_estimated=backlog.estimated if backlog else False,
-            events_processed=checkpoint.events_processed if checkpoint else 0,
-            updated_at=checkpoint.updated_at if checkpoint else None,
-            owner=lease.owner if lease is not None else None,
-            lag_seconds=None if position is None else _age(backlog),
-            events_per_second=report.events_per_second if report else None,
-            last_batch_seconds=report.last_batch_seconds if report else None,
-            errors=report.errors if report else 0,
-            last_error=report.last_error if report else None,
+        return await projection_statuses(
+            self.store,
+            self.read_models,
+            self.projections.values(),
+            own_read_models=self._own_read_models(),
+            runners=self._runners,
         )
 
 
-def _age(backlog: Backlog | None) -> float:
-    """How long the oldest event of a backlog has waited (0 when nothing waits)."""
-    if backlog is None or backlog.oldest is None:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - backlog.oldest).total_seconds())
-
-
-def _fault_state(faulted: bool, reported: str) -> str:
-    """A recorded fault wins; a cleared one shows as restarting until its owner reports."""
-    if faulted:
-        return "faulted"
-    return "restarting" if reported == "faulted" else reported
+def _the_store(store: str | EventStore | None, url: str | EventStore | None) -> str | EventStore:
+    if store is not None and url is not None:
+        raise ConfigurationError("give the event store once: as store (or url=), not both")
+    given = store if store is not None else url
+    if given is None:
+        raise ConfigurationError("an Application needs an event store: a URL or an EventStore")
+    return given
 
 
 def _inline_hook(projection: Projection) -> InlineHook:

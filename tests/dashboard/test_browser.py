@@ -46,7 +46,12 @@ async def test_the_page_follows_appends_and_projections_live(
         env = {"PROJECTIONIST_URL": url}
         async with (
             dashboard_process(
-                "examples.shop.app:app", "--interval", "0.2", env=env, log=tmp_path / "stderr.log"
+                "--app",
+                "examples.shop.app:app",
+                "--interval",
+                "0.2",
+                env=env,
+                log=tmp_path / "stderr.log",
             ) as dashboard,
             async_playwright() as playwright,
         ):
@@ -73,6 +78,11 @@ async def test_the_page_follows_appends_and_projections_live(
                     f"{summaries.lag:,}"
                 )
                 await expect(cell(page, "order_summaries", "state")).to_have_text("stopped")
+                badge = cell(page, "order_summaries", "state").locator(".state")
+                await expect(badge).to_have_class("state idle")
+                inline = cell(page, "product_catalogue", "state").locator(".state")
+                await expect(inline).to_have_text("inline")
+                await expect(inline).to_have_class("state ok")
                 await expect(cell(page, "order_summaries", "events_processed")).to_have_text("0")
                 await expect(cell(page, "product_catalogue", "lag")).to_have_text("0")
                 await page.evaluate("window.notReloaded = true")
@@ -140,7 +150,10 @@ async def renders_the_fields_to_come(page: Page) -> None:
         "kind": "async",
         "version": 2,
         "partition": "1/4",
-        "state": "running",
+        "state": "needs rebuild",
+        "detail": "read model is version <1>",
+        "state_text": "needs rebuild (read model is version <1>)",
+        "severity": "bad",
         "owner": "worker-a",
         "position": "0/950",
         "head": "0/1000",
@@ -175,8 +188,11 @@ async def renders_the_fields_to_come(page: Page) -> None:
     for field, text in expected.items():
         await expect(cell(page, "orders[1/4]", field)).to_have_text(text)
     await expect(cell(page, "orders[1/4]", "state")).to_have_text(
-        "runningheld back for 12.5 s by <b>transaction of pid 7</b>"
+        "needs rebuild (read model is version <1>)held back for 12.5 s by "
+        "<b>transaction of pid 7</b>"
     )
+    # Coloured by the severity the status gives, not by the words.
+    await expect(cell(page, "orders[1/4]", "state").locator(".state")).to_have_class("state bad")
     assert await page.locator("img").count() == 0
     assert await page.locator("b").count() == 0  # text, never markup
     await expect(page.locator("tbody tr")).to_have_count(1)  # the other rows are gone

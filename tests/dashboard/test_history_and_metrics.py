@@ -1,4 +1,4 @@
-"""The dashboard's memory and metrics, fed the status rows of today and after issue 6."""
+"""The dashboard's memory and metrics, fed full status rows and rows with few fields."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ FULL_ROW: dict[str, Any] = {
     "kind": "async",
     "version": 2,
     "partition": "1/4",
-    "state": "running",
+    "state": "catching up",
+    "detail": None,
+    "state_text": "catching up",
+    "severity": "warn",
     "owner": "worker-a",
     "position": "0/950",
     "head": "0/1000",
@@ -77,6 +80,19 @@ def test_metrics_carry_every_field_the_status_has() -> None:
     assert found[("projectionist_events_processed_total", "daily", "")] == 10
     assert ("projectionist_lag_seconds", "daily", "") not in found
     assert ("projectionist_errors_total", "daily", "") not in found
+
+
+def test_each_unit_state_is_a_labelled_sample() -> None:
+    faulted = {**FULL_ROW, "partition": "2/4", "state": "faulted", "severity": "bad"}
+    registry = metrics_registry(lambda: ([FULL_ROW, faulted, TODAY_ROW], True))
+    states = {
+        (s.labels["projection"], s.labels["partition"], s.labels["state"], s.labels["severity"])
+        for family in text_string_to_metric_families(render(registry).decode())
+        for s in family.samples
+        if s.name == "projectionist_unit_state" and s.value == 1
+    }
+    # A row without a severity (not from this version's status) gets no state sample.
+    assert states == {("orders", "1/4", "catching up", "warn"), ("orders", "2/4", "faulted", "bad")}
 
 
 def test_a_failed_poll_reads_as_down_and_each_registry_is_its_own() -> None:

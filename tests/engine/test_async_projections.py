@@ -13,12 +13,15 @@ import pytest
 from projectionist import (
     Application,
     ConfigurationError,
+    EventStore,
     HandlerError,
     NewEvent,
     ProjectionTimeoutError,
     ProjectionVersionError,
     ReadModelTransaction,
     RecordedEvent,
+    Severity,
+    UnitState,
     create_store,
 )
 from projectionist.projection import Projection
@@ -182,7 +185,12 @@ async def test_new_version_in_code_asks_for_a_rebuild(app_url: str) -> None:
         if app_url.startswith("postgresql"):
             await app.setup()  # accepted: workers build the new version beside (blue/green)
             [status] = await app.status()
-            assert status.state == "needs rebuild (read model is version 1)"
+            assert (status.state, status.detail) == (
+                UnitState.NEEDS_REBUILD,
+                "read model is version 1",
+            )
+            assert status.state_text == "needs rebuild (read model is version 1)"
+            assert status.severity is Severity.BAD
             with pytest.raises(ProjectionVersionError, match="projectionist rebuild ledger"):
                 await app.run_until_caught_up()  # a runner, not a worker, says so
         else:
@@ -291,13 +299,13 @@ async def test_a_runner_of_an_old_version_stops_after_a_rebuild(app_url: str) ->
 
 
 async def test_runners_starting_a_new_projection_together(app_url: str) -> None:
-    shared: object = app_url
+    shared: str | EventStore = app_url
     async with Application(app_url, [ledger()]) as first:
         if app_url == "memory://":
             shared = first.store
         await first.store.apply_schema()
         await first.store.append("account-1", money(1, 6))
-        async with Application(shared, [ledger()]) as second:  # type: ignore[arg-type]
+        async with Application(shared, [ledger()]) as second:
             await asyncio.gather(
                 first.runner("ledger").prepare(), second.runner("ledger").prepare()
             )

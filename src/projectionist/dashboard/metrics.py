@@ -18,6 +18,50 @@ Snapshot = Callable[[], tuple[Sequence[Mapping[str, Any]], bool]]
 """Returns the latest rows and whether the last poll of the status succeeded."""
 
 
+_FIELDS: Sequence[tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, str]] = [
+    (
+        CounterMetricFamily,
+        "projectionist_events_processed",
+        "Events the projection has processed since its last rebuild",
+        "events_processed",
+    ),
+    (
+        GaugeMetricFamily,
+        "projectionist_lag_events",
+        "Committed events after the projection's position, visible or held back "
+        "(estimated beyond 10,000)",
+        "lag",
+    ),
+    (
+        GaugeMetricFamily,
+        "projectionist_lag_seconds",
+        "Age of the oldest committed event the projection has not processed yet",
+        "lag_seconds",
+    ),
+    (
+        GaugeMetricFamily,
+        "projectionist_held_back_seconds",
+        "How long committed events have waited, invisible to readers, behind an "
+        "older open transaction that appended to the store",
+        "held_back_seconds",
+    ),
+    (
+        GaugeMetricFamily,
+        "projectionist_last_batch_seconds",
+        "Duration of the projection's last batch",
+        "last_batch_seconds",
+    ),
+    (CounterMetricFamily, "projectionist_errors", "Handler errors of the projection", "errors"),
+    (
+        GaugeMetricFamily,
+        "projectionist_dead_letters",
+        "Events of the projection in its dead-letter table",
+        "dead_letters",
+    ),
+]
+"""(kind, metric name, help, status field) of the numeric series."""
+
+
 class StatusCollector(Collector):
     """One time series per projection (and partition) and status field."""
 
@@ -32,73 +76,30 @@ class StatusCollector(Collector):
         )
         up.add_metric([], 1.0 if ok else 0.0)
         yield up
-        families: list[tuple[CounterMetricFamily | GaugeMetricFamily, str]] = [
-            (
-                CounterMetricFamily(
-                    "projectionist_events_processed",
-                    "Events the projection has processed since its last rebuild",
-                    labels=LABELS,
-                ),
-                "events_processed",
-            ),
-            (
-                GaugeMetricFamily(
-                    "projectionist_lag_events",
-                    "Committed events after the projection's position, visible or held back "
-                    "(estimated beyond 10,000)",
-                    labels=LABELS,
-                ),
-                "lag",
-            ),
-            (
-                GaugeMetricFamily(
-                    "projectionist_lag_seconds",
-                    "Age of the oldest committed event the projection has not processed yet",
-                    labels=LABELS,
-                ),
-                "lag_seconds",
-            ),
-            (
-                GaugeMetricFamily(
-                    "projectionist_held_back_seconds",
-                    "How long committed events have waited, invisible to readers, behind an "
-                    "older open transaction that appended to the store",
-                    labels=LABELS,
-                ),
-                "held_back_seconds",
-            ),
-            (
-                GaugeMetricFamily(
-                    "projectionist_last_batch_seconds",
-                    "Duration of the projection's last batch",
-                    labels=LABELS,
-                ),
-                "last_batch_seconds",
-            ),
-            (
-                CounterMetricFamily(
-                    "projectionist_errors",
-                    "Handler errors of the projection",
-                    labels=LABELS,
-                ),
-                "errors",
-            ),
-            (
-                GaugeMetricFamily(
-                    "projectionist_dead_letters",
-                    "Events of the projection in its dead-letter table",
-                    labels=LABELS,
-                ),
-                "dead_letters",
-            ),
-        ]
-        for family, field in families:
+        for kind, name, documentation, field in _FIELDS:
+            family = kind(name, documentation, labels=LABELS)
             for row in rows:
                 value = row.get(field)
                 # A field the status does not carry (or not yet: None) has no sample.
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     family.add_metric(_labels(row), float(value))
             yield family
+        yield _states(rows)
+
+
+def _states(rows: Sequence[Mapping[str, Any]]) -> GaugeMetricFamily:
+    """1 per unit, labelled with its state and that state's severity: alert on
+    ``projectionist_unit_state{severity="bad"}`` rather than on words."""
+    family = GaugeMetricFamily(
+        "projectionist_unit_state",
+        "1, labelled with the projection unit's state and its severity (ok, warn, bad, idle)",
+        labels=[*LABELS, "state", "severity"],
+    )
+    for row in rows:
+        state, severity = row.get("state"), row.get("severity")
+        if isinstance(state, str) and isinstance(severity, str):
+            family.add_metric([*_labels(row), state, severity], 1.0)
+    return family
 
 
 def _labels(row: Mapping[str, Any]) -> list[str]:

@@ -52,12 +52,11 @@ function formatTime(iso) {
   return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleTimeString("en-GB");
 }
 
-function stateClass(state) {
-  const text = String(state || "");
-  if (/fail|error|rebuild|dead|crash/i.test(text)) return "bad";
-  if (/behind|catching|retry|held|paused/i.test(text)) return "warn";
-  if (/not set up|stopped|idle|unknown/i.test(text) || !text) return "idle";
-  return "ok";
+// The status says how much a state matters (its severity); the page never reads the words.
+const SEVERITIES = new Set(["ok", "warn", "bad", "idle"]);
+
+function stateClass(item) {
+  return SEVERITIES.has(item.severity) ? item.severity : "idle";
 }
 
 function rowFor(key, tbody) {
@@ -88,8 +87,8 @@ function fill(row, item) {
   cell("partition").textContent = item.partition ?? "-";
 
   const badge = document.createElement("span");
-  badge.className = "state " + stateClass(item.state);
-  badge.textContent = item.state ?? "unknown";
+  badge.className = "state " + stateClass(item);
+  badge.textContent = item.state_text ?? item.state ?? "unknown";
   const state = cell("state");
   state.replaceChildren(badge);
   if (item.held_back_by) {

@@ -1,0 +1,21 @@
+"""The ``projectionist`` command: a thin face over the library.
+
+Every option also reads an environment variable (shown in ``--help``). Errors print one line
+and exit with status 1. Commands live in the modules named for what they work on; importing
+them registers them on ``app``.
+"""
+
+from __future__ import annotations
+
+from . import operations, serving, store
+from .base import app, load_application
+from .tables import status_table
+
+_COMMANDS = (operations, serving, store)  # imported for their commands
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "load_application", "main", "status_table"]

@@ -1,0 +1,5 @@
+"""``python -m projectionist.cli``."""
+
+from . import main
+
+main()
