@@ -33,10 +33,17 @@ from .events import Position, RecordedEvent
 from .factory import create_store
 from .live import LiveProjection
 from .operations import DeadLetter, Fault
-from .partitions import split_unit
+from .partitions import Partition, split_unit
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
-from .runner import Progress, ProjectionRunner, RunnerState, prepare_read_model, rebuild
+from .runner import (
+    Fence,
+    Progress,
+    ProjectionRunner,
+    RunnerState,
+    prepare_read_model,
+    rebuild,
+)
 from .store import Backlog, ChangeSignal, EventStore, InlineHook, OpenClose
 from .verify import Verification, verify
 from .worker import Worker
@@ -297,6 +304,28 @@ class Application(OpenClose):
 
     def _async_names(self) -> list[str]:
         return [p.name for p in self.projections.values() if p.kind is Kind.ASYNC]
+
+    def new_runner(
+        self,
+        projection: Projection,
+        partition: Partition | None = None,
+        *,
+        fence: Fence | None = None,
+    ) -> ProjectionRunner:
+        """A runner of ``projection`` (its ``partition``). ``fence`` is checked in each
+        batch's transaction only where the leases are (the application's read models), not
+        on another target (Redis), whose checkpoint compare-and-set still prevents a double
+        application."""
+        read_models = self.read_models_for(projection)
+        return ProjectionRunner(
+            self.store,
+            read_models,
+            projection,
+            partition=partition,
+            fence=fence if read_models is self.read_models else None,
+            progress=self.progress,
+            operations_store=self.read_models,
+        )
 
     def worker(self, **options: Any) -> Worker:
         """A worker for this application's async projections (see ``Worker`` for options)."""
