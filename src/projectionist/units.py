@@ -4,7 +4,7 @@ The worker (``worker``) depends on these protocols, not on ``Application``: an a
 satisfies ``WorkerHost`` as it is, and anything else that can hand out runners could too.
 ``ProjectionRunner`` (a projection or one partition of it) and ``BlueGreenBuild`` (a new
 version built beside the old one) both satisfy ``UnitWork``, the part of a unit the worker
-starts, stops, and reports.
+starts, stops, and reports; ``unit_report`` is what a unit's lease publishes about it.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ A paused worker's open batch is ended by the database once it has been idle for
 ``idle_transaction_seconds`` (``lease_seconds`` by default), so it holds no lock the taker
 needs (docs/operations.md, "A paused worker").
 
-It needs only a ``WorkerHost`` (``units``): the application's stores, projections and runner
-factory. It installs no signal handlers: ``stop()`` ends it (the CLI wires SIGTERM/SIGINT to
-it).
+It depends on a ``WorkerHost`` (``units``: the stores, projections and runner factory that an
+``Application`` provides), not on the application itself. It installs no signal handlers:
+``stop()`` ends it (the CLI wires SIGTERM/SIGINT to it).
 """
 
 from __future__ import annotations
