@@ -6,8 +6,8 @@ one) through leases in that database (see ``leases``). Every ``heartbeat`` secon
 
 1. records its heartbeat and counts the live workers;
 2. renews its leases and publishes each unit's state and figures (status reads them);
-3. hands back units above its fair share (``ceil(units / live workers)``), after their
-   current batch, so that a joining worker gets some;
+3. hands back units above its fair share (``ceil(units / live workers)``, see
+   ``fairshare``), after their current batch, so that a joining worker gets some;
 4. takes free or expired units up to its fair share, and starts their runners.
 
 A worker that dies stops renewing; its leases expire after ``lease_seconds`` and the others
@@ -17,7 +17,9 @@ A paused worker's open batch is ended by the database once it has been idle for
 ``idle_transaction_seconds`` (``lease_seconds`` by default), so it holds no lock the taker
 needs (docs/operations.md, "A paused worker").
 
-It installs no signal handlers: ``stop()`` ends it (the CLI wires SIGTERM/SIGINT to it).
+It depends on a ``WorkerHost`` (``units``: the stores, projections and runner factory that an
+``Application`` provides), not on the application itself. It installs no signal handlers:
+``stop()`` ends it (the CLI wires SIGTERM/SIGINT to it).
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import socket
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, drop_retired, stale_projections
@@ -42,16 +43,14 @@ from .errors import (
     ProjectionSupersededError,
     ProjectionVersionError,
 )
+from .fairshare import fair_share, hand_back_order, rebalance, runnable_units
 from .leases import Lease, UnitReport
 from .partitions import split_unit
 from .projection import Kind, Projection
 from .readmodel import ReadModelTransaction
-from .recording import OperationsRecords
-from .runner import ProjectionRunner, RunnerState
+from .runner import RunnerState
 from .transient import is_transient
-
-if TYPE_CHECKING:
-    from .app import Application
+from .units import UnitWork, WorkerHost, unit_report
 
 logger = logging.getLogger("projectionist.worker")
 
@@ -63,20 +62,26 @@ def default_worker_id() -> str:
 @dataclass
 class _Owned:
     lease: Lease
-    runner: ProjectionRunner | BlueGreenBuild
+    runner: UnitWork
     task: asyncio.Task[None] | None = None
     note: str | None = None
     """Why it is not running (needs a rebuild, failed to start): shown as its state."""
     retry_at: float = 0.0
     failures: int = field(default=0)
 
+    def report(self) -> UnitReport:
+        """What its lease publishes: its figures, and its state as status shows it."""
+        running = self.task is not None and not self.task.done()
+        return unit_report(self.runner, self.note, running=running)
+
 
 class Worker:
-    """Runs the async projections of ``app`` (opened and set up) until ``stop()``."""
+    """Runs the async projections of ``host`` (an application, opened and set up) until
+    ``stop()``; ``projections`` names a subset of them."""
 
     def __init__(
         self,
-        app: Application,
+        host: WorkerHost,
         *,
         worker_id: str | None = None,
         lease_seconds: float = 10.0,
@@ -90,7 +95,7 @@ class Worker:
             raise ConfigurationError("lease_seconds and shutdown_seconds must be positive")
         if idle_transaction_seconds is not None and not idle_transaction_seconds > 0:
             raise ConfigurationError("idle_transaction_seconds must be positive")
-        self.app = app
+        self.host = host
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 4
@@ -98,17 +103,12 @@ class Worker:
             raise ConfigurationError("heartbeat_seconds must be at most half of lease_seconds")
         self.shutdown_seconds = shutdown_seconds
         self.idle_transaction_seconds = idle_transaction_seconds or lease_seconds
-        names = list(projections) if projections is not None else None
-        selected = [app.projection(name) for name in names] if names else None
-        self._projections = [
-            p for p in (selected or app.projections.values()) if p.kind is Kind.ASYNC
-        ]
+        self._projections = _async_projections(host.projections, projections)
         self._units = {unit: p for p in self._projections for unit in p.units}
         self._builds: dict[str, Projection] = {}
         """Blue/green build units of projections whose stored version is older."""
         self.retire_after_seconds = retire_after_seconds
         self._superseded: set[str] = set()
-
         """Units a newer version of the code has taken over."""
         self._owned: dict[str, _Owned] = {}
         self._stop = asyncio.Event()
@@ -125,8 +125,8 @@ class Worker:
 
     async def run(self) -> None:
         self._stop.clear()
-        read_models = self.app.read_models
-        for store in {read_models, *map(self.app.read_models_for, self._projections)}:
+        read_models = self.host.read_models
+        for store in {read_models, *map(self.host.read_models_for, self._projections)}:
             store.guard_transactions(self.worker_id, self.idle_transaction_seconds)
         await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
         logger.info(
@@ -174,7 +174,7 @@ class Worker:
     # -- one heartbeat --------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        read_models = self.app.read_models
+        read_models = self.host.read_models
         self.live_workers = await leases.heartbeat(
             read_models,
             self.worker_id,
@@ -185,18 +185,18 @@ class Worker:
         await self._find_builds()
         await self._renew()
         await self._leave_old_versions()
-        units = len(self._runnable()) + len(self._builds)
-        fair = math.ceil(units / max(len(self.live_workers), 1))
-        if len(self._owned) > fair:
-            await self._hand_back(len(self._owned) - fair)
-        elif len(self._owned) < fair:
-            await self._take(fair - len(self._owned))
+        share = fair_share(len(self._runnable()) + len(self._builds), len(self.live_workers))
+        change = rebalance(len(self._owned), share)
+        if change.hand_back:
+            await self._hand_back(change.hand_back)
+        elif change.take:
+            await self._take(change.take)
         await self._start_runners()
 
     async def _find_builds(self) -> None:
         """On PostgreSQL, a projection whose code version is newer than its read model gets
         a blue/green build unit; its own units are left to older workers until the swap."""
-        read_models = self.app.read_models
+        read_models = self.host.read_models
         if not hasattr(read_models, "in_schema"):
             return
         stale = await stale_projections(read_models, self._projections)
@@ -212,15 +212,12 @@ class Worker:
             )
 
     def _runnable(self) -> list[str]:
-        """This worker's units it can run now: not superseded by newer code, and not of a
-        projection whose newer version it is building (the old version's units stay with
-        workers that run the old code, so it keeps following new events meanwhile)."""
-        building = {projection.name for projection in self._builds.values()}
-        return [
-            unit
-            for unit, projection in self._units.items()
-            if unit not in self._superseded and projection.name not in building
-        ]
+        """This worker's units it can run now (see ``fairshare.runnable_units``)."""
+        return runnable_units(
+            {unit: projection.name for unit, projection in self._units.items()},
+            self._superseded,
+            {projection.name for projection in self._builds.values()},
+        )
 
     async def _leave_old_versions(self) -> None:
         """Hand back units of projections whose newer version is being built."""
@@ -243,7 +240,7 @@ class Worker:
             ):
                 self._finished(unit, owned)
             if not await leases.renew(
-                self.app.read_models, owned.lease, self.lease_seconds, self._report(owned)
+                self.host.read_models, owned.lease, self.lease_seconds, owned.report()
             ):
                 logger.warning(
                     "lease on %s lost",
@@ -252,24 +249,6 @@ class Worker:
                 )
                 await self._stop_runner(owned)
                 del self._owned[unit]
-
-    def _report(self, owned: _Owned) -> UnitReport:
-        runner = owned.runner
-        if owned.note is not None:
-            state = owned.note
-        elif runner.state is RunnerState.FAULTED or runner.fault is not None:
-            state = str(RunnerState.FAULTED)
-        elif owned.task is None or owned.task.done():
-            state = "starting"
-        else:
-            state = str(runner.state)
-        return UnitReport(
-            state=state,
-            events_per_second=runner.events_per_second,
-            last_batch_seconds=runner.last_batch_seconds,
-            errors=runner.errors,
-            last_error=runner.last_error,
-        )
 
     def _finished(self, unit: str, owned: _Owned) -> None:
         """A runner ended on its own: a lost lease, or an error that is not transient."""
@@ -294,11 +273,7 @@ class Worker:
         )
 
     async def _hand_back(self, count: int) -> None:
-        # Hand back the most recently numbered units first: any order works, this one is
-        # stable, so two workers rebalancing do not trade the same units back and forth.
-        # Blue/green builds go last: a build's progress is worth keeping.
-        order = sorted(self._owned, key=lambda u: (u not in self._builds, u), reverse=True)
-        for unit in order[:count]:
+        for unit in hand_back_order(self._owned, keep_longest=self._builds)[:count]:
             await self._hand_back_unit(unit, f"rebalancing over {len(self.live_workers)} workers")
 
     async def _hand_back_unit(self, unit: str, why: str) -> None:
@@ -306,7 +281,7 @@ class Worker:
         owned = self._owned[unit]
         await self._stop_runner(owned)
         del self._owned[unit]  # only now: if stop() interrupts, _shut_down waits for it
-        await leases.release(self.app.read_models, owned.lease)
+        await leases.release(self.host.read_models, owned.lease)
         logger.info(
             "handed %s back (%s)",
             unit,
@@ -315,7 +290,7 @@ class Worker:
         )
 
     async def _take(self, count: int) -> None:
-        read_models = self.app.read_models
+        read_models = self.host.read_models
         free = await leases.free_units(read_models, [*self._runnable(), *self._builds])
         random.shuffle(free)  # workers starting together spread out
         for unit in free:
@@ -325,7 +300,7 @@ class Worker:
                 count -= 1
 
     async def _acquire(self, unit: str) -> bool:
-        read_models = self.app.read_models
+        read_models = self.host.read_models
         lease = await leases.acquire(read_models, unit, self.worker_id, self.lease_seconds)
         if lease is None:
             await self._end_stuck_owner(unit)
@@ -354,12 +329,12 @@ class Worker:
         """A free unit we could not take is locked by a batch of its expired owner: one that
         is stopped in the middle of a statement, which no idle limit ends. End it; the unit
         is taken at the next heartbeat."""
-        owner = await leases.expired_owner(self.app.read_models, unit)
+        owner = await leases.expired_owner(self.host.read_models, unit)
         if owner is None or owner == self.worker_id:
             return
-        stores = {self.app.read_models}
+        stores = {self.host.read_models}
         if unit in self._units:  # a build unit runs on the application's read models
-            stores.add(self.app.read_models_for(self._units[unit]))
+            stores.add(self.host.read_models_for(self._units[unit]))
         # Its stuck batch began before it stopped renewing, at least ~3/4 of a lease ago; a
         # younger transaction of that owner is left alone.
         ended = 0
@@ -378,34 +353,24 @@ class Worker:
                 },
             )
 
-    def _runner(self, unit: str, lease: Lease) -> ProjectionRunner | BlueGreenBuild:
+    def _runner(self, unit: str, lease: Lease) -> UnitWork:
         if unit in self._builds:
             return BlueGreenBuild(
-                self.app.store,
-                self.app.read_models,
+                self.host.store,
+                self.host.read_models,
                 self._builds[unit],
                 lease,
                 retire_after=self.retire_after_seconds,
             )
-        projection: Projection = self._units[unit]
         _, partition = split_unit(unit)
-        read_models = self.app.read_models_for(projection)
 
         async def fence(tx: ReadModelTransaction) -> None:
             await leases.check(tx, lease)
 
-        return ProjectionRunner(
-            self.app.store,
-            read_models,
-            projection,
-            partition=partition,
-            # The lease is checked in the batch's own transaction: possible where the
-            # leases are (the application's database), not on another target (Redis),
-            # whose own checkpoint compare-and-set still prevents a double application.
-            fence=fence if read_models is self.app.read_models else None,
-            progress=self.app.progress,
-            records=OperationsRecords.choose(read_models, self.app.read_models),
-        )
+        # The host checks the lease in each batch's transaction where the leases are (its
+        # own read models); on another target (Redis), the checkpoint's compare-and-set
+        # still prevents a double application.
+        return self.host.new_runner(self._units[unit], partition, fence=fence)
 
     async def _start_runners(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -425,7 +390,7 @@ class Worker:
 
     async def _fault_cleared(self, owned: _Owned) -> bool:
         """A faulted unit resumes once its fault is gone (``projectionist restart``)."""
-        async with self.app.read_models.transaction() as tx:
+        async with self.host.read_models.transaction() as tx:
             fault = await operations.load_fault(tx, owned.runner.unit)
         if fault is None:
             logger.info(
@@ -453,7 +418,7 @@ class Worker:
         self._owned.clear()
         await asyncio.gather(*(self._stop_runner(o) for o in owned))
         with contextlib.suppress(Exception):
-            await leases.unregister(self.app.read_models, self.worker_id)
+            await leases.unregister(self.host.read_models, self.worker_id)
         logger.info(
             "worker %s stopped",
             self.worker_id,
@@ -463,3 +428,16 @@ class Worker:
     @staticmethod
     def _jittered(seconds: float) -> float:
         return seconds * random.uniform(0.8, 1.2)
+
+
+def _async_projections(
+    projections: Mapping[str, Projection], names: Iterable[str] | None
+) -> list[Projection]:
+    """The async projections among ``names`` (all of them if None or empty)."""
+    selected = list(names) if names is not None else []
+    for name in selected:
+        if name not in projections:
+            known = ", ".join(sorted(projections)) or "none"
+            raise ConfigurationError(f"no projection named {name!r} (known: {known})")
+    chosen = [projections[name] for name in selected] or list(projections.values())
+    return [p for p in chosen if p.kind is Kind.ASYNC]
