@@ -1,0 +1,254 @@
+"""The read-model contract, run against every read-model store: memory, SQLite, PostgreSQL and
+Redis, as the event store's contract suite runs against every event store.
+
+What the engine relies on: a checkpoint moves by compare-and-set in the transaction of the
+rows; an exception or a conflict keeps neither; ``lock_projection`` makes a second locker
+wait; ``drop_tables`` forgets a read model; ``scratch`` is an empty store of the same kind.
+Rows are written the way each kind's handlers write them (SQL, or a Redis pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from projectionist import ProjectionistError, create_store
+from projectionist.events import Position
+from projectionist.readmodel import (
+    CheckpointConflictError,
+    ReadModelStore,
+    ReadModelTransaction,
+)
+from projectionist.targets.redis import RedisReadModelStore, as_redis
+from tests.conftest import new_schema_name, require_postgres, store_url
+from tests.targets.conftest import REDIS_URL, delete_prefix, require_redis
+
+KINDS = ["memory", "sqlite", "postgres", "redis"]
+TABLE = "contract_rows"
+P1, P2, P3 = Position(1, 1), Position(2, 2), Position(3, 3)
+
+
+@dataclass
+class Rows:
+    """How a handler of this kind writes a row, and how a test reads them back."""
+
+    write: Callable[[ReadModelTransaction, str, int], Awaitable[None]]
+    read: Callable[[ReadModelStore], Awaitable[dict[str, int]]]
+
+
+_CREATE = f"CREATE TABLE IF NOT EXISTS {TABLE} (k TEXT PRIMARY KEY, v BIGINT)"
+
+
+async def _sql_write(tx: ReadModelTransaction, key: str, value: int) -> None:
+    await tx.execute(_CREATE)
+    await tx.execute(f"INSERT INTO {TABLE} VALUES ($1, $2)", key, value)
+
+
+async def _sql_read(store: ReadModelStore) -> dict[str, int]:
+    async with store.transaction() as tx:
+        await tx.execute(_CREATE)  # a dropped table reads as empty
+        rows = await tx.fetch(f"SELECT k, v FROM {TABLE}")
+    return {str(k): int(v) for k, v in rows}
+
+
+async def _redis_write(tx: ReadModelTransaction, key: str, value: int) -> None:
+    redis_tx = as_redis(tx)
+    redis_tx.pipeline.hset(redis_tx.key(TABLE), key, value)
+
+
+async def _redis_read(store: ReadModelStore) -> dict[str, int]:
+    assert isinstance(store, RedisReadModelStore)
+    found = await store.client.hgetall(store.key(TABLE))
+    return {_text(k): int(v) for k, v in found.items()}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def read_models(kind: str, tmp_path: Path) -> AsyncIterator[ReadModelStore]:
+    """An open read-model store of the kind, its schema applied, removed afterwards."""
+    if kind == "redis":
+        async for store in _redis_store():
+            yield store
+        return
+    schema = None
+    if kind == "postgres":
+        await require_postgres()
+        schema = new_schema_name()
+    async with create_store(store_url(kind, tmp_path, schema)) as host:
+        await host.apply_schema()
+        yield host.read_models()
+        if schema is not None:
+            async with host.read_models().transaction() as tx:
+                await tx.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def _redis_store() -> AsyncIterator[ReadModelStore]:
+    await require_redis()
+    prefix = f"test-{new_schema_name()}"
+    async with RedisReadModelStore(REDIS_URL, prefix=prefix) as store:
+        await store.apply_schema()
+        yield store
+    await delete_prefix(prefix)
+
+
+@pytest.fixture
+def rows(kind: str) -> Rows:
+    if kind == "redis":
+        return Rows(_redis_write, _redis_read)
+    return Rows(_sql_write, _sql_read)
+
+
+async def test_a_checkpoint_is_created_then_moved_by_compare_and_set(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    async with read_models.transaction() as tx:
+        assert await tx.load_checkpoint("p") is None
+        await rows.write(tx, "a", 1)
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+    async with read_models.transaction() as tx:
+        assert (await tx.load_checkpoint("p")).position == P1  # type: ignore[union-attr]
+        await rows.write(tx, "b", 2)
+        await tx.save_checkpoint("p", 1, P1, P2, 1)
+    checkpoint = await read_models.checkpoint("p")
+    assert checkpoint is not None
+    assert (checkpoint.name, checkpoint.version, checkpoint.position) == ("p", 1, P2)
+    assert checkpoint.events_processed == 2
+    assert await rows.read(read_models) == {"a": 1, "b": 2}
+
+
+async def test_a_stale_expected_position_conflicts_and_keeps_nothing(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+    with pytest.raises(CheckpointConflictError):
+        async with read_models.transaction() as tx:
+            await tx.load_checkpoint("p")
+            await rows.write(tx, "lost", 1)
+            await tx.save_checkpoint("p", 1, P2, P3, 1)
+    with pytest.raises(CheckpointConflictError):
+        async with read_models.transaction() as tx:
+            await tx.load_checkpoint("p")
+            await tx.save_checkpoint("p", 1, None, P3, 1)  # "create" over an existing one
+    assert (await read_models.checkpoint("p")).position == P1  # type: ignore[union-attr]
+    assert "lost" not in await rows.read(read_models)
+
+
+async def test_a_checkpoint_moved_by_another_transaction_meanwhile_conflicts(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+    with pytest.raises(CheckpointConflictError):
+        async with read_models.transaction() as slow:
+            seen = await slow.load_checkpoint("p")
+            assert seen is not None
+            async with read_models.transaction() as fast:  # commits first
+                await fast.load_checkpoint("p")
+                await fast.save_checkpoint("p", 1, P1, P2, 1)
+            await rows.write(slow, "late", 1)
+            await slow.save_checkpoint("p", 1, seen.position, P3, 1)
+    assert (await read_models.checkpoint("p")).position == P2  # type: ignore[union-attr]
+    assert "late" not in await rows.read(read_models)
+
+
+async def test_an_exception_in_the_block_keeps_neither_rows_nor_checkpoint(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with read_models.transaction() as tx:
+            await tx.load_checkpoint("p")
+            await rows.write(tx, "a", 1)
+            await tx.save_checkpoint("p", 1, None, P1, 1)
+            raise ZeroDivisionError
+    assert await read_models.checkpoint("p") is None
+    assert await rows.read(read_models) == {}
+
+
+async def test_checkpoints_are_listed_with_versions_and_deleted(
+    read_models: ReadModelStore,
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+        await tx.save_checkpoint("q#0/2", 3, None, P2, 2)
+    assert sorted(await read_models.checkpoints()) == ["p", "q#0/2"]
+    async with read_models.transaction() as tx:
+        assert await tx.checkpoint_versions() == {"p": 1, "q#0/2": 3}
+        await tx.load_checkpoint("p")
+        await tx.delete_checkpoint("p")
+    assert list(await read_models.checkpoints()) == ["q#0/2"]
+    assert await read_models.checkpoint("p") is None
+
+
+async def test_a_locked_projection_makes_a_second_locker_wait_for_the_commit(
+    read_models: ReadModelStore,
+) -> None:
+    holder_committed = asyncio.Event()
+    seen_by_waiter: list[Position | None] = []
+
+    async def wait_for_the_lock() -> None:
+        async with read_models.transaction() as tx:
+            await tx.lock_projection("p")
+            assert holder_committed.is_set(), "the lock was granted while still held"
+            checkpoint = await tx.load_checkpoint("p", lock=True)
+            seen_by_waiter.append(None if checkpoint is None else checkpoint.position)
+
+    waiter: asyncio.Task[None] | None = None
+    async with read_models.transaction() as tx:
+        await tx.lock_projection("p")
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+        waiter = asyncio.ensure_future(wait_for_the_lock())
+        await asyncio.sleep(0.3)  # time for the waiter to try; it must not get the lock
+        assert not waiter.done()
+        holder_committed.set()
+    await asyncio.wait_for(waiter, timeout=30)
+    assert seen_by_waiter == [P1]
+
+
+async def test_drop_tables_forgets_a_read_model_and_ignores_missing_ones(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    async with read_models.transaction() as tx:
+        await rows.write(tx, "a", 1)
+    async with read_models.transaction() as tx:
+        await tx.drop_tables([TABLE, "never_created"])
+    assert await rows.read(read_models) == {}
+    async with read_models.transaction() as tx:  # and it can be built again
+        await rows.write(tx, "b", 2)
+    assert await rows.read(read_models) == {"b": 2}
+
+
+async def test_scratch_is_an_empty_store_of_the_same_kind_removed_on_exit(
+    read_models: ReadModelStore, rows: Rows, kind: str
+) -> None:
+    async with read_models.transaction() as tx:
+        await rows.write(tx, "outside", 1)
+        await tx.save_checkpoint("p", 1, None, P1, 1)
+    if kind == "redis":  # Redis has no scratch space: a clear error, nothing touched
+        with pytest.raises(ProjectionistError, match="scratch"):
+            async with read_models.scratch("verify"):
+                pass
+        assert await rows.read(read_models) == {"outside": 1}
+        return
+    async with read_models.scratch("verify") as scratch:
+        assert type(scratch) is type(read_models)
+        assert await scratch.checkpoints() == {}
+        assert await rows.read(scratch) == {}
+        async with scratch.transaction() as tx:
+            await rows.write(tx, "inside", 2)
+            await tx.save_checkpoint("p", 1, None, P2, 1)
+        assert await rows.read(scratch) == {"inside": 2}
+    assert await rows.read(read_models) == {"outside": 1}
+    assert (await read_models.checkpoint("p")).position == P1  # type: ignore[union-attr]
