@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import ProjectionistError
+from .errors import ConfigurationError, ProjectionistError
 from .events import Position
 
 
@@ -134,7 +134,10 @@ class ReadModelStore(abc.ABC):
     def scratch(self, label: str) -> AbstractAsyncContextManager[ReadModelStore]:
         """An empty read-model store of the same kind, removed on exit (``verify`` rebuilds
         into it): a side schema on PostgreSQL, a temporary database file on SQLite."""
-        raise NotImplementedError(f"{type(self).__name__} has no scratch space")
+        raise ConfigurationError(
+            f"{type(self).__name__} has no scratch space: verify and rebuild into a scratch "
+            "store need a SQL read-model store"
+        )
 
     async def checkpoint(self, name: str) -> Checkpoint | None:
         """The stored checkpoint of one projection, or None."""

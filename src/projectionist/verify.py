@@ -62,14 +62,7 @@ async def verify(
         )
     if not projection.tables:
         raise ConfigurationError(f"projection {projection.name!r} declares no tables to compare")
-    try:
-        space = read_models.scratch(f"{projection.name}_{uuid.uuid4().hex}")
-    except NotImplementedError as exc:
-        raise ConfigurationError(
-            f"projection {projection.name!r}: its read-model store has no scratch space to "
-            "verify in"
-        ) from exc
-    async with space as scratch:
+    async with read_models.scratch(f"{projection.name}_{uuid.uuid4().hex}") as scratch:
         # Faults and skipped events of the scratch copy are not the live projection's.
         runners = [
             ProjectionRunner(

@@ -70,6 +70,24 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def _write_and_move(
+    read_models: ReadModelStore,
+    rows: Rows,
+    key: str,
+    expected: Position | None,
+    new: Position,
+    *,
+    then_fail: bool = False,
+) -> None:
+    """One batch: read the checkpoint, write a row, move the checkpoint (then maybe fail)."""
+    async with read_models.transaction() as tx:
+        await tx.load_checkpoint("p")
+        await rows.write(tx, key, 1)
+        await tx.save_checkpoint("p", 1, expected, new, 1)
+        if then_fail:
+            raise ZeroDivisionError
+
+
 @pytest.fixture(params=KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -134,45 +152,53 @@ async def test_a_stale_expected_position_conflicts_and_keeps_nothing(
     async with read_models.transaction() as tx:
         await tx.save_checkpoint("p", 1, None, P1, 1)
     with pytest.raises(CheckpointConflictError):
-        async with read_models.transaction() as tx:
-            await tx.load_checkpoint("p")
-            await rows.write(tx, "lost", 1)
-            await tx.save_checkpoint("p", 1, P2, P3, 1)
-    with pytest.raises(CheckpointConflictError):
-        async with read_models.transaction() as tx:
-            await tx.load_checkpoint("p")
-            await tx.save_checkpoint("p", 1, None, P3, 1)  # "create" over an existing one
+        await _write_and_move(read_models, rows, "lost", P2, P3)
+    with pytest.raises(CheckpointConflictError):  # "create" over an existing one
+        await _write_and_move(read_models, rows, "lost", None, P3)
     assert (await read_models.checkpoint("p")).position == P1  # type: ignore[union-attr]
     assert "lost" not in await rows.read(read_models)
 
 
-async def test_a_checkpoint_moved_by_another_transaction_meanwhile_conflicts(
+async def test_of_two_transactions_moving_one_checkpoint_exactly_one_wins(
     read_models: ReadModelStore, rows: Rows
 ) -> None:
+    """Where transactions run at once (PostgreSQL, Redis) the second to commit conflicts;
+    where they are serialized (SQLite, memory) the second sees the moved checkpoint and
+    conflicts. Either way one wins, and the loser keeps nothing."""
     async with read_models.transaction() as tx:
         await tx.save_checkpoint("p", 1, None, P1, 1)
-    with pytest.raises(CheckpointConflictError):
+
+    async def move(key: str, new: Position) -> bool:
+        try:
+            await _write_and_move(read_models, rows, key, P1, new)
+        except CheckpointConflictError:
+            return False
+        return True
+
+    other: asyncio.Task[bool] | None = None
+    try:
         async with read_models.transaction() as slow:
-            seen = await slow.load_checkpoint("p")
-            assert seen is not None
-            async with read_models.transaction() as fast:  # commits first
-                await fast.load_checkpoint("p")
-                await fast.save_checkpoint("p", 1, P1, P2, 1)
-            await rows.write(slow, "late", 1)
-            await slow.save_checkpoint("p", 1, seen.position, P3, 1)
-    assert (await read_models.checkpoint("p")).position == P2  # type: ignore[union-attr]
-    assert "late" not in await rows.read(read_models)
+            await slow.load_checkpoint("p")
+            other = asyncio.ensure_future(move("other", P2))
+            await asyncio.wait([other], timeout=0.3)  # let it commit first where it can
+            await rows.write(slow, "slow", 1)
+            await slow.save_checkpoint("p", 1, P1, P3, 1)
+        slow_won = True
+    except CheckpointConflictError:
+        slow_won = False
+    assert other is not None
+    other_won = await asyncio.wait_for(other, timeout=30)
+    assert [slow_won, other_won].count(True) == 1
+    winner, position = ("slow", P3) if slow_won else ("other", P2)
+    assert (await read_models.checkpoint("p")).position == position  # type: ignore[union-attr]
+    assert await rows.read(read_models) == {winner: 1}
 
 
 async def test_an_exception_in_the_block_keeps_neither_rows_nor_checkpoint(
     read_models: ReadModelStore, rows: Rows
 ) -> None:
     with pytest.raises(ZeroDivisionError):
-        async with read_models.transaction() as tx:
-            await tx.load_checkpoint("p")
-            await rows.write(tx, "a", 1)
-            await tx.save_checkpoint("p", 1, None, P1, 1)
-            raise ZeroDivisionError
+        await _write_and_move(read_models, rows, "a", None, P1, then_fail=True)
     assert await read_models.checkpoint("p") is None
     assert await rows.read(read_models) == {}
 
@@ -180,7 +206,9 @@ async def test_an_exception_in_the_block_keeps_neither_rows_nor_checkpoint(
 async def test_checkpoints_are_listed_with_versions_and_deleted(
     read_models: ReadModelStore,
 ) -> None:
-    async with read_models.transaction() as tx:
+    async with read_models.transaction() as tx:  # checkpoints are read before any write
+        assert await tx.load_checkpoint("p") is None
+        assert await tx.load_checkpoint("q#0/2") is None
         await tx.save_checkpoint("p", 1, None, P1, 1)
         await tx.save_checkpoint("q#0/2", 3, None, P2, 2)
     assert sorted(await read_models.checkpoints()) == ["p", "q#0/2"]
@@ -234,6 +262,7 @@ async def test_scratch_is_an_empty_store_of_the_same_kind_removed_on_exit(
     read_models: ReadModelStore, rows: Rows, kind: str
 ) -> None:
     async with read_models.transaction() as tx:
+        await tx.load_checkpoint("p")
         await rows.write(tx, "outside", 1)
         await tx.save_checkpoint("p", 1, None, P1, 1)
     if kind == "redis":  # Redis has no scratch space: a clear error, nothing touched
@@ -247,6 +276,7 @@ async def test_scratch_is_an_empty_store_of_the_same_kind_removed_on_exit(
         assert await scratch.checkpoints() == {}
         assert await rows.read(scratch) == {}
         async with scratch.transaction() as tx:
+            await tx.load_checkpoint("p")
             await rows.write(tx, "inside", 2)
             await tx.save_checkpoint("p", 1, None, P2, 1)
         assert await rows.read(scratch) == {"inside": 2}
