@@ -32,6 +32,7 @@ from .store import (
     EventStore,
     ExpectedVersion,
     HeldBack,
+    StoreTransaction,
     StreamState,
 )
 from .verify import Verification
@@ -79,6 +80,7 @@ __all__ = [
     "Severity",
     "State",
     "StateProjection",
+    "StoreTransaction",
     "StoreUnavailableError",
     "StreamState",
     "TransactionConflictError",

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import InvalidInputError
@@ -223,6 +224,68 @@ class ExclusiveReplay(abc.ABC):
         """Like EventStore.read_all, inside this transaction."""
 
 
+@contextlib.asynccontextmanager
+async def append_savepoint(sql: ReadModelTransaction) -> AsyncIterator[None]:
+    """One append inside a caller's transaction: if it fails (an inline projection raised),
+    its rows and its inline rows are undone and the caller's transaction goes on, as an
+    append on PostgreSQL does (there asyncpg's nested transaction is this savepoint)."""
+    await sql.execute("SAVEPOINT projectionist_append")
+    try:
+        yield
+    except BaseException:
+        await sql.execute("ROLLBACK TO SAVEPOINT projectionist_append")
+        await sql.execute("RELEASE SAVEPOINT projectionist_append")
+        raise
+    await sql.execute("RELEASE SAVEPOINT projectionist_append")
+
+
+class StoreTransaction:
+    """Your own transaction on an event store: append events and write your own rows, and
+    everything commits together when the block ends, or nothing on an exception.
+
+    The same shape on every backend. SQL uses PostgreSQL's ``$1, $2`` placeholders everywhere
+    (SQLite gets them translated), exactly as in a ``ReadModelTransaction``: the statements go
+    through the backend's read-model transaction on the same connection, so they are run and
+    their errors translated as a projection's are. ``connection`` is the driver's own
+    connection (asyncpg or aiosqlite) inside the transaction, for anything else.
+
+    Not a ``ReadModelTransaction`` itself: checkpoints and locks are the engine's business.
+    """
+
+    def __init__(self, store: EventStore, sql: ReadModelTransaction) -> None:
+        self._store = store
+        self._sql = sql
+        self.connection: Any = sql.connection
+        self.dialect: str = sql.dialect
+        """``"postgres"`` or ``"sqlite"`` (memory's rows live in SQLite)."""
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Like ``EventStore.append``, inside this transaction; inline projections run here
+        too. Readers see the events once the transaction commits."""
+        return await self._store.append_on(self.connection, stream_id, events, expected_version)
+
+    async def execute(self, sql: str, *args: object) -> int:
+        """Run one statement; return the number of rows it changed (when the driver says)."""
+        return await self._sql.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement for each row of arguments."""
+        await self._sql.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """All result rows as tuples."""
+        return await self._sql.fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        """The first column of the first row, or None."""
+        return await self._sql.fetchval(sql, *args)
+
+
 class OpenClose:
     """``async with thing:`` opens it and closes it, for classes with open() and close()."""
 
@@ -307,6 +370,39 @@ class EventStore(OpenClose, abc.ABC):
 
         Raises ConcurrencyError, writing nothing, when ``expected_version`` does not match.
         """
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Your own transaction: ``async with store.transaction() as tx: await tx.append(...);
+        await tx.execute(...)``. Everything commits together when the block ends, or nothing
+        on an exception; the commit wakes readers as ``append`` does.
+
+        On SQLite and memory it is the store's one write transaction: until it ends, other
+        appends wait for it (and on SQLite every read of the store, on memory every read-model
+        transaction), so inside the block write through ``tx``, not through the store.
+        """
+
+    @abc.abstractmethod
+    async def append_on(
+        self,
+        connection: Any,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append on a connection inside its open transaction: the events commit with it or
+        vanish with its rollback. Inline projections run there too.
+
+        PostgreSQL takes any asyncpg connection of the store's database (its transaction
+        optional); SQLite and memory take the ``connection`` of ``transaction()``'s ``tx``.
+        Anything else is an InvalidInputError, before anything is written. Readers learn of
+        the events after the commit by polling, unless you call ``events_committed()``
+        (``transaction()`` does both for you).
+        """
+
+    def events_committed(self) -> None:
+        """Wake readers after you committed events appended with ``append_on``."""
+        self._changes.notify()
 
     @abc.abstractmethod
     async def read_stream(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -23,12 +25,36 @@ from ..store import (
     EventStore,
     ExclusiveReplay,
     ExpectedVersion,
+    StoreTransaction,
+    append_savepoint,
     prepare_append,
     validate_batch_size,
     validate_max_bytes,
     validate_types,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
+
+
+@dataclass
+class _OpenTransaction:
+    """The appends of an open ``transaction()``: recorded, published only at its commit."""
+
+    read_model: SqliteReadModelTransaction
+    appends: list[tuple[tuple[RecordedEvent, ...], list[EncodedEvent]]] = field(
+        default_factory=list
+    )
+    events: list[RecordedEvent] = field(default_factory=list)
+    block_ended: bool = False
+    """The caller's block finished without an exception: what follows is the COMMIT."""
+
+    def add(self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]) -> None:
+        self.appends.append((recorded, encoded))
+        self.events += recorded
+
+    def committed(self) -> bool:
+        """After a cancellation that arrived while COMMIT ran (it runs to its end): whether
+        it committed, which leaves no transaction open (a failed one leaves it open)."""
+        return self.block_ended and not self.read_model.connection.in_transaction
 
 
 class MemoryEventStore(EventStore):
@@ -49,6 +75,7 @@ class MemoryEventStore(EventStore):
         self._append_lock = asyncio.Lock()
         self._database = SqliteDatabase(":memory:", url)
         self._read_models = SqliteReadModelStore(self._database)
+        self._open_transaction: _OpenTransaction | None = None
 
     async def open(self) -> None:
         await self._database.open()
@@ -108,6 +135,55 @@ class MemoryEventStore(EventStore):
         self._changes.notify()
         return AppendResult(recorded)
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
+        """Holds the append lock and a write transaction of the read models' SQLite; the
+        appends are published when it commits and vanish when it rolls back."""
+        async with self._append_lock:
+            opened: _OpenTransaction | None = None
+            try:
+                async with self._database.transaction("running a transaction", write=True) as db:
+                    opened = self._open_transaction = _OpenTransaction(
+                        SqliteReadModelTransaction(db)
+                    )
+                    yield StoreTransaction(self, opened.read_model)
+                    opened.block_ended = True
+            except asyncio.CancelledError:
+                if opened is not None and opened.committed():
+                    self._publish_transaction(opened)
+                raise
+            finally:
+                self._open_transaction = None
+            self._publish_transaction(opened)
+
+    def _publish_transaction(self, opened: _OpenTransaction) -> None:
+        for recorded, encoded in opened.appends:
+            self._publish(recorded, encoded)
+        self._changes.notify()
+
+    async def append_on(
+        self,
+        connection: Any,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append inside the open ``transaction()`` whose ``tx.connection`` this is."""
+        opened = self._open_transaction
+        if opened is None or connection is not opened.read_model.connection:
+            raise InvalidInputError(
+                "MemoryEventStore.append_on takes tx.connection of an open store.transaction(), "
+                f"not {connection!r}"
+            )
+        expected, encoded = prepare_append(stream_id, events, expected_version)
+        recorded = self._record(stream_id, encoded, expected, expected_version, opened.events)
+        if self.inline_hooks:
+            async with append_savepoint(opened.read_model):
+                for hook in self.inline_hooks:
+                    await hook(opened.read_model, recorded)
+        opened.add(recorded, encoded)
+        return AppendResult(recorded)
+
     async def _project_inline_and_publish(
         self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]
     ) -> None:
@@ -130,11 +206,16 @@ class MemoryEventStore(EventStore):
         encoded: list[EncodedEvent],
         expected: int | None,
         expected_version: ExpectedVersion,
+        unpublished: Sequence[RecordedEvent] = (),
     ) -> tuple[RecordedEvent, ...]:
-        stream = self._streams.get(stream_id, [])
-        if expected is not None and expected != len(stream):
-            raise ConcurrencyError(stream_id, expected_version, len(stream))
-        duplicate = next((e.id for e in encoded if e.id in self._ids), None)
+        """The events as they will be recorded after the published ones and the
+        ``unpublished`` ones of an open transaction."""
+        version = len(self._streams.get(stream_id, []))
+        version += sum(1 for e in unpublished if e.stream_id == stream_id)
+        if expected is not None and expected != version:
+            raise ConcurrencyError(stream_id, expected_version, version)
+        taken = self._ids.union(e.id for e in unpublished) if unpublished else self._ids
+        duplicate = next((e.id for e in encoded if e.id in taken), None)
         if duplicate is not None:
             raise InvalidInputError(f"an event with id {duplicate} already exists")
         now = datetime.now(UTC)
@@ -142,14 +223,14 @@ class MemoryEventStore(EventStore):
             RecordedEvent(
                 id=event.id,
                 stream_id=stream_id,
-                version=len(stream) + offset,
+                version=version + offset,
                 type=event.type,
                 # Decode what was encoded so callers get the same values any backend returns,
                 # and later mutation of the caller's dicts cannot reach the store.
                 data=orjson.loads(event.data),
                 metadata=orjson.loads(event.metadata),
                 recorded_at=now,
-                position=Position(0, len(self._events) + offset),
+                position=Position(0, len(self._events) + len(unpublished) + offset),
             )
             for offset, event in enumerate(encoded, start=1)
         )

@@ -33,7 +33,7 @@ from ..errors import (
     SchemaError,
     StoreUnavailableError,
 )
-from ..events import START, NewEvent, Position, RecordedEvent, validate_name
+from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
 from ..migrations import (
     EVENTS,
@@ -60,6 +60,8 @@ from ..store import (
     EventStore,
     ExclusiveReplay,
     ExpectedVersion,
+    StoreTransaction,
+    append_savepoint,
     prepare_append,
     validate_batch_size,
     validate_max_bytes,
@@ -407,10 +409,20 @@ class SqliteEventStore(EventStore):
     def read_models(self) -> ReadModelStore:
         return self._read_models
 
-    def transaction(
+    def _transaction(
         self, doing: str, *, write: bool
     ) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         return self.database.transaction(doing, write=write)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
+        """The store's write transaction (BEGIN IMMEDIATE on its connection) for your own
+        writes and appends; see ``EventStore.transaction``."""
+        try:
+            async with self._transaction("running a transaction", write=True) as connection:
+                yield StoreTransaction(self, SqliteReadModelTransaction(connection))
+        finally:
+            self._changes.notify()  # wake readers (a rollback wakes them for nothing)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -431,65 +443,74 @@ class SqliteEventStore(EventStore):
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
         expected, encoded = prepare_append(stream_id, events, expected_version)
-        recorded_at = datetime.now(UTC)
-        stamp = recorded_at.isoformat()
-        async with self.transaction(f"appending to stream {stream_id!r}", write=True) as connection:
-            cursor = await connection.execute(
-                "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+        async with self._transaction(
+            f"appending to stream {stream_id!r}", write=True
+        ) as connection:
+            result = await self._append_rows(
+                connection, stream_id, expected, encoded, expected_version
             )
-            row = await cursor.fetchone()
-            current = int(row[0]) if row else 0
-            if expected is not None and current != expected:
-                raise ConcurrencyError(stream_id, expected_version, current)
-            await connection.execute(
-                "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
-                "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-                (stream_id, current + len(encoded)),
-            )
-            positions: list[int] = []
-            chunk = _SQLITE_MAX_VARIABLES // _APPEND_COLUMNS
-            for start in range(0, len(encoded), chunk):
-                part = encoded[start : start + chunk]
-                values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
-                params: list[object] = []
-                for offset, event in enumerate(part, start=current + start + 1):
-                    params += (
-                        str(event.id),
-                        stream_id,
-                        offset,
-                        event.type,
-                        event.data,
-                        event.metadata,
-                        stamp,
-                    )
-                try:
-                    cursor = await connection.execute(
-                        "INSERT INTO events (id, stream_id, version, type, data, metadata, "
-                        f"recorded_at) VALUES {values} RETURNING position",
-                        params,
-                    )
-                except sqlite3.IntegrityError as exc:
-                    raise InvalidInputError(
-                        f"append to stream {stream_id!r}: an event id already exists ({exc})"
-                    ) from exc
-                positions += sorted(row[0] for row in await cursor.fetchall())
-            recorded = tuple(
-                RecordedEvent(
-                    id=event.id,
-                    stream_id=stream_id,
-                    version=current + index,
-                    type=event.type,
-                    data=orjson.loads(event.data),
-                    metadata=orjson.loads(event.metadata),
-                    recorded_at=recorded_at,
-                    position=Position(0, position),
-                )
-                for index, (event, position) in enumerate(zip(encoded, positions, strict=True), 1)
-            )
-            # Inline projections: same connection, same transaction as the events.
-            for hook in self.inline_hooks:
-                await hook(SqliteReadModelTransaction(connection), recorded)
         self._changes.notify()
+        return result
+
+    async def append_on(
+        self,
+        connection: Any,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion = ANY,
+    ) -> AppendResult:
+        """Append on an aiosqlite connection inside its open transaction (``transaction()``'s
+        ``tx.connection``); see ``EventStore.append_on``."""
+        if not isinstance(connection, aiosqlite.Connection) or not connection.in_transaction:
+            raise InvalidInputError(
+                "SqliteEventStore.append_on takes an aiosqlite connection inside an open "
+                f"transaction (tx.connection of store.transaction()), not {connection!r}"
+            )
+        expected, encoded = prepare_append(stream_id, events, expected_version)
+        async with append_savepoint(SqliteReadModelTransaction(connection)):
+            return await self._append_rows(
+                connection, stream_id, expected, encoded, expected_version
+            )
+
+    async def _append_rows(
+        self,
+        connection: aiosqlite.Connection,
+        stream_id: str,
+        expected: int | None,
+        encoded: list[EncodedEvent],
+        expected_version: ExpectedVersion,
+    ) -> AppendResult:
+        """Write validated events inside the connection's transaction, then project inline."""
+        cursor = await connection.execute(
+            "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+        )
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        if expected is not None and current != expected:
+            raise ConcurrencyError(stream_id, expected_version, current)
+        await connection.execute(
+            "INSERT INTO streams (stream_id, version) VALUES (?, ?) "
+            "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+            (stream_id, current + len(encoded)),
+        )
+        recorded_at = datetime.now(UTC)
+        positions = await _insert_events(connection, stream_id, current, encoded, recorded_at)
+        recorded = tuple(
+            RecordedEvent(
+                id=event.id,
+                stream_id=stream_id,
+                version=current + index,
+                type=event.type,
+                data=orjson.loads(event.data),
+                metadata=orjson.loads(event.metadata),
+                recorded_at=recorded_at,
+                position=Position(0, position),
+            )
+            for index, (event, position) in enumerate(zip(encoded, positions, strict=True), 1)
+        )
+        # Inline projections: same connection, same transaction as the events.
+        for hook in self.inline_hooks:
+            await hook(SqliteReadModelTransaction(connection), recorded)
         return AppendResult(recorded)
 
     # -- reading ----------------------------------------------------------------------------
@@ -500,7 +521,7 @@ class SqliteEventStore(EventStore):
         validate_name(stream_id, "stream id")
         if limit is not None:
             validate_batch_size(limit)
-        async with self.transaction(f"reading stream {stream_id!r}", write=False) as connection:
+        async with self._transaction(f"reading stream {stream_id!r}", write=False) as connection:
             cursor = await connection.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.stream_id = ? AND e.version >= ? "
                 "ORDER BY e.version LIMIT ?",
@@ -519,11 +540,11 @@ class SqliteEventStore(EventStore):
     ) -> EventBatch:
         validate_batch_size(limit)
         wanted = validate_types(types)
-        async with self.transaction("reading all events", write=False) as connection:
+        async with self._transaction("reading all events", write=False) as connection:
             return await _read_all_on(connection, after, limit, wanted, max_bytes, partition)
 
     async def head(self) -> Position:
-        async with self.transaction("reading the head", write=False) as connection:
+        async with self._transaction("reading the head", write=False) as connection:
             cursor = await connection.execute("SELECT max(position) FROM events")
             row = await cursor.fetchone()
         return Position(0, row[0]) if row and row[0] is not None else START
@@ -534,14 +555,14 @@ class SqliteEventStore(EventStore):
         if part.count > 1:
             sql += " AND pj_partition(stream_id, ?) = ?"
             params += [part.count, part.index]
-        async with self.transaction("counting events", write=False) as connection:
+        async with self._transaction("counting events", write=False) as connection:
             cursor = await connection.execute(sql, params)
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
         part = (partition or Partition(0, 1)).validate()
-        async with self.transaction("measuring the backlog", write=False) as connection:
+        async with self._transaction("measuring the backlog", write=False) as connection:
             cursor = await connection.execute(
                 "SELECT count(*), max(c.position), min(c.recorded_at), "
                 "(SELECT max(position) FROM events) FROM (SELECT position, recorded_at "
@@ -556,7 +577,7 @@ class SqliteEventStore(EventStore):
 
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
-        async with self.transaction("replaying", write=True) as connection:
+        async with self._transaction("replaying", write=True) as connection:
             yield _SqliteReplay(connection)
 
 
@@ -575,6 +596,46 @@ class _SqliteReplay(ExclusiveReplay):
         return await _read_all_on(
             self._connection, after, limit, validate_types(types), None, partition
         )
+
+
+async def _insert_events(
+    connection: aiosqlite.Connection,
+    stream_id: str,
+    current: int,
+    encoded: list[EncodedEvent],
+    recorded_at: datetime,
+) -> list[int]:
+    """Insert the events after version ``current``, in as few statements as SQLite's
+    variable limit allows; their positions in order."""
+    stamp = recorded_at.isoformat()
+    positions: list[int] = []
+    chunk = _SQLITE_MAX_VARIABLES // _APPEND_COLUMNS
+    for start in range(0, len(encoded), chunk):
+        part = encoded[start : start + chunk]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        params: list[object] = []
+        for version, event in enumerate(part, start=current + start + 1):
+            params += (
+                str(event.id),
+                stream_id,
+                version,
+                event.type,
+                event.data,
+                event.metadata,
+                stamp,
+            )
+        try:
+            cursor = await connection.execute(
+                "INSERT INTO events (id, stream_id, version, type, data, metadata, "
+                f"recorded_at) VALUES {values} RETURNING position",
+                params,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise InvalidInputError(
+                f"append to stream {stream_id!r}: an event id already exists ({exc})"
+            ) from exc
+        positions += sorted(row[0] for row in await cursor.fetchall())
+    return positions
 
 
 async def _read_all_on(
