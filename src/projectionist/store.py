@@ -6,7 +6,6 @@ The engine and the CLI speak only this module; they never import a backend.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import enum
 import time
@@ -17,6 +16,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from .changes import ChangeSignal as ChangeSignal  # re-exported: its old home
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import InvalidInputError
 from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
@@ -161,43 +161,6 @@ def prepare_append(
     if len({event.id for event in encoded}) != len(encoded):
         raise InvalidInputError(f"append to stream {stream_id!r} repeats an event id")
     return expected, encoded
-
-
-class ChangeSignal:
-    """Wakes readers when new events may exist.
-
-    A reader takes ``token`` *before* it looks for events, then waits with that token: a
-    change that lands between the look and the wait still wakes it, so no wake-up is lost.
-    """
-
-    def __init__(self) -> None:
-        self._generation = 0
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    @property
-    def token(self) -> int:
-        return self._generation
-
-    def notify(self) -> None:
-        self._generation += 1
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def wait(self, token: int, timeout: float) -> bool:
-        """Return True once a change newer than ``token`` happened, False on timeout."""
-        if self._generation != token:
-            return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            return False
-        finally:
-            self._waiters.discard(waiter)
-        return True
 
 
 InlineHook = Callable[[ReadModelTransaction, Sequence[RecordedEvent]], Awaitable[None]]
