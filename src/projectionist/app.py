@@ -216,7 +216,7 @@ class Application(OpenClose):
         return (
             projection.kind is Kind.ASYNC
             and bool(projection.tables)
-            and hasattr(read_models, "in_schema")
+            and read_models.side_schemas() is not None
             and bool(await stale_projections(read_models, [projection]))
         )
 

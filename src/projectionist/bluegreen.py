@@ -1,15 +1,16 @@
 """Blue/green rebuilds: a new version is built beside the old one, then swapped in at once.
 
-PostgreSQL only. When a projection's ``version`` is raised in code, one worker builds the new
-version into a side schema ``pj_build_<hash>_v<N>`` (its handlers' unqualified tables land
-there; ``search_path`` puts the side schema first), catching up from the start while the old
-version keeps serving reads and, on workers still running the old code, processing new
-events. Once caught up, one transaction moves the old tables to ``pj_retired_<hash>_v<M>``,
-moves the new ones into the store's schema, and hands the new checkpoints over: readers see
-the old read model or the new one, never an empty or half-built one (``ALTER TABLE ... SET
-SCHEMA`` waits for running reads and later reads find the new table by name). The retired
-schema is dropped after a grace period. The new version's runners then go on from where the
-build stopped.
+Where the read-model store has side schemas (``ReadModelStore.side_schemas()``, which does
+the database's part: PostgreSQL). When a projection's ``version`` is raised in code, one
+worker builds the new version into a side schema ``pj_build_<hash>_v<N>`` (its handlers'
+unqualified tables land there; ``search_path`` puts the side schema first), catching up from
+the start while the old version keeps serving reads and, on workers still running the old
+code, processing new events. Once caught up, one transaction moves the old tables to
+``pj_retired_<hash>_v<M>``, moves the new ones into the store's schema, and hands the new
+checkpoints over: readers see the old read model or the new one, never an empty or
+half-built one. This module decides what is built and when it is swapped; ``SideSchemas``
+moves the tables. The retired schema is dropped after a grace period. The new version's
+runners then go on from where the build stopped.
 
 On SQLite and in memory, raising the version needs ``projectionist rebuild`` (in place).
 """
@@ -23,11 +24,10 @@ import time
 
 from .errors import ConfigurationError, ProjectionSupersededError
 from .events import Position
-from .identifiers import quote_identifier
 from .leases import Lease, check
 from .preparation import stored_units
 from .projection import Projection
-from .readmodel import ReadModelStore, ReadModelTransaction
+from .readmodel import ReadModelStore, ReadModelTransaction, SideSchemas
 from .recording import OperationsRecords
 from .runner import ProjectionRunner, RunnerState
 from .store import EventStore
@@ -43,25 +43,24 @@ def build_unit(projection: Projection) -> str:
     return f"{projection.name}~v{projection.version}"
 
 
-def side_schema(prefix: str, read_models: ReadModelStore, name: str, version: int) -> str:
+def side_schema(prefix: str, base: str, name: str, version: int) -> str:
     """A side schema's name, unique to (the base schema, the projection, the version).
 
-    Applications in other schemas of the same database have side schemas of their own, and
-    the name stays short whatever the projection's name (a hash; the schema's comment and
-    the logs say which projection it belongs to)."""
-    base = str(getattr(read_models, "quoted_schema", ""))
+    ``base`` is ``SideSchemas.base``: applications in other schemas of the same database have
+    side schemas of their own, and the name stays short whatever the projection's name (a
+    hash; the schema's comment and the logs say which projection it belongs to)."""
     digest = hashlib.md5(f"{base}\0{name}".encode(), usedforsecurity=False).hexdigest()[:16]
     return f"{prefix}{digest}_v{version}"
 
 
-def side_store(read_models: ReadModelStore, schema: str) -> ReadModelStore:
-    in_schema = getattr(read_models, "in_schema", None)
-    if in_schema is None:
+def side_schemas_of(read_models: ReadModelStore) -> SideSchemas:
+    """The store's side schemas; a ConfigurationError where its database has none."""
+    sides = read_models.side_schemas()
+    if sides is None:
         raise ConfigurationError(
             "blue/green builds and verification in a side schema need PostgreSQL"
         )
-    store: ReadModelStore = in_schema(schema)
-    return store
+    return sides
 
 
 async def stale_projections(
@@ -103,8 +102,11 @@ class BlueGreenBuild:
         self.unit = build_unit(projection)
         self.projection = projection
         self.base = read_models
-        self.schema = side_schema(BUILD_PREFIX, read_models, projection.name, projection.version)
-        self.side = side_store(read_models, self.schema)
+        self._sides = side_schemas_of(read_models)
+        self.schema = side_schema(
+            BUILD_PREFIX, self._sides.base, projection.name, projection.version
+        )
+        self.side = self._sides.side(self.schema)
         self.retire_after = retire_after
         self._lease = lease
         # Faults and skipped events of the build stay with the build (in memory, in its
@@ -180,25 +182,18 @@ class BlueGreenBuild:
                     f"projection {projection.name!r}: version {old_version} is live; the "
                     f"build of version {projection.version} is abandoned"
                 )
-            retired = quote_identifier(
-                side_schema(RETIRED_PREFIX, self.base, projection.name, old_version)
-            )
-            side = quote_identifier(self.schema)
-            base = await tx.fetchval("SELECT current_schema()")
-            await tx.execute(f"CREATE SCHEMA IF NOT EXISTS {retired}")
-            for table in projection.tables:
-                if await _table_in(tx, str(base), table):
-                    await tx.execute(f"ALTER TABLE {quote_identifier(table)} SET SCHEMA {retired}")
-                await tx.execute(
-                    f"ALTER TABLE {side}.{quote_identifier(table)} SET SCHEMA "
-                    f"{quote_identifier(str(base))}"
-                )
             for unit in old:
                 await tx.delete_checkpoint(unit)
-            await tx.execute(
-                f"INSERT INTO projection_checkpoints SELECT * FROM {side}.projection_checkpoints"
+            await self._sides.swap_in(
+                tx,
+                self.schema,
+                projection.tables,
+                retire_to=side_schema(
+                    RETIRED_PREFIX, self._sides.base, projection.name, old_version
+                ),
+                retire_until=time.time() + self.retire_after,
+                label=f"projection {projection.name} version {old_version}",
             )
-            await tx.execute(f"DROP SCHEMA {side} CASCADE")
             # Letters of the old version are moot: the new one replayed those events.
             await tx.execute(
                 "DELETE FROM projection_dead_letters WHERE projection = $1 AND version < $2",
@@ -206,11 +201,6 @@ class BlueGreenBuild:
                 projection.version,
             )
             await tx.execute("DELETE FROM projection_leases WHERE unit = $1", self.unit)
-            drop_at = time.time() + self.retire_after
-            await tx.execute(
-                f"COMMENT ON SCHEMA {retired} IS 'drop after {drop_at:.0f} base {base} "
-                f"projection {projection.name} version {old_version}'"
-            )
         self.switched = True
         logger.info(
             "version %d of %s is live; version %d retired until its grace period ends",
@@ -230,32 +220,9 @@ class BlueGreenBuild:
         return min(positions) if positions else None
 
 
-async def _table_in(tx: ReadModelTransaction, schema: str, table: str) -> bool:
-    found = await tx.fetchval(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 "
-        "AND table_name = $2",
-        schema,
-        table,
-    )
-    return bool(found)
-
-
 async def drop_retired(read_models: ReadModelStore) -> list[str]:
     """Drop the retired schemas whose grace period has passed; return their names."""
-    if not hasattr(read_models, "in_schema"):
+    sides = read_models.side_schemas()
+    if sides is None:
         return []
-    dropped = []
-    async with read_models.transaction() as tx:
-        base = await tx.fetchval("SELECT current_schema()")
-        rows = await tx.fetch(
-            "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
-            "WHERE starts_with(nspname, $1)",
-            RETIRED_PREFIX,
-        )
-        for schema, comment in rows:
-            words = (comment or "").split()
-            ours = words[:2] == ["drop", "after"] and words[3:5] == ["base", str(base)]
-            if ours and float(words[2]) <= time.time():  # only this base schema's
-                await tx.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
-                dropped.append(schema)
-    return dropped
+    return await sides.drop_retired(RETIRED_PREFIX, time.time())

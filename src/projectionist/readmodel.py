@@ -131,6 +131,11 @@ class ReadModelStore(abc.ABC):
         del owner, older_than
         return 0
 
+    def side_schemas(self) -> SideSchemas | None:
+        """Side schemas of this store's database (blue/green builds), or None where the
+        database has none (SQLite, memory, Redis): callers ask, then build or don't."""
+        return None
+
     def scratch(self, label: str) -> AbstractAsyncContextManager[ReadModelStore]:
         """An empty read-model store of the same kind, removed on exit (``verify`` rebuilds
         into it): a side schema on PostgreSQL, a temporary database file on SQLite."""
@@ -143,3 +148,46 @@ class ReadModelStore(abc.ABC):
         """The stored checkpoint of one projection, or None."""
         async with self.transaction() as tx:
             return await tx.load_checkpoint(name)
+
+
+class SideSchemas(abc.ABC):
+    """Whole read models built in side schemas of the store's database, beside the live
+    ones, then swapped in by moving their tables in one transaction (blue/green builds).
+
+    What is built where and when to swap is the caller's logic; this says how the database
+    does it. Schema names are given unquoted; they are validated identifiers.
+    """
+
+    @property
+    @abc.abstractmethod
+    def base(self) -> str:
+        """Names the store's own schema uniquely in the database (PostgreSQL: its quoted
+        name): side schemas' names are derived from it, so that applications in other
+        schemas have side schemas of their own."""
+
+    @abc.abstractmethod
+    def side(self, schema: str) -> ReadModelStore:
+        """A store on the same database whose read models and checkpoints live in ``schema``
+        (its ``apply_schema()`` creates it); the operations tables stay the base store's."""
+
+    @abc.abstractmethod
+    async def swap_in(
+        self,
+        tx: ReadModelTransaction,
+        side: str,
+        tables: Sequence[str],
+        *,
+        retire_to: str,
+        retire_until: float,
+        label: str,
+    ) -> None:
+        """In ``tx``, a transaction of the base store: move those of ``tables`` that exist in
+        the base schema to the schema ``retire_to``, move ``side``'s into the base schema,
+        copy ``side``'s checkpoints into the base's (the caller deleted the old ones) and
+        drop ``side``. The retired schema remembers ``retire_until`` (seconds since the
+        epoch) and ``label`` (what it held) for ``drop_retired``."""
+
+    @abc.abstractmethod
+    async def drop_retired(self, prefix: str, now: float) -> list[str]:
+        """Drop this base's retired schemas whose names start with ``prefix`` and whose
+        ``retire_until`` is not after ``now``; return their names."""

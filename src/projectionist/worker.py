@@ -197,7 +197,7 @@ class Worker:
         """On PostgreSQL, a projection whose code version is newer than its read model gets
         a blue/green build unit; its own units are left to older workers until the swap."""
         read_models = self.host.read_models
-        if not hasattr(read_models, "in_schema"):
+        if read_models.side_schemas() is None:
             return
         stale = await stale_projections(read_models, self._projections)
         # Without declared tables there is nothing to swap: those need a rebuild instead.

@@ -282,3 +282,46 @@ async def test_scratch_is_an_empty_store_of_the_same_kind_removed_on_exit(
         assert await rows.read(scratch) == {"inside": 2}
     assert await rows.read(read_models) == {"outside": 1}
     assert (await read_models.checkpoint("p")).position == P1  # type: ignore[union-attr]
+
+
+async def test_side_schemas_are_a_capability_of_postgresql_only(
+    read_models: ReadModelStore, kind: str
+) -> None:
+    assert (read_models.side_schemas() is not None) == (kind == "postgres")
+
+
+async def _schema_exists(read_models: ReadModelStore, schema: str) -> bool:
+    async with read_models.transaction() as tx:
+        found = await tx.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema)
+    return bool(found)
+
+
+@pytest.mark.parametrize("kind", ["postgres"])
+async def test_a_side_stores_tables_and_checkpoints_are_swapped_in_in_one_transaction(
+    read_models: ReadModelStore, rows: Rows
+) -> None:
+    sides = read_models.side_schemas()
+    assert sides is not None
+    side_name, retired = f"{new_schema_name()}_side", f"{new_schema_name()}_retired"
+    await _write_and_move(read_models, rows, "old", None, P1)
+    side = sides.side(side_name)
+    await side.apply_schema()
+    await _write_and_move(side, rows, "new", None, P2)
+    assert await rows.read(read_models) == {"old": 1}  # the build stays beside the live one
+    try:
+        async with read_models.transaction() as tx:
+            await tx.delete_checkpoint("p")
+            await sides.swap_in(
+                tx, side_name, [TABLE], retire_to=retired, retire_until=100.0, label="test v1"
+            )
+        assert await rows.read(read_models) == {"new": 1}
+        assert (await read_models.checkpoint("p")).position == P2  # type: ignore[union-attr]
+        assert not await _schema_exists(read_models, side_name)
+        assert await sides.drop_retired(retired, now=99.0) == []  # its grace period runs
+        assert await _schema_exists(read_models, retired)
+        assert await sides.drop_retired(retired, now=100.0) == [retired]
+        assert not await _schema_exists(read_models, retired)
+    finally:
+        async with read_models.transaction() as tx:
+            for schema in (side_name, retired):
+                await tx.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

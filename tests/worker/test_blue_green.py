@@ -156,13 +156,9 @@ def moved(n: int) -> NewEvent:
 
 
 def test_side_schemas_are_per_base_schema_and_short() -> None:
-    class Base:
-        def __init__(self, quoted_schema: str) -> None:
-            self.quoted_schema = quoted_schema
-
     long_name = "a" * 48
     names = {
-        side_schema(prefix, Base(base), name, 12345)  # type: ignore[arg-type]
+        side_schema(prefix, base, name, 12345)
         for prefix in (BUILD_PREFIX, RETIRED_PREFIX)
         for base in ('"app_one"', '"app_two"')
         for name in ("balances", long_name)

@@ -1,1 +1,3 @@
-"""Event store backends, one module each; ``projectionist.factory`` picks one by URL."""
+"""Event store backends: ``memory``, and a package each for ``sqlite`` and ``postgres``;
+``projectionist.factory`` picks one by URL.
+"""

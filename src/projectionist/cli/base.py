@@ -180,7 +180,7 @@ def load_application(path: str) -> Application:
         raise ConfigurationError(
             f"cannot import application module {module_name!r}: {exc}"
         ) from exc
-    application = getattr(module, attribute, None)
+    application = vars(module).get(attribute)  # a name the user gave, not a capability
     if not isinstance(application, Application):
         raise ConfigurationError(
             f"{path!r} is {type(application).__name__}, not a projectionist.Application"

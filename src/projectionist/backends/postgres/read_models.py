@@ -22,10 +22,12 @@ from ...readmodel import (
     CheckpointConflictError,
     ReadModelStore,
     ReadModelTransaction,
+    SideSchemas,
 )
 from .connections import Connection
 from .errors import lost_connection_is_unavailable
 from .migrating import MigrationSession
+from .side_schemas import PostgresSideSchemas
 
 _CHECKPOINT_SELECT = "SELECT name, version, tx_id, position, events_processed, updated_at FROM"
 TranslateErrors = Callable[[str], contextlib.AbstractContextManager[None]]
@@ -175,6 +177,9 @@ class PostgresReadModelStore(ReadModelStore):
     @property
     def quoted_schema(self) -> str:
         return self._q
+
+    def side_schemas(self) -> SideSchemas:
+        return PostgresSideSchemas(self)
 
     @contextlib.asynccontextmanager
     async def scratch(self, label: str) -> AsyncIterator[ReadModelStore]:
