@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +29,12 @@ from ..errors import (
     ConcurrencyError,
     ConfigurationError,
     InvalidInputError,
+    MalformedStatementError,
+    MissingTableError,
     ProjectionistError,
     SchemaError,
     StoreUnavailableError,
+    UnsupportedFeatureError,
 )
 from ..events import START, NewEvent, Position, RecordedEvent, validate_name
 from ..identifiers import quote_identifier
@@ -49,6 +52,7 @@ from ..readmodel import (
     CheckpointConflictError,
     ReadModelStore,
     ReadModelTransaction,
+    SqlFeatures,
 )
 from ..store import (
     ANY,
@@ -230,11 +234,32 @@ def _translate_operational_error(
             "run 'projectionist schema apply' (or await store.apply_schema())"
         )
     if table:
-        return BackendError(
+        return MissingTableError(
             f"{doing} failed in {url}: table {table!r} does not exist; "
-            "does the projection's setup create it?"
+            "does the projection's setup create it?",
+            table,
         )
+    if message.startswith("no such module: "):
+        return UnsupportedFeatureError(
+            f"this SQLite ({sqlite3.sqlite_version}) was built without the "
+            f"{message.removeprefix('no such module: ')!r} module"
+        )
+    # FTS5 reports a malformed MATCH query as its own error, a syntax error, or (for a
+    # "word:" prefix) an unknown column.
+    if "fts5" in message or "syntax error" in message or "no such column" in message:
+        return MalformedStatementError(f"{doing} failed in {url}: {message}")
     return BackendError(f"{doing} failed in {url}: {exc}")
+
+
+@contextlib.contextmanager
+def _translated(doing: str, url: str) -> Iterator[None]:
+    """Driver errors of one statement as projectionist errors, the driver's as the cause."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise _translate_operational_error(exc, doing, url) from exc
+    except sqlite3.Error as exc:
+        raise BackendError(f"{doing} failed in {url}: {type(exc).__name__}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=512)
@@ -282,22 +307,41 @@ class _MigrationSession:
         return [tuple(row) for row in await cursor.fetchall()]
 
 
+SQLITE_FEATURES = SqlFeatures(
+    document_type="TEXT",
+    document_as_text="",
+    clock="((julianday('now') - 2440587.5) * 86400.0)",
+    take_or_skip="",  # write transactions are exclusive: there is nothing to skip or share
+    share_with_takers="",
+    one_of_texts="{column} IN (SELECT value FROM json_each({param}))",
+    texts_as_json=True,
+    full_text="fts5",
+)
+
+
 class SqliteReadModelTransaction(ReadModelTransaction):
     dialect = "sqlite"
+    sql = SQLITE_FEATURES
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(
+        self, connection: aiosqlite.Connection, url: str = "the read-model database"
+    ) -> None:
         self.connection = connection
+        self._url = url
 
     async def execute(self, sql: str, *args: object) -> int:
-        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+        with _translated("a statement", self._url):
+            cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
         return int(cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        await self.connection.executemany(to_sqlite_placeholders(sql), rows)
+        with _translated("a statement", self._url):
+            await self.connection.executemany(to_sqlite_placeholders(sql), rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
-        return [tuple(row) for row in await cursor.fetchall()]
+        with _translated("a query", self._url):
+            cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+            return [tuple(row) for row in await cursor.fetchall()]
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         # Write transactions are exclusive on SQLite: the lock is implied.
@@ -361,7 +405,7 @@ class SqliteReadModelStore(ReadModelStore):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
         async with self.database.transaction("projecting", write=True) as connection:
-            yield SqliteReadModelTransaction(connection)
+            yield SqliteReadModelTransaction(connection, self.database.url)
 
     async def apply_schema(self) -> None:
         """Apply the ``read_models`` migrations."""
@@ -488,7 +532,7 @@ class SqliteEventStore(EventStore):
             )
             # Inline projections: same connection, same transaction as the events.
             for hook in self.inline_hooks:
-                await hook(SqliteReadModelTransaction(connection), recorded)
+                await hook(SqliteReadModelTransaction(connection, self.url), recorded)
         self._changes.notify()
         return AppendResult(recorded)
 
