@@ -110,7 +110,7 @@ async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
         async with store.pool.acquire() as connection:
             await connection.execute(f'ANALYZE "{pg_schema}".events')
             rows = await connection.fetch(
-                f"EXPLAIN {store._sql_read_all_types}", 0, 0, 10, 2**62, 2**62, ["T1"]
+                f"EXPLAIN {store._sql.read_all_types}", 0, 0, 10, 2**62, 2**62, ["T1"]
             )
         plan = "\n".join(row[0] for row in rows)
         assert "events_global_order" in plan, plan
@@ -118,11 +118,11 @@ async def test_filtered_read_is_index_driven(pg_schema: str) -> None:
         # The wake-up check runs on every notification: it must stay an index lookup.
         async with store.pool.acquire() as connection:
             for sql, args in (
-                (store._sql_head, [2**62]),
-                (store._sql_head_held_back, [2**62]),
-                (store._sql_last_committed, []),
-                (store._sql_held_back_since, [2**62]),
-                (store._sql_backlog, [0, 0, 10_000, 1, 0]),  # status: never a full count
+                (store._sql.head, [2**62]),
+                (store._sql.head_held_back, [2**62]),
+                (store._sql.last_committed, []),
+                (store._sql.held_back_since, [2**62]),
+                (store._sql.backlog, [0, 0, 10_000, 1, 0]),  # status: never a full count
             ):
                 plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {sql}", *args))
                 assert "Seq Scan" not in plan, plan

@@ -1,0 +1,23 @@
+"""The PostgreSQL backend (asyncpg): event store, read-model store, their SQL and errors.
+
+``event_store`` holds the EventStore, ``statements`` its SQL text, ``read_models`` the
+ReadModelStore and its transactions, ``errors`` the translation of driver errors,
+``migrating`` the migration runner's session, ``notifications`` LISTEN/NOTIFY.
+"""
+
+from .connections import Connection
+from .event_store import DEFAULT_SCHEMA, PostgresEventStore
+from .read_models import PostgresReadModelStore, PostgresReadModelTransaction, owner_label
+from .statements import STORE_LOCK_CLASS
+from .transactions import PostgresTransaction
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "STORE_LOCK_CLASS",
+    "Connection",
+    "PostgresEventStore",
+    "PostgresReadModelStore",
+    "PostgresReadModelTransaction",
+    "PostgresTransaction",
+    "owner_label",
+]
