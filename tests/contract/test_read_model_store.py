@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from projectionist import ProjectionistError, create_store
+from projectionist.errors import BackendError, MissingTableError
 from projectionist.events import Position
 from projectionist.readmodel import (
     CheckpointConflictError,
@@ -282,3 +283,93 @@ async def test_scratch_is_an_empty_store_of_the_same_kind_removed_on_exit(
         assert await rows.read(scratch) == {"inside": 2}
     assert await rows.read(read_models) == {"outside": 1}
     assert (await read_models.checkpoint("p")).position == P1  # type: ignore[union-attr]
+
+
+# -- bulk writes and driver errors (SQL kinds) ---------------------------------------------------
+
+SQL_KINDS = ["memory", "sqlite", "postgres"]
+BULK = "contract_bulk"
+_CREATE_BULK = f"CREATE TABLE {BULK} (k TEXT PRIMARY KEY, label TEXT, n BIGINT)"
+ODD = 'it\'s "quoted"; -- not SQL \\ ünïcødé ✓ 🚀'
+ABOVE_COPY_THRESHOLD = 250  # PostgreSQL COPYs from 100 rows on
+
+
+async def _bulk_rows(store: ReadModelStore) -> dict[str, tuple[str, int]]:
+    async with store.transaction() as tx:
+        rows = await tx.fetch(f"SELECT k, label, n FROM {BULK}")
+    return {str(k): (str(label), int(n)) for k, label, n in rows}
+
+
+async def _bulk_write(store: ReadModelStore, rows: list[tuple[str, str, int]]) -> None:
+    async with store.transaction() as tx:
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], rows, shape="v1")
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_inserts_then_replaces_rows_of_existing_keys(
+    read_models: ReadModelStore,
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], [])  # nothing to write: a no-op
+    assert await _bulk_rows(read_models) == {}
+    await _bulk_write(read_models, [("a", ODD, 1), ("b", "plain", 2), (ODD, "odd key", 3)])
+    await _bulk_write(read_models, [("b", "again", 20), ("c", "new", 30), (ODD, ODD, 40)])
+    await _bulk_write(read_models, [])
+    assert await _bulk_rows(read_models) == {
+        "a": (ODD, 1),
+        "b": ("again", 20),
+        "c": ("new", 30),
+        ODD: (ODD, 40),
+    }
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_of_many_rows_twice_in_one_transaction(
+    read_models: ReadModelStore,
+) -> None:
+    many = [(f"k{i:04}", f"{ODD} {i}", i) for i in range(ABOVE_COPY_THRESHOLD)]
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+    await _bulk_write(read_models, many)
+    assert await _bulk_rows(read_models) == {k: (label, n) for k, label, n in many}
+    # A replay writes batch after batch in one transaction: overlapping keys, then a delete
+    # that a later batch must not undo.
+    shifted = [(f"k{i:04}", "second", -i) for i in range(100, 100 + ABOVE_COPY_THRESHOLD)]
+    third = [(f"k{i:04}", "third", i) for i in range(300, 300 + ABOVE_COPY_THRESHOLD)]
+    async with read_models.transaction() as tx:
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], shifted, shape="v1")
+        await tx.execute(f"DELETE FROM {BULK} WHERE k = $1", "k0200")
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], third, shape="v1")
+    expected = {k: (label, n) for k, label, n in many + shifted + third}
+    del expected["k0200"]
+    assert await _bulk_rows(read_models) == expected
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_refuses_unsafe_identifiers(read_models: ReadModelStore) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+        for table, key, columns in [
+            (f"{BULK}; DROP TABLE x", ["k"], ["n"]),
+            (BULK, ['k" OR 1=1'], ["n"]),
+            (BULK, ["k"], ["N"]),
+        ]:
+            with pytest.raises(ProjectionistError, match="invalid"):
+                await tx.bulk_upsert(table, key, columns, [("a", 1)])
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_a_missing_table_is_our_error_from_the_transaction(
+    read_models: ReadModelStore,
+) -> None:
+    with pytest.raises(MissingTableError) as caught:
+        async with read_models.transaction() as tx:
+            await tx.fetch("SELECT k FROM contract_never_created")
+    assert isinstance(caught.value, BackendError)
+    assert caught.value.table == "contract_never_created"
+    assert caught.value.__cause__ is not None  # the driver's error, kept
+    assert not isinstance(caught.value.__cause__, ProjectionistError)
+    with pytest.raises(MissingTableError):
+        async with read_models.transaction() as tx:
+            await tx.execute("DELETE FROM contract_never_created")

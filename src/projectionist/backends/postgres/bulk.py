@@ -38,8 +38,8 @@ async def copy_upsert(
 ) -> None:
     """COPY ``rows`` into a per-connection staging table, then upsert them in one statement.
 
-    The staging table is made ``LIKE`` the target once per connection and shape, and empties
-    itself at commit; another shape (new column types) gets its own.
+    The staging table is made ``LIKE`` the target once per connection and shape; another
+    shape (new column types) gets its own.
     """
     names = [*key, *columns]
     identity = "\x00".join([table, shape, *names]).encode()
@@ -49,7 +49,10 @@ async def copy_upsert(
         f"(LIKE {quote_identifier(table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
     await connection.copy_records_to_table(stage, records=rows, columns=names, schema_name=None)
+    # The stage is emptied by the upsert itself, not only at commit: a replay writes many
+    # batches in one transaction, and a later one must not upsert an earlier one's rows again.
     selected = ", ".join(quote_identifier(name) for name in names)
     await connection.execute(
-        upsert_sql(table, key, columns, f"SELECT {selected} FROM {quote_identifier(stage)}")
+        f"WITH staged AS (DELETE FROM {quote_identifier(stage)} RETURNING {selected}) "
+        + upsert_sql(table, key, columns, f"SELECT {selected} FROM staged")
     )
