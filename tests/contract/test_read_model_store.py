@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from projectionist import ProjectionistError, create_store
-from projectionist.errors import BackendError, MissingTableError
+from projectionist.errors import (
+    BackendError,
+    MalformedStatementError,
+    MissingTableError,
+    TransactionConflictError,
+    TransientBackendError,
+)
 from projectionist.events import Position
 from projectionist.readmodel import (
     CheckpointConflictError,
@@ -25,6 +31,7 @@ from projectionist.readmodel import (
     ReadModelTransaction,
 )
 from projectionist.targets.redis import RedisReadModelStore, as_redis
+from projectionist.transient import is_transient
 from tests.conftest import new_schema_name, require_postgres, store_url
 from tests.targets.conftest import REDIS_URL, delete_prefix, require_redis
 
@@ -373,3 +380,41 @@ async def test_a_missing_table_is_our_error_from_the_transaction(
     with pytest.raises(MissingTableError):
         async with read_models.transaction() as tx:
             await tx.execute("DELETE FROM contract_never_created")
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_a_failing_statement_is_our_error_with_the_drivers_as_cause(
+    read_models: ReadModelStore,
+) -> None:
+    with pytest.raises(MalformedStatementError):
+        async with read_models.transaction() as tx:
+            await tx.fetch("SELEC 1")
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+    with pytest.raises(BackendError) as caught:
+        async with read_models.transaction() as tx:
+            await tx.executemany(f"INSERT INTO {BULK} VALUES ($1, $2, $3)", [("a", "", 1)] * 2)
+    assert not is_transient(caught.value)  # a duplicate key stays a duplicate key
+    assert not isinstance(caught.value.__cause__, ProjectionistError)
+
+
+@pytest.mark.parametrize("kind", ["postgres"])
+@pytest.mark.parametrize(
+    ("sqlstate", "error", "transient"),
+    [
+        ("40001", TransactionConflictError, True),  # serialization failure
+        ("40P01", TransactionConflictError, True),  # deadlock
+        ("53300", TransientBackendError, True),  # too many connections
+        ("57014", BackendError, False),  # a cancelled statement is not retried as is
+        ("22012", BackendError, False),  # division by zero
+    ],
+)
+async def test_postgres_failures_are_told_apart_by_our_error_types(
+    read_models: ReadModelStore, sqlstate: str, error: type[Exception], transient: bool
+) -> None:
+    with pytest.raises(error) as caught:
+        async with read_models.transaction() as tx:
+            await tx.execute(
+                f"DO $$ BEGIN RAISE EXCEPTION 'failing' USING ERRCODE = '{sqlstate}'; END $$"
+            )
+    assert is_transient(caught.value) is transient
