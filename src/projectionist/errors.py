@@ -31,6 +31,29 @@ class BackendError(ProjectionistError):
     """A driver error that has no more specific meaning; the driver's exception is the cause."""
 
 
+class MissingTableError(BackendError):
+    """A statement named a table that does not exist (not one of projectionist's own: a
+    missing own table is a SchemaError). ``table`` is its name when the database said it."""
+
+    def __init__(self, message: str, table: str | None = None) -> None:
+        self.table = table
+        super().__init__(message)
+
+
+class MalformedStatementError(BackendError):
+    """The database could not parse a statement or one of its query arguments: SQL syntax,
+    an unknown column, a full-text query in the database's own syntax that is malformed."""
+
+
+class TransientBackendError(BackendError):
+    """The database failed for a reason that passes (resources ran short, an administrator
+    intervened): the same work, tried again later, is expected to succeed."""
+
+
+class UnsupportedFeatureError(ConfigurationError):
+    """The database lacks something a read model needs (a SQLite built without FTS5)."""
+
+
 class TransactionConflictError(ProjectionistError):
     """The transaction lost a race it cannot win as it is; retrying the whole transaction will
     succeed (on PostgreSQL: a younger transaction appended to the same stream first)."""

@@ -104,10 +104,9 @@ async def acquire(
         # A batch in flight of the previous owner holds the row FOR KEY SHARE: skip the unit
         # this time rather than wait (the owner may be paused); none can commit after we
         # take over.
-        lock = " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgres" else ""
         rows = await tx.fetch(
-            f"SELECT owner, expires_at < {now}, token FROM projection_leases WHERE unit = $1"
-            + lock,
+            f"SELECT owner, expires_at < {now}, token FROM projection_leases WHERE unit = $1 "
+            + tx.sql.take_or_skip,
             unit,
         )
         if not rows or (rows[0][0] is not None and not rows[0][1]):
@@ -166,10 +165,9 @@ async def check(tx: ReadModelTransaction, lease: Lease) -> None:
 
     The row stays locked (FOR KEY SHARE) until the batch commits, so no one can take the
     unit over between this check and the commit."""
-    lock = " FOR KEY SHARE" if tx.dialect == "postgres" else ""
     rows = await tx.fetch(
         f"SELECT owner, token, expires_at >= {db_now(tx)} FROM projection_leases "
-        f"WHERE unit = $1{lock}",
+        f"WHERE unit = $1 {tx.sql.share_with_takers}",
         lease.unit,
     )
     if not rows or rows[0][0] != lease.owner or rows[0][1] != lease.token or not rows[0][2]:

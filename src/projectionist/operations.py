@@ -4,8 +4,8 @@ They live in the read-model database, next to ``projection_checkpoints``, so tha
 check its lease and a poison event can be dead-lettered in the same transaction as the rows
 and the checkpoint; their shapes are migrations of the ``read_models`` track
 (``sql/<backend>/read_models/``, docs/schema.md). The SQL here runs unchanged on PostgreSQL
-and SQLite (``$n`` placeholders are translated for SQLite); the few differences are picked
-by ``tx.dialect``. Times are seconds since the epoch read from the database's clock
+and SQLite (``$n`` placeholders are translated for SQLite); the few differences are the
+backend's ``tx.sql`` features. Times are seconds since the epoch read from the database's clock
 (``db_now``), so that workers on machines with skewed clocks still agree on when a lease
 expires.
 """
@@ -23,15 +23,10 @@ import orjson
 from .events import Position, RecordedEvent
 from .readmodel import ReadModelStore, ReadModelTransaction
 
-_NOW = {
-    "postgres": "extract(epoch from clock_timestamp())::double precision",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
-
 
 def db_now(tx: ReadModelTransaction) -> str:
     """SQL for the database's current time in epoch seconds (not the transaction's start)."""
-    return _NOW[tx.dialect]
+    return tx.sql.clock
 
 
 # -- faults -------------------------------------------------------------------------------------

@@ -12,10 +12,13 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from .errors import ConfigurationError, ProjectionistError
+import orjson
+
+from .errors import ConfigurationError, InvalidInputError, ProjectionistError
 from .events import Position
+from .identifiers import quote_identifier
 
 
 class CheckpointConflictError(ProjectionistError):
@@ -31,6 +34,69 @@ class Checkpoint:
     position: Position
     events_processed: int
     updated_at: datetime
+
+
+# -- SQL features and bulk writes (what differs between SQL databases, said by the backend) ---
+
+FullText = Literal["tsvector", "fts5"]
+"""A database's full-text search engine: PostgreSQL's ``tsvector``, SQLite's FTS5."""
+
+
+@dataclass(frozen=True, slots=True)
+class SqlFeatures:
+    """The few pieces of SQL that differ between the databases, as the backend states them.
+
+    The engine writes one statement for every SQL backend and splices these in, instead of
+    asking which database it talks to.
+    """
+
+    document_type: str
+    """Column type of a JSON document (``JSONB`` on PostgreSQL, ``TEXT`` on SQLite)."""
+    document_as_text: str
+    """Appended to a document column to read it as JSON text (``::text``, or nothing)."""
+    clock: str
+    """The database's current time in epoch seconds (the clock's, not the transaction's)."""
+    take_or_skip: str
+    """Appended to a SELECT of one row: lock it for an update, skipping it if it is locked."""
+    share_with_takers: str
+    """Appended to a SELECT of one row: keep it from being taken until the commit."""
+    one_of_texts: str
+    """A condition ``{column}`` is one of the texts in parameter ``{param}`` (see text_list)."""
+    texts_as_json: bool
+    """Whether that parameter is a JSON array's text (else a list of strings)."""
+    full_text: FullText | None = None
+    """The full-text search engine, if the database has one."""
+
+    def is_one_of(self, column: str, param: str) -> str:
+        """SQL: ``column`` (already quoted) is one of the texts bound to ``param`` (``$1``)."""
+        return self.one_of_texts.format(column=column, param=param)
+
+    def text_list(self, values: Sequence[str]) -> object:
+        """The argument to bind for ``is_one_of``."""
+        return orjson.dumps(list(values)).decode() if self.texts_as_json else list(values)
+
+
+def upsert_sql(table: str, key: Sequence[str], columns: Sequence[str], source: str) -> str:
+    """``INSERT INTO table (key..., columns...) <source> ON CONFLICT (key...) DO UPDATE``.
+
+    Identifiers are validated and quoted; ``source`` is ``VALUES (...)`` or a ``SELECT``.
+    """
+    keys = [quote_identifier(name) for name in key]
+    values = [quote_identifier(name) for name in columns]
+    if not keys:
+        raise InvalidInputError("an upsert needs at least one key column")
+    conflict = "DO NOTHING"
+    if values:
+        conflict = "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in values)
+    return (
+        f"INSERT INTO {quote_identifier(table)} ({', '.join(keys + values)}) {source} "
+        f"ON CONFLICT ({', '.join(keys)}) {conflict}"
+    )
+
+
+def values_marks(count: int) -> str:
+    """``VALUES ($1, ..., $count)``."""
+    return "VALUES (" + ", ".join(f"${n}" for n in range(1, count + 1)) + ")"
 
 
 class ReadModelTransaction(abc.ABC):
@@ -93,6 +159,36 @@ class ReadModelTransaction(abc.ABC):
     @abc.abstractmethod
     async def drop_tables(self, tables: Sequence[str]) -> None:
         """Drop the given (validated) tables if they exist."""
+
+    # -- SQL features and bulk writes --------------------------------------------------------
+
+    @property
+    def sql(self) -> SqlFeatures:
+        """The SQL that differs on this database (a SQL backend sets it)."""
+        raise ConfigurationError(f"{type(self).__name__} is not a SQL database's transaction")
+
+    async def bulk_upsert(
+        self,
+        table: str,
+        key: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[object]],
+        *,
+        shape: str = "",
+    ) -> None:
+        """Insert ``rows`` (values of ``key`` then ``columns``, in order) into ``table``,
+        replacing the rows of keys that exist, in this transaction.
+
+        Identifiers are validated and quoted, values are parameters. ``shape`` names the
+        table's current column types (a projection's version): a backend that keeps a
+        staging table per target (PostgreSQL's COPY path) keeps one per shape. This
+        default is one pipelined upsert; a backend overrides it with something faster.
+        """
+        del shape  # no staging here
+        if not rows:
+            return
+        source = values_marks(len(key) + len(columns))
+        await self.executemany(upsert_sql(table, key, columns, source), rows)
 
 
 class ReadModelStore(abc.ABC):

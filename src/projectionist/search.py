@@ -27,41 +27,42 @@ and a deleted document stays behind as a tombstone that older events cannot resu
 
 from __future__ import annotations
 
-import re
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Unpack
+from typing import Any, Unpack
 
-import asyncpg
 import orjson
 
-from .errors import BackendError, ConfigurationError, HandlerError, InvalidInputError
+from .errors import ConfigurationError, HandlerError, InvalidInputError
 from .events import Position, RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
 from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .search_index import SearchQueryError, Syntax, engine_for, websearch_to_fts5
 from .state import KeyOf, key_function
+
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_QUERY_LENGTH",
+    "WEIGHTS",
+    "SearchHit",
+    "SearchProjection",
+    "SearchQueryError",
+    "Syntax",
+    "search",
+    "websearch_to_fts5",
+]
 
 Fields = Mapping[str, object]
 ToFields = Callable[[RecordedEvent], Fields]
-Syntax = Literal["websearch", "native"]
 
 WEIGHTS = ("A", "B", "C", "D")
-# PostgreSQL's default ts_rank_cd weights for A..D are 1.0, 0.4, 0.2 and 0.1; bm25() on SQLite
-# gets the same ratios, so a field ranks the same against another on both.
-_BM25_WEIGHTS = {"A": 10.0, "B": 4.0, "C": 2.0, "D": 1.0}
 _RESERVED = frozenset(
     {"id", "position_tx", "position_seq", "deleted", "stored", "document", "doc_rowid"}
 )
 MAX_QUERY_LENGTH = 1000
 MAX_LIMIT = 10_000
 _DELETE = object()
-
-
-class SearchQueryError(InvalidInputError):
-    """The search query cannot be run: bad native syntax (FTS5 or tsquery), too long, or not
-    a string. Nothing was changed; on PostgreSQL a failed query aborts the transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,85 +205,16 @@ class SearchProjection(Projection):
     # -- storage ---------------------------------------------------------------------------
 
     async def _create(self, tx: ReadModelTransaction) -> None:
-        table = quote_identifier(self.table)
-        text_columns = ", ".join(f"{quote_identifier(name)} TEXT" for name in self.text)
-        if tx.dialect == "postgres":
-            vector = " || ".join(
-                f"setweight(to_tsvector('{self.language}'::regconfig, "
-                f"coalesce({quote_identifier(name)}, '')), '{weight}')"
-                for name, weight in self.text.items()
-            )
-            await tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, "
-                "position_tx BIGINT NOT NULL, position_seq BIGINT NOT NULL, "
-                f"deleted BOOLEAN NOT NULL, {text_columns}, stored JSONB NOT NULL, "
-                f"document tsvector GENERATED ALWAYS AS ({vector}) STORED)"
-            )
-            await tx.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote_identifier(self.table + '_document')} "
-                f"ON {table} USING GIN (document)"
-            )
-            return
-        await self._create_fts5(tx, table, text_columns)
-
-    async def _create_fts5(self, tx: ReadModelTransaction, table: str, text_columns: str) -> None:
-        # An INTEGER PRIMARY KEY keeps rowids stable (VACUUM may renumber implicit ones), and
-        # the FTS5 table indexes the documents' text by rowid ("external content").
-        fts = quote_identifier(f"{self.table}_fts")
-        await tx.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (doc_rowid INTEGER PRIMARY KEY, "
-            "id TEXT NOT NULL UNIQUE, position_tx INTEGER NOT NULL, "
-            f"position_seq INTEGER NOT NULL, deleted INTEGER NOT NULL, {text_columns}, "
-            "stored TEXT NOT NULL)"
-        )
-        tokenizer = "porter unicode61 remove_diacritics 2"
-        if self.language != "english":
-            tokenizer = "unicode61 remove_diacritics 2"
-        names = [quote_identifier(name) for name in self.text]
-        columns = ", ".join(names)
-        try:
-            await tx.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5({columns}, "
-                f"content={table}, content_rowid='doc_rowid', tokenize='{tokenizer}')"
-            )
-        except sqlite3.OperationalError as exc:
-            if "no such module" not in str(exc):
-                raise
-            raise ConfigurationError(
-                f"projection {self.name!r} needs SQLite's FTS5 extension, which this SQLite "
-                f"({sqlite3.sqlite_version}) was built without"
-            ) from exc
-        new = ", ".join(f"new.{name}" for name in names)
-        old = ", ".join(f"old.{name}" for name in names)
-        insert = f"INSERT INTO {fts} (rowid, {columns}) VALUES (new.doc_rowid, {new});"
-        remove = (
-            f"INSERT INTO {fts} ({fts}, rowid, {columns}) VALUES ('delete', old.doc_rowid, {old});"
-        )
-        for suffix, when, body in [
-            ("ai", "AFTER INSERT", insert),
-            ("ad", "AFTER DELETE", remove),
-            ("au", "AFTER UPDATE", remove + " " + insert),
-        ]:
-            trigger = quote_identifier(f"{self.table}_{suffix}")
-            await tx.execute(
-                f"CREATE TRIGGER IF NOT EXISTS {trigger} {when} ON {table} BEGIN {body} END"
-            )
+        await engine_for(tx).create(tx, self)
 
     async def _load(self, tx: ReadModelTransaction, keys: list[str]) -> dict[str, _Document]:
         table = quote_identifier(self.table)
         text = ", ".join(quote_identifier(name) for name in self.text)
-        if tx.dialect == "postgres":
-            rows = await tx.fetch(
-                f"SELECT id, position_tx, position_seq, deleted, stored::text, {text} "
-                f"FROM {table} WHERE id = ANY($1::text[])",
-                keys,
-            )
-        else:
-            rows = await tx.fetch(
-                f"SELECT id, position_tx, position_seq, deleted, stored, {text} "
-                f"FROM {table} WHERE id IN (SELECT value FROM json_each($1))",
-                orjson.dumps(keys).decode(),
-            )
+        rows = await tx.fetch(
+            f"SELECT id, position_tx, position_seq, deleted, stored{tx.sql.document_as_text}, "
+            f"{text} FROM {table} WHERE {tx.sql.is_one_of('id', '$1')}",
+            tx.sql.text_list(keys),
+        )
         return {
             row[0]: _Document(
                 Position(row[1], row[2]),
@@ -381,14 +313,7 @@ async def search(
 async def _search(
     tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int, syntax: Syntax
 ) -> list[SearchHit]:
-    if tx.dialect == "postgres":
-        rows = await _search_postgres(tx, index, query, limit, syntax)
-    else:
-        if syntax == "websearch":
-            query = websearch_to_fts5(query)
-            if not query:
-                return []
-        rows = await _search_sqlite(tx, index, query, limit)
+    rows = await engine_for(tx).query(tx, index, query, limit, syntax)
     return [
         SearchHit(
             row[0],
@@ -397,89 +322,6 @@ async def _search(
         )
         for row in rows
     ]
-
-
-async def _search_postgres(
-    tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int, syntax: Syntax
-) -> list[tuple[Any, ...]]:
-    parse = "websearch_to_tsquery" if syntax == "websearch" else "to_tsquery"
-    text = ", ".join(quote_identifier(name) for name in index.text)
-    sql = (
-        f"SELECT id, ts_rank_cd(document, q) AS rank, stored::text, {text} "
-        f"FROM {quote_identifier(index.table)}, {parse}('{index.language}'::regconfig, $1) q "
-        "WHERE document @@ q AND NOT deleted ORDER BY rank DESC, id LIMIT $2"
-    )
-    try:
-        return await tx.fetch(sql, query, limit)
-    except asyncpg.UndefinedTableError as exc:
-        raise _missing(index) from exc
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == "42601":  # syntax_error: to_tsquery could not parse the query
-            raise SearchQueryError(f"invalid search query {query!r}: {exc}") from exc
-        raise BackendError(f"searching {index.table!r} failed: {exc}") from exc
-
-
-async def _search_sqlite(
-    tx: ReadModelTransaction, index: SearchProjection, query: str, limit: int
-) -> list[tuple[Any, ...]]:
-    table, fts = quote_identifier(index.table), quote_identifier(f"{index.table}_fts")
-    weights = ", ".join(str(_BM25_WEIGHTS[weight]) for weight in index.text.values())
-    text = ", ".join(f"d.{quote_identifier(name)}" for name in index.text)
-    sql = (
-        f"SELECT d.id, -bm25({fts}, {weights}) AS rank, d.stored, {text} "
-        f"FROM {fts} JOIN {table} d ON d.doc_rowid = {fts}.rowid "
-        f"WHERE {fts} MATCH $1 AND NOT d.deleted ORDER BY rank DESC, d.id LIMIT $2"
-    )
-    try:
-        return await tx.fetch(sql, query, limit)
-    except sqlite3.OperationalError as exc:
-        message = str(exc)
-        if message.startswith("no such table"):
-            raise _missing(index) from exc
-        if "fts5" in message or "syntax error" in message or "no such column" in message:
-            raise SearchQueryError(f"invalid search query {query!r}: {message}") from exc
-        raise BackendError(f"searching {index.table!r} failed: {message}") from exc
-    except sqlite3.Error as exc:
-        raise BackendError(f"searching {index.table!r} failed: {exc}") from exc
-
-
-def _missing(index: SearchProjection) -> BackendError:
-    return BackendError(
-        f"search index {index.table!r} does not exist: set up projection {index.name!r} first "
-        "(app.setup() or projectionist run)"
-    )
-
-
-_TERM = re.compile(r'"([^"]*)"?|(\S+)')
-_WORD = re.compile(r"\w")
-
-
-def websearch_to_fts5(query: str) -> str:
-    """Translate search-box syntax into an FTS5 query that cannot be malformed.
-
-    Like PostgreSQL's ``websearch_to_tsquery``: words and ``"phrases"`` must all match,
-    ``or`` separates alternatives, ``-term`` excludes. Every term becomes a quoted FTS5
-    string, so punctuation and FTS5 keywords are only text. Returns "" when nothing is left
-    to search for (a group of only exclusions is dropped: FTS5 cannot match "anything but").
-    """
-    groups: list[tuple[list[str], list[str]]] = [([], [])]
-    for match in _TERM.finditer(query):
-        phrase, word = match.group(1), match.group(2)
-        if word is not None and word.lower() == "or":
-            groups.append(([], []))
-            continue
-        negated = word is not None and word.startswith("-") and len(word) > 1
-        term = phrase if phrase is not None else word.removeprefix("-") if negated else word
-        if term is None or not _WORD.search(term):
-            continue  # nothing a tokenizer would keep
-        quoted = '"' + term.replace('"', '""') + '"'
-        groups[-1][1 if negated else 0].append(quoted)
-    alternatives = [
-        "(" + " ".join(positive) + "".join(f" NOT {term}" for term in negative) + ")"
-        for positive, negative in groups
-        if positive
-    ]
-    return " OR ".join(alternatives)
 
 
 # -- validation ------------------------------------------------------------------------------

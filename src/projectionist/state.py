@@ -4,9 +4,9 @@ The most common read model is "the current state of each order / customer / day"
 the key of each event, an initial state and pure evolve functions; the engine then, per
 batch: loads the current state of every key the batch touches in one query, folds the
 batch's events in memory in order, and writes only each touched key's final state in one
-set-based statement (PostgreSQL: COPY into a temporary table, then one
-``INSERT ... ON CONFLICT DO UPDATE``), deletes included, in the transaction that also moves
-the checkpoint.
+set-based statement (the read-model transaction's ``bulk_upsert``: on PostgreSQL a COPY
+into a temporary table, then one ``INSERT ... ON CONFLICT DO UPDATE``), deletes included, in
+the transaction that also moves the checkpoint.
 
     orders = StateProjection(
         "order_totals", table="order_totals", key_column="order_id",
@@ -53,7 +53,6 @@ Evolved = State | _Delete
 """What an evolve function returns: the new state, or DELETE."""
 Evolve = Callable[[State, RecordedEvent], Evolved]
 KeyOf = Callable[[RecordedEvent], str]
-_COPY_THRESHOLD = 100
 _SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
 
 
@@ -152,7 +151,7 @@ class StateProjection(Projection):
         return {c for c, t in self._column_types().items() if t.upper() == "JSON"}
 
     async def _create_table(self, tx: ReadModelTransaction) -> None:
-        document = "JSONB" if tx.dialect == "postgres" else "TEXT"
+        document = tx.sql.document_type
         definitions = [
             f"{quote_identifier(c)} {document if t.upper() == 'JSON' else t}"
             for c, t in self._column_types().items()
@@ -166,17 +165,15 @@ class StateProjection(Projection):
         table, key = quote_identifier(self.table), quote_identifier(self.key_column)
         values = self._value_columns()
         json_columns = self._json_columns()
-        cast = "::text" if tx.dialect == "postgres" else ""
+        as_text = tx.sql.document_as_text
         selected = ", ".join(
-            quote_identifier(column) + (cast if column in json_columns else "") for column in values
+            quote_identifier(column) + (as_text if column in json_columns else "")
+            for column in values
         )
-        if tx.dialect == "postgres":
-            where = f"{key} = ANY($1::text[])"
-            argument: object = keys
-        else:
-            where = f"{key} IN (SELECT value FROM json_each($1))"
-            argument = orjson.dumps(keys).decode()
-        rows = await tx.fetch(f"SELECT {key}, {selected} FROM {table} WHERE {where}", argument)
+        rows = await tx.fetch(
+            f"SELECT {key}, {selected} FROM {table} WHERE {tx.sql.is_one_of(key, '$1')}",
+            tx.sql.text_list(keys),
+        )
         if self.columns is None:
             return {row[0]: orjson.loads(row[1]) for row in rows}
         decoded = [column in json_columns for column in values]
@@ -195,50 +192,15 @@ class StateProjection(Projection):
             for key, state in states.items()
             if not isinstance(state, _Delete)
         ]
-        table, key = quote_identifier(self.table), quote_identifier(self.key_column)
-        columns = [quote_identifier(c) for c in self._value_columns()]
         if deleted:
-            if tx.dialect == "postgres":
-                await tx.execute(f"DELETE FROM {table} WHERE {key} = ANY($1::text[])", deleted)
-            else:
-                await tx.execute(
-                    f"DELETE FROM {table} WHERE {key} IN (SELECT value FROM json_each($1))",
-                    orjson.dumps(deleted).decode(),
-                )
-        if not rows:
-            return
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
-        if tx.dialect == "postgres" and len(rows) >= _COPY_THRESHOLD:
-            await self._copy_upsert(tx, rows, table, key, columns, updates)
-        else:  # few rows (a live batch): one pipelined upsert beats three COPY round trips
-            marks = ", ".join(f"${n}" for n in range(1, len(columns) + 2))
-            await tx.executemany(
-                f"INSERT INTO {table} ({key}, {', '.join(columns)}) VALUES ({marks}) "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
-                rows,
+            key = quote_identifier(self.key_column)
+            await tx.execute(
+                f"DELETE FROM {quote_identifier(self.table)} WHERE {tx.sql.is_one_of(key, '$1')}",
+                tx.sql.text_list(deleted),
             )
-
-    async def _copy_upsert(
-        self,
-        tx: ReadModelTransaction,
-        rows: list[tuple[Any, ...]],
-        table: str,
-        key: str,
-        columns: list[str],
-        updates: str,
-    ) -> None:
-        # COPY into a per-connection staging table, then one upsert: the fastest set-based
-        # write PostgreSQL offers. The staging table empties itself at commit.
-        stage = f"pj_stage_{self.table}_v{self.version}"  # a new version: new columns
-        await tx.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote_identifier(stage)} "
-            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        await tx.connection.copy_records_to_table(stage, records=rows, schema_name=None)
-        names = f"{key}, {', '.join(columns)}"
-        await tx.execute(
-            f"INSERT INTO {table} ({names}) SELECT {names} FROM {quote_identifier(stage)} "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        # The version names the table's shape: a new version may have new column types.
+        await tx.bulk_upsert(
+            self.table, [self.key_column], self._value_columns(), rows, shape=f"v{self.version}"
         )
 
     def _row_values(self, state: State) -> list[Any]:

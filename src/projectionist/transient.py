@@ -1,7 +1,9 @@
 """Transient failures: which errors pass if the work is simply tried again, and how long to wait.
 
 The runner retries a batch from its checkpoint after a lost connection, a serialization
-failure or a timeout, waiting longer after each failure in a row; the Redis target uses the
+failure or a timeout, waiting longer after each failure in a row. The backends say which
+failures those are by the type of error they raise (StoreUnavailableError,
+TransactionConflictError, TransientBackendError); the Redis target uses the
 same cause-chain walk to find a lost connection under whatever wrapped it, and the same
 doubling delay while it polls for a projection's lock.
 """
@@ -10,15 +12,35 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-from .errors import StoreUnavailableError, TransactionConflictError
+from .errors import StoreUnavailableError, TransactionConflictError, TransientBackendError
 
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 30.0
 # SQLSTATE classes of failures that pass: connection exceptions, transaction rollbacks
 # (serialization failures, deadlocks), insufficient resources, operator intervention.
 _TRANSIENT_SQLSTATES = ("08", "40", "53", "57P")
-_TRANSIENT_TYPES = (StoreUnavailableError, TransactionConflictError, ConnectionError, TimeoutError)
+_TRANSIENT_TYPES = (
+    StoreUnavailableError,
+    TransactionConflictError,
+    TransientBackendError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@runtime_checkable
+class _DriverError(Protocol):
+    """A SQL driver's own error (asyncpg's, psycopg's): it names its SQLSTATE.
+
+    The backends translate the errors of ``tx.execute``/``fetch``; a handler that uses the
+    driver's connection (``tx.connection``) directly gets the driver's errors raw, and the
+    runner wraps them in a HandlerError: their SQLSTATE still tells a serialization failure
+    from a bug, without importing the driver that raised it.
+    """
+
+    sqlstate: object
 
 
 def in_cause_chain(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
@@ -41,10 +63,11 @@ def is_transient(exc: BaseException) -> bool:
 def _transient_itself(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT_TYPES):
         return True
-    # A driver's error under a handler's HandlerError carries its SQLSTATE; the engine reads
-    # the code without importing the driver that raised it.
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    return (
+        isinstance(exc, _DriverError)
+        and isinstance(exc.sqlstate, str)
+        and exc.sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    )
 
 
 def doubling_delay(attempt: int, *, base: float, cap: float) -> float:

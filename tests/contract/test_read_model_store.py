@@ -17,6 +17,13 @@ from pathlib import Path
 import pytest
 
 from projectionist import ProjectionistError, create_store
+from projectionist.errors import (
+    BackendError,
+    MalformedStatementError,
+    MissingTableError,
+    TransactionConflictError,
+    TransientBackendError,
+)
 from projectionist.events import Position
 from projectionist.readmodel import (
     CheckpointConflictError,
@@ -24,6 +31,7 @@ from projectionist.readmodel import (
     ReadModelTransaction,
 )
 from projectionist.targets.redis import RedisReadModelStore, as_redis
+from projectionist.transient import is_transient
 from tests.conftest import new_schema_name, require_postgres, store_url
 from tests.targets.conftest import REDIS_URL, delete_prefix, require_redis
 
@@ -325,3 +333,131 @@ async def test_a_side_stores_tables_and_checkpoints_are_swapped_in_in_one_transa
         async with read_models.transaction() as tx:
             for schema in (side_name, retired):
                 await tx.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# -- bulk writes and driver errors (SQL kinds) ---------------------------------------------------
+
+SQL_KINDS = ["memory", "sqlite", "postgres"]
+BULK = "contract_bulk"
+_CREATE_BULK = f"CREATE TABLE {BULK} (k TEXT PRIMARY KEY, label TEXT, n BIGINT)"
+ODD = 'it\'s "quoted"; -- not SQL \\ ünïcødé ✓ 🚀'
+ABOVE_COPY_THRESHOLD = 250  # PostgreSQL COPYs from 100 rows on
+
+
+async def _bulk_rows(store: ReadModelStore) -> dict[str, tuple[str, int]]:
+    async with store.transaction() as tx:
+        rows = await tx.fetch(f"SELECT k, label, n FROM {BULK}")
+    return {str(k): (str(label), int(n)) for k, label, n in rows}
+
+
+async def _bulk_write(store: ReadModelStore, rows: list[tuple[str, str, int]]) -> None:
+    async with store.transaction() as tx:
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], rows, shape="v1")
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_inserts_then_replaces_rows_of_existing_keys(
+    read_models: ReadModelStore,
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], [])  # nothing to write: a no-op
+    assert await _bulk_rows(read_models) == {}
+    await _bulk_write(read_models, [("a", ODD, 1), ("b", "plain", 2), (ODD, "odd key", 3)])
+    await _bulk_write(read_models, [("b", "again", 20), ("c", "new", 30), (ODD, ODD, 40)])
+    await _bulk_write(read_models, [])
+    assert await _bulk_rows(read_models) == {
+        "a": (ODD, 1),
+        "b": ("again", 20),
+        "c": ("new", 30),
+        ODD: (ODD, 40),
+    }
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_of_many_rows_twice_in_one_transaction(
+    read_models: ReadModelStore,
+) -> None:
+    many = [(f"k{i:04}", f"{ODD} {i}", i) for i in range(ABOVE_COPY_THRESHOLD)]
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+    await _bulk_write(read_models, many)
+    assert await _bulk_rows(read_models) == {k: (label, n) for k, label, n in many}
+    # A replay writes batch after batch in one transaction: overlapping keys, then a delete
+    # that a later batch must not undo.
+    shifted = [(f"k{i:04}", "second", -i) for i in range(100, 100 + ABOVE_COPY_THRESHOLD)]
+    third = [(f"k{i:04}", "third", i) for i in range(300, 300 + ABOVE_COPY_THRESHOLD)]
+    async with read_models.transaction() as tx:
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], shifted, shape="v1")
+        await tx.execute(f"DELETE FROM {BULK} WHERE k = $1", "k0200")
+        await tx.bulk_upsert(BULK, ["k"], ["label", "n"], third, shape="v1")
+    expected = {k: (label, n) for k, label, n in many + shifted + third}
+    del expected["k0200"]
+    assert await _bulk_rows(read_models) == expected
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_bulk_upsert_refuses_unsafe_identifiers(read_models: ReadModelStore) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+        for table, key, columns in [
+            (f"{BULK}; DROP TABLE x", ["k"], ["n"]),
+            (BULK, ['k" OR 1=1'], ["n"]),
+            (BULK, ["k"], ["N"]),
+        ]:
+            with pytest.raises(ProjectionistError, match="invalid"):
+                await tx.bulk_upsert(table, key, columns, [("a", 1)])
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_a_missing_table_is_our_error_from_the_transaction(
+    read_models: ReadModelStore,
+) -> None:
+    with pytest.raises(MissingTableError) as caught:
+        async with read_models.transaction() as tx:
+            await tx.fetch("SELECT k FROM contract_never_created")
+    assert isinstance(caught.value, BackendError)
+    assert caught.value.table == "contract_never_created"
+    assert caught.value.__cause__ is not None  # the driver's error, kept
+    assert not isinstance(caught.value.__cause__, ProjectionistError)
+    with pytest.raises(MissingTableError):
+        async with read_models.transaction() as tx:
+            await tx.execute("DELETE FROM contract_never_created")
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_a_failing_statement_is_our_error_with_the_drivers_as_cause(
+    read_models: ReadModelStore,
+) -> None:
+    with pytest.raises(MalformedStatementError):
+        async with read_models.transaction() as tx:
+            await tx.fetch("SELEC 1")
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE_BULK)
+    with pytest.raises(BackendError) as caught:
+        async with read_models.transaction() as tx:
+            await tx.executemany(f"INSERT INTO {BULK} VALUES ($1, $2, $3)", [("a", "", 1)] * 2)
+    assert not is_transient(caught.value)  # a duplicate key stays a duplicate key
+    assert not isinstance(caught.value.__cause__, ProjectionistError)
+
+
+@pytest.mark.parametrize("kind", ["postgres"])
+@pytest.mark.parametrize(
+    ("sqlstate", "error", "transient"),
+    [
+        ("40001", TransactionConflictError, True),  # serialization failure
+        ("40P01", TransactionConflictError, True),  # deadlock
+        ("53300", TransientBackendError, True),  # too many connections
+        ("57014", BackendError, False),  # a cancelled statement is not retried as is
+        ("22012", BackendError, False),  # division by zero
+    ],
+)
+async def test_postgres_failures_are_told_apart_by_our_error_types(
+    read_models: ReadModelStore, sqlstate: str, error: type[Exception], transient: bool
+) -> None:
+    with pytest.raises(error) as caught:
+        async with read_models.transaction() as tx:
+            await tx.execute(
+                f"DO $$ BEGIN RAISE EXCEPTION 'failing' USING ERRCODE = '{sqlstate}'; END $$"
+            )
+    assert is_transient(caught.value) is transient

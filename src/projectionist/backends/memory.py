@@ -112,7 +112,7 @@ class MemoryEventStore(EventStore):
             self._append_lock,
             self._database.transaction("replaying", write=True) as connection,
         ):
-            yield _MemoryReplay(self, SqliteReadModelTransaction(connection))
+            yield _MemoryReplay(self, SqliteReadModelTransaction(connection, self.url))
 
     async def schema_version(self) -> int:
         return latest_version("sqlite", EVENTS)  # events live in lists: always the latest
@@ -188,7 +188,7 @@ class MemoryEventStore(EventStore):
         self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]
     ) -> None:
         async with self._database.transaction("appending", write=True) as connection:
-            read_model = SqliteReadModelTransaction(connection)
+            read_model = SqliteReadModelTransaction(connection, self.url)
             for hook in self.inline_hooks:
                 await hook(read_model, recorded)
         self._publish(recorded, encoded)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 
 import asyncpg
 
 from ...errors import (
     BackendError,
+    MalformedStatementError,
+    MissingTableError,
+    ProjectionistError,
     SchemaError,
     StoreUnavailableError,
     TransactionConflictError,
+    TransientBackendError,
 )
 from ...migrations import VERSION_TABLE
 
@@ -76,11 +81,42 @@ def translate_errors(doing: str, schema: str, url: str) -> Iterator[None]:
         raise BackendError(f"{doing} failed: {exc}") from exc
 
 
+_RELATION = re.compile(r'relation "([^"]+)" does not exist')
+# SQLSTATE classes that pass: insufficient resources, operator intervention (a shutdown, not
+# a cancelled query). Connection exceptions (08) and rollbacks (40) have their own errors.
+_TRANSIENT_SQLSTATES = ("53", "57P")
+
+
 @contextlib.contextmanager
-def lost_connection_is_unavailable() -> Iterator[None]:
-    """A handler's statement on a dead connection: say so in our terms (retried as transient),
-    keeping the driver's exception as the cause. Other driver errors stay as they are."""
+def translate_statement_errors(schema: str) -> Iterator[None]:
+    """A read-model statement's driver errors as our errors, the driver's as the cause: a
+    lost connection is StoreUnavailableError, a lost race TransactionConflictError (both
+    retried as transient), a missing table MissingTableError, bad syntax
+    MalformedStatementError, anything else BackendError."""
     try:
         yield
     except CONNECTION_ERRORS as exc:
         raise StoreUnavailableError(f"lost the read model's connection: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise statement_error(exc, schema) from exc
+
+
+def statement_error(exc: asyncpg.PostgresError, schema: str) -> ProjectionistError:
+    """The projectionist error that stands for ``exc`` from a statement on ``schema``."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        if any(name in str(exc) for name in OWN_OBJECTS):
+            return SchemaError(
+                f"the projectionist schema {schema} is missing or not up to date ({exc}): run "
+                "'projectionist schema apply' (or await store.apply_schema())"
+            )
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            match = _RELATION.search(str(exc))
+            return MissingTableError(text, match.group(1) if match else None)
+    if isinstance(exc, asyncpg.TransactionRollbackError):  # serialization failure, deadlock
+        return TransactionConflictError(f"{text}; roll back and retry the whole transaction")
+    if isinstance(exc, asyncpg.PostgresSyntaxError):
+        return MalformedStatementError(text)
+    if exc.sqlstate.startswith(_TRANSIENT_SQLSTATES):
+        return TransientBackendError(text)
+    return BackendError(text)

@@ -24,8 +24,9 @@ from ...readmodel import (
     ReadModelTransaction,
     SideSchemas,
 )
+from .bulk import COPY_THRESHOLD, POSTGRES_FEATURES, copy_upsert
 from .connections import Connection
-from .errors import lost_connection_is_unavailable
+from .errors import translate_statement_errors
 from .migrating import MigrationSession
 from .side_schemas import PostgresSideSchemas
 
@@ -41,23 +42,43 @@ def _rows_changed(status: str) -> int:
 
 
 class PostgresReadModelTransaction(ReadModelTransaction):
+    """A read-model transaction on one pooled connection; statements' driver errors arrive
+    as projectionist errors (see ``errors.translate_statement_errors``)."""
+
     dialect = "postgres"
+    sql = POSTGRES_FEATURES
 
     def __init__(self, connection: Connection, quoted_schema: str) -> None:
         self.connection = connection
+        self._schema = quoted_schema
         self._table = f"{quoted_schema}.projection_checkpoints"
 
     async def execute(self, sql: str, *args: object) -> int:
-        with lost_connection_is_unavailable():
+        with translate_statement_errors(self._schema):
             return _rows_changed(await self.connection.execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        with lost_connection_is_unavailable():
+        with translate_statement_errors(self._schema):
             await self.connection.executemany(sql, rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        with lost_connection_is_unavailable():
+        with translate_statement_errors(self._schema):
             return [tuple(row) for row in await self.connection.fetch(sql, *args)]
+
+    async def bulk_upsert(
+        self,
+        table: str,
+        key: Sequence[str],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[object]],
+        *,
+        shape: str = "",
+    ) -> None:
+        if len(rows) < COPY_THRESHOLD:  # a live batch: one pipelined upsert beats COPY's trips
+            await super().bulk_upsert(table, key, columns, rows, shape=shape)
+            return
+        with translate_statement_errors(self._schema):
+            await copy_upsert(self.connection, table, key, columns, rows, shape)
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         row = await self.connection.fetchrow(

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 
-from ...errors import BackendError, ProjectionistError, SchemaError
+from ...errors import (
+    BackendError,
+    MalformedStatementError,
+    MissingTableError,
+    ProjectionistError,
+    SchemaError,
+    UnsupportedFeatureError,
+)
 from ...migrations import VERSION_TABLE
 
 # Tables of our migrations: a statement that misses one means the schema was not applied.
@@ -31,8 +40,29 @@ def translate_operational_error(
             "run 'projectionist schema apply' (or await store.apply_schema())"
         )
     if table:
-        return BackendError(
+        return MissingTableError(
             f"{doing} failed in {url}: table {table!r} does not exist; "
-            "does the projection's setup create it?"
+            "does the projection's setup create it?",
+            table,
         )
+    if message.startswith("no such module: "):
+        return UnsupportedFeatureError(
+            f"this SQLite ({sqlite3.sqlite_version}) was built without the "
+            f"{message.removeprefix('no such module: ')!r} module"
+        )
+    # FTS5 reports a malformed MATCH query as its own error, a syntax error, or (for a
+    # "word:" prefix) an unknown column.
+    if "fts5" in message or "syntax error" in message or "no such column" in message:
+        return MalformedStatementError(f"{doing} failed in {url}: {message}")
     return BackendError(f"{doing} failed in {url}: {exc}")
+
+
+@contextlib.contextmanager
+def translated(doing: str, url: str) -> Iterator[None]:
+    """Driver errors of one statement as projectionist errors, the driver's as the cause."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise translate_operational_error(exc, doing, url) from exc
+    except sqlite3.Error as exc:
+        raise BackendError(f"{doing} failed in {url}: {type(exc).__name__}: {exc}") from exc

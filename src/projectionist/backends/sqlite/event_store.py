@@ -93,7 +93,7 @@ class SqliteEventStore(EventStore):
         writes and appends; see ``EventStore.transaction``."""
         try:
             async with self._transaction("running a transaction", write=True) as connection:
-                yield StoreTransaction(self, SqliteReadModelTransaction(connection))
+                yield StoreTransaction(self, SqliteReadModelTransaction(connection, self.url))
         finally:
             self._changes.notify()  # wake readers (a rollback wakes them for nothing)
 
@@ -140,7 +140,7 @@ class SqliteEventStore(EventStore):
                 f"transaction (tx.connection of store.transaction()), not {connection!r}"
             )
         expected, encoded = prepare_append(stream_id, events, expected_version)
-        async with append_savepoint(SqliteReadModelTransaction(connection)):
+        async with append_savepoint(SqliteReadModelTransaction(connection, self.url)):
             return await self._append_rows(
                 connection, stream_id, expected, encoded, expected_version
             )
@@ -184,7 +184,7 @@ class SqliteEventStore(EventStore):
         )
         # Inline projections: same connection, same transaction as the events.
         for hook in self.inline_hooks:
-            await hook(SqliteReadModelTransaction(connection), recorded)
+            await hook(SqliteReadModelTransaction(connection, self.url), recorded)
         return AppendResult(recorded)
 
     # -- reading ----------------------------------------------------------------------------
@@ -252,12 +252,12 @@ class SqliteEventStore(EventStore):
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
         async with self._transaction("replaying", write=True) as connection:
-            yield _SqliteReplay(connection)
+            yield _SqliteReplay(connection, self.url)
 
 
 class _SqliteReplay(ExclusiveReplay):
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self.read_model = SqliteReadModelTransaction(connection)
+    def __init__(self, connection: aiosqlite.Connection, url: str) -> None:
+        self.read_model = SqliteReadModelTransaction(connection, url)
         self._connection = connection
 
     async def read_all(

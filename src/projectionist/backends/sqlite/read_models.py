@@ -19,8 +19,10 @@ from ...readmodel import (
     CheckpointConflictError,
     ReadModelStore,
     ReadModelTransaction,
+    SqlFeatures,
 )
 from .database import SqliteDatabase
+from .errors import translated
 from .migrating import MigrationSession
 from .statements import to_sqlite_placeholders
 
@@ -28,25 +30,44 @@ _CHECKPOINT_SELECT = (
     "SELECT name, version, tx_id, position, events_processed, updated_at "
     "FROM projection_checkpoints"
 )
-# Tables of our migrations: a statement that misses one means the schema was not applied.
+SQLITE_FEATURES = SqlFeatures(
+    document_type="TEXT",
+    document_as_text="",
+    clock="((julianday('now') - 2440587.5) * 86400.0)",
+    take_or_skip="",  # write transactions are exclusive: there is nothing to skip or share
+    share_with_takers="",
+    one_of_texts="{column} IN (SELECT value FROM json_each({param}))",
+    texts_as_json=True,
+    full_text="fts5",
+)
 
 
 class SqliteReadModelTransaction(ReadModelTransaction):
-    dialect = "sqlite"
+    """A read-model transaction on the store's one connection; statements' driver errors
+    arrive as projectionist errors (see ``errors.translate_operational_error``)."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    dialect = "sqlite"
+    sql = SQLITE_FEATURES
+
+    def __init__(
+        self, connection: aiosqlite.Connection, url: str = "the read-model database"
+    ) -> None:
         self.connection = connection
+        self._url = url
 
     async def execute(self, sql: str, *args: object) -> int:
-        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+        with translated("a statement", self._url):
+            cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
         return int(cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        await self.connection.executemany(to_sqlite_placeholders(sql), rows)
+        with translated("a statement", self._url):
+            await self.connection.executemany(to_sqlite_placeholders(sql), rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
-        return [tuple(row) for row in await cursor.fetchall()]
+        with translated("a query", self._url):
+            cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
+            return [tuple(row) for row in await cursor.fetchall()]
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         # Write transactions are exclusive on SQLite: the lock is implied.
@@ -110,7 +131,7 @@ class SqliteReadModelStore(ReadModelStore):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
         async with self.database.transaction("projecting", write=True) as connection:
-            yield SqliteReadModelTransaction(connection)
+            yield SqliteReadModelTransaction(connection, self.database.url)
 
     async def apply_schema(self) -> None:
         """Apply the ``read_models`` migrations."""
