@@ -28,6 +28,7 @@ test: $(VENV)/.installed-dev browser  ## lint, type-check and run every test (ne
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs a table lock
