@@ -29,7 +29,7 @@ from .preparation import stored_units
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction, SideSchemas
 from .recording import OperationsRecords
-from .runner import ProjectionRunner, RunnerState
+from .runner import RunnerState, partition_runners
 from .store import EventStore
 
 logger = logging.getLogger("projectionist.bluegreen")
@@ -111,17 +111,9 @@ class BlueGreenBuild:
         self._lease = lease
         # Faults and skipped events of the build stay with the build (in memory, in its
         # figures): the operations tables belong to the live version's units.
-        self.runners = [
-            ProjectionRunner(
-                store,
-                self.side,
-                projection,
-                partition=partition,
-                fence=self._fence,
-                records=OperationsRecords.in_memory(),
-            )
-            for partition in projection.partition_list
-        ]
+        self.runners = partition_runners(
+            store, self.side, projection, fence=self._fence, records=OperationsRecords.in_memory()
+        )
         self.state = RunnerState.STOPPED
         self.fault = None
         self.errors = 0

@@ -16,7 +16,7 @@ from .preparation import stored_units
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords
-from .runner import ProjectionRunner
+from .runner import ProjectionRunner, partition_runners
 from .store import EventStore
 
 Progress = Callable[[int, int], None]
@@ -46,10 +46,7 @@ async def rebuild(
     target = await store.last_committed()
     total = await store.count_after(projection.start) * projection.partitions
     done = 0
-    for partition in projection.partition_list:
-        runner = ProjectionRunner(
-            store, read_models, projection, partition=partition, records=records
-        )
+    for runner in partition_runners(store, read_models, projection, records=records):
         done += await _replay(runner, target, _offset(progress, done, total))
     # Counted again: events held back when the rebuild began are in by now.
     applied = await store.count_after(projection.start) - await store.count_after(target)

@@ -386,3 +386,22 @@ async def sleep_until_new_events(store: EventStore, after: Position, stop: async
                 await task
     if not waiting.cancelled() and waiting.exception() is not None:
         raise waiting.exception()  # type: ignore[misc]
+
+
+def partition_runners(
+    store: EventStore,
+    read_models: ReadModelStore,
+    projection: Projection,
+    *,
+    records: OperationsRecords,
+    fence: Fence | None = None,
+) -> list[ProjectionRunner]:
+    """One runner per partition of ``projection`` (one when it is not partitioned): how the
+    engine's rebuilds, verifications and blue/green builds get theirs. (An application's
+    runners come from ``Application.new_runner``, which adds its progress signal.)"""
+    return [
+        ProjectionRunner(
+            store, read_models, projection, partition=partition, fence=fence, records=records
+        )
+        for partition in projection.partition_list
+    ]

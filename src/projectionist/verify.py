@@ -18,7 +18,7 @@ from .identifiers import quote_identifier
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords
-from .runner import ProjectionRunner
+from .runner import partition_runners
 from .store import EventStore
 
 MAX_SHOWN = 10
@@ -64,16 +64,9 @@ async def verify(
         raise ConfigurationError(f"projection {projection.name!r} declares no tables to compare")
     async with read_models.scratch(f"{projection.name}_{uuid.uuid4().hex}") as scratch:
         # Faults and skipped events of the scratch copy are not the live projection's.
-        runners = [
-            ProjectionRunner(
-                store,
-                scratch,
-                projection,
-                partition=partition,
-                records=OperationsRecords.in_memory(),
-            )
-            for partition in projection.partition_list
-        ]
+        runners = partition_runners(
+            store, scratch, projection, records=OperationsRecords.in_memory()
+        )
         for _ in range(ATTEMPTS):
             targets = await _live_positions(read_models, projection)
             for runner in runners:
