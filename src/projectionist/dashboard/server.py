@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
@@ -28,6 +28,7 @@ from ..app import Application
 from ..errors import ConfigurationError, InvalidInputError
 from .history import Row, StatusHistory
 from .metrics import metrics_registry, render
+from .security import AllowedHosts, Guard
 
 logger = logging.getLogger("projectionist.dashboard")
 
@@ -51,7 +52,8 @@ class Dashboard:
 
     ``async with dashboard.serve("127.0.0.1", 0) as url:`` serves until the block ends;
     ``await dashboard.serve_until_stopped(...)`` until ``stop()``. The application is opened
-    and closed by the caller.
+    and closed by the caller. ``allowed_hosts``: the names the page may be requested by
+    (the ``Host`` header; default: the address it listens on, see ``security``).
     """
 
     def __init__(
@@ -60,11 +62,15 @@ class Dashboard:
         *,
         interval: float = 1.0,
         history_seconds: float = 600.0,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         if not interval > 0 or not history_seconds > 0:
             raise InvalidInputError(
                 f"interval and history must be positive, got {interval} and {history_seconds}"
             )
+        self.allowed_hosts = (
+            None if allowed_hosts is None else AllowedHosts.configured(allowed_hosts)
+        )
         self.application = application
         self.interval = interval
         self.history = StatusHistory(history_seconds, interval)
@@ -191,10 +197,12 @@ class Dashboard:
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Serve on ``host:port`` (0: a free port) while the block runs; yield the base URL."""
+        _check_address(host, port)
+        hosts = self.allowed_hosts or AllowedHosts.for_address(host)
         listener = _listen(host, port)
         bound_port = listener.getsockname()[1]
         config = uvicorn.Config(
-            self.asgi,
+            Guard(self.asgi, hosts),
             log_config=None,  # the library configures no logging
             access_log=False,
             lifespan="on",
@@ -231,6 +239,13 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _check_address(host: object, port: object) -> None:
+    if not isinstance(host, str):
+        raise ConfigurationError(f"the dashboard's host must be a string, not {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"the dashboard's port must be 0 to 65535, got {port!r}")
 
 
 def _listen(host: str, port: int) -> socket.socket:
