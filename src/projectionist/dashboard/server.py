@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..app import Application
-from ..errors import ConfigurationError, InvalidInputError
+from ..errors import ConfigurationError, InvalidInputError, ProjectionistError
 from .history import Row, StatusHistory
 from .metrics import metrics_registry, render
 from .security import AllowedHosts, Guard
@@ -33,6 +33,8 @@ from .security import AllowedHosts, Guard
 logger = logging.getLogger("projectionist.dashboard")
 
 KEEPALIVE_SECONDS = 15.0
+WORKER_SECONDS = 30.0
+"""Workers whose last heartbeat is at most this old are listed (as ``health`` counts them)."""
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -75,6 +77,7 @@ class Dashboard:
         self.interval = interval
         self.history = StatusHistory(history_seconds, interval)
         self.poll_error: str | None = None
+        self.workers: list[dict[str, Any]] = []
         self._version = 0
         self._updated = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -104,11 +107,27 @@ class Dashboard:
                 )
             self.poll_error = message
         else:
-            self.history.record((s.as_dict() for s in statuses), time.time())
+            rows = self.history.record((s.as_dict() for s in statuses), time.time())
+            self.workers = await self._workers(rows)
             self.poll_error = None
         self._version += 1
         updated, self._updated = self._updated, asyncio.Event()
         updated.set()
+
+    async def _workers(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
+        """The live workers, each with the units it holds right now."""
+        try:
+            live = await self.application.live_workers(WORKER_SECONDS)
+        except ProjectionistError:  # the workers table missing (set up by an older release)
+            return []
+        held: dict[str, int] = {}
+        for row in rows:
+            if isinstance(row.get("owner"), str):
+                held[row["owner"]] = held.get(row["owner"], 0) + 1
+        return [
+            {"id": worker, "heartbeat_seconds": round(age, 3), "units": held.get(worker, 0)}
+            for worker, age in live
+        ]
 
     async def _poll_forever(self) -> None:
         while not self._stopping.is_set():
@@ -144,6 +163,7 @@ class Dashboard:
             "history_seconds": self.history.seconds,
             "error": self.poll_error,
             "projections": self.history.rows,
+            "workers": self.workers,
         }
         if charts:
             payload["charts"] = self.history.charts()
