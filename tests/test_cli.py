@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -13,12 +14,22 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 from examples.shop.history import generate_orders
 from rich.console import Console
 
-from projectionist import Position, ProjectionStatus, Severity, UnitState, create_store
+from projectionist import (
+    Application,
+    NewEvent,
+    Position,
+    ProjectionStatus,
+    Severity,
+    UnitState,
+    create_store,
+)
 from projectionist.cli import status_table
 from projectionist.cli.tables import SEVERITY_STYLES
+from projectionist.errors import HandlerError
 from projectionist.migrations import latest_version
 from projectionist.runner import RunnerState
 from tests.conftest import PG_DSN
@@ -221,3 +232,130 @@ def test_every_state_has_a_severity_and_worker_words_parse_without_error() -> No
     assert UnitState.parse("needs rebuild") == (UnitState.NEEDS_REBUILD, None)
     assert UnitState.parse("dozing") == (UnitState.UNKNOWN, "dozing")  # a newer worker's
     assert UnitState.parse(None) == (UnitState.UNKNOWN, None)
+
+
+# -- rich markup in data, and the status table's width -----------------------------------------
+
+MARKUP_APP = '''
+"""An application whose events and errors hold rich markup."""
+
+from projectionist import Application, Projection, ReadModelTransaction, RecordedEvent
+
+
+def failing(name: str, on_error: str) -> Projection:
+    projection = Projection(name, tables=[f"{name}_seen"], on_error=on_error)
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        await tx.execute(f"CREATE TABLE IF NOT EXISTS {name}_seen (n BIGINT)")
+
+    @projection.on("Said[/]")
+    async def said(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        raise ValueError(event.data["text"])
+
+    return projection
+
+
+PROJECTIONS = [failing("lenient", "skip"), failing("strict", "stop")]
+app = Application("memory://", PROJECTIONS)
+'''
+MARKUP_ERROR = "ValueError: [/] closes [bold]nothing"
+
+
+def _markup_application(tmp_path: Path) -> dict[str, str]:
+    """A store where ``lenient`` dead-lettered and ``strict`` faulted on an event whose
+    stream, type and error text hold "[/]"; the environment that runs the CLI on it."""
+    (tmp_path / "markup_app.py").write_text(MARKUP_APP)
+    spec = importlib.util.spec_from_file_location("markup_app", tmp_path / "markup_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    url = f"sqlite:///{tmp_path / 'markup.db'}"
+
+    async def fault() -> None:
+        async with Application(url, module.PROJECTIONS) as application:
+            await application.setup()
+            await application.store.append(
+                "[/]stream", [NewEvent("Said[/]", {"text": "[/] closes [bold]nothing"})]
+            )
+            with pytest.raises(HandlerError):
+                await application.run_until_caught_up()
+
+    asyncio.run(fault())
+    return {"PROJECTIONIST_URL": url, "PROJECTIONIST_APP": "markup_app:app"}
+
+
+def test_commands_print_markup_in_names_and_errors_as_text(tmp_path: Path) -> None:
+    env = _markup_application(tmp_path)
+    for columns in ("80", "200"):
+        shown = run_cli("status", env={**env, "COLUMNS": columns}, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        [strict] = [line for line in shown.stdout.splitlines() if "│ strict " in line]
+        assert "faulted" in strict and "ValueError: [/]" in strict, shown.stdout
+    assert MARKUP_ERROR in shown.stdout  # 200 columns: the whole error
+    letters = run_cli("dead-letters", "list", env=env, cwd=tmp_path)
+    assert letters.returncode == 0, letters.stderr
+    [row] = [line for line in letters.stdout.splitlines() if "│ lenient " in line]
+    assert "[/]stream v1" in row and "Said[/]" in row and MARKUP_ERROR in row
+    for command, name in (("rebuild", "[/]"), ("restart", "[bold]x"), ("restart", "[/]")):
+        done = run_cli(command, name, env=env, cwd=tmp_path)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"no projection named {name!r}" in done.stderr
+    restarted = run_cli("restart", "strict", env=env, cwd=tmp_path)
+    assert restarted.returncode == 0 and "strict: cleared 1 fault(s)" in restarted.stdout
+
+
+def test_status_in_a_narrow_terminal_keeps_what_matters_and_json_keeps_everything(
+    tmp_path: Path,
+) -> None:
+    env = _markup_application(tmp_path)
+    everything = ("name", "kind", "version", "state", "owner", "position", "head", "lag")
+    for columns in (80, 100, 120, 200):
+        shown = run_cli("status", env={**env, "COLUMNS": str(columns)}, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert max(len(line.rstrip()) for line in lines) <= columns, shown.stdout
+        [header] = [line for line in lines if line.startswith("┃")]
+        headers = [cell.strip() for cell in header.strip("┃").split("┃")]
+        assert headers[0] == "name" and {"state", "lag", "last error"} <= set(headers)
+        if columns == 200:
+            assert headers == [*everything, "lag s", "ev/s", "dead", "updated", "last error"]
+        rows = {line.split("│")[1].strip(): line for line in lines if line.startswith("│ ")}
+        assert set(rows) == {"lenient", "strict"}  # names never cut
+        assert "faulted" in rows["strict"] and "ValueError: [/]" in rows["strict"]
+        as_json = run_cli("status", "--json", env={**env, "COLUMNS": str(columns)}, cwd=tmp_path)
+        by_name = {row["name"]: row for row in map(json.loads, as_json.stdout.splitlines())}
+        strict = by_name["strict"]
+        assert set(strict) >= {*everything, "lag_seconds", "events_per_second", "dead_letters"}
+        assert strict["fault"]["error"] == MARKUP_ERROR
+        assert MARKUP_ERROR in strict["fault"]["traceback"]
+
+
+def test_the_status_table_drops_the_least_needed_columns_first() -> None:
+    head = Position(12, 34567)
+    row = ProjectionStatus(
+        name="order_summaries",
+        kind="async",
+        version=2,
+        state=UnitState.NEEDS_REBUILD,
+        detail="read model is version 1",
+        position=head,
+        head=head,
+        lag=1234,
+        events_processed=9,
+        updated_at=None,
+        owner="host-a:1234:abcdef",
+        last_error="KeyError: 'sku' " * 8,
+    )
+    headers = {}
+    for width in (80, 100, 120, 200):
+        console = Console(record=True, width=width, color_system="truecolor", force_terminal=True)
+        console.print(status_table([row]))
+        lines = console.export_text().splitlines()
+        assert max(map(len, lines)) <= width
+        headers[width] = [cell.strip() for cell in lines[2].strip("┃").split("┃")]
+        assert "needs rebuild" in lines[4] and "KeyError: 'sku'" in lines[4]
+        assert "…" in lines[4]  # the error is shortened, on one line
+    assert headers[80] == ["name", "state", "lag", "dead", "last error"]
+    assert "owner" in headers[120] and "head" not in headers[120]
+    assert len(headers[200]) == 13

@@ -129,6 +129,7 @@ def test_dead_letters_status_and_restart(tmp_path: Path) -> None:
     assert state["lenient"]["severity"] == "idle" and state["lenient"]["detail"] is None
     fault = state["strict"]["fault"]
     assert isinstance(fault.pop("failed_at"), float)
+    assert "ValueError: event 3 is broken" in fault.pop("traceback")
     assert fault == {
         "unit": "strict",
         "projection": "strict",

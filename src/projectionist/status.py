@@ -170,11 +170,16 @@ class ProjectionStatus:
             "errors": self.errors,
             "last_error": self.last_error,
             "dead_letters": self.dead_letters,
-            "fault": None if self.fault is None else self.fault.as_dict(),
+            "fault": None if self.fault is None else _fault_dict(self.fault),
             "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
             "held_back_seconds": self.held_back_seconds,
             "held_back_by": self.held_back_by,
         }
+
+
+def _fault_dict(fault: Fault) -> dict[str, Any]:
+    """The fault with its traceback: ``--json`` and the dashboard show the whole of it."""
+    return {**fault.as_dict(), "traceback": fault.traceback}
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +262,14 @@ async def _unit_status(
     report = lease.report if lease is not None else None
     building = build_unit(projection) in records.leases
     state, detail = _unit_state(projection, checkpoint, report, runner, building=building)
+    fault = records.faults.get(unit)
+    errors, last_error = _errors(report, fault)
     held_back = records.held_back
     return ProjectionStatus(
         name=projection.name,
         kind=projection.kind.value,
         version=checkpoint.version if checkpoint else projection.version,
-        state=_with_fault(state, faulted=unit in records.faults),
+        state=_with_fault(state, faulted=fault is not None),
         detail=detail,
         position=position,
         head=head,
@@ -274,10 +281,10 @@ async def _unit_status(
         lag_seconds=None if position is None else _age(backlog),
         events_per_second=report.events_per_second if report else None,
         last_batch_seconds=report.last_batch_seconds if report else None,
-        errors=report.errors if report else 0,
-        last_error=report.last_error if report else None,
+        errors=errors,
+        last_error=last_error,
         dead_letters=records.dead_letters.get(unit, 0),
-        fault=records.faults.get(unit),
+        fault=fault,
         held_back_seconds=held_back.seconds if held_back else 0.0,
         held_back_by=held_back.by if held_back else None,
     )
@@ -306,6 +313,17 @@ def _unit_state(
     if runner is not None and runner.state is not RunnerState.STOPPED:
         return UnitState.parse(runner.state.value)
     return UnitState.STOPPED, None
+
+
+def _errors(report: leases.UnitReport | None, fault: Fault | None) -> tuple[int, str | None]:
+    """Errors and the last error: the owner's figures, but a recorded fault is the source
+    while it stands, so a worker that took a faulted unit over (its figures start at 0)
+    does not hide it."""
+    errors = report.errors if report else 0
+    last_error = report.last_error if report else None
+    if fault is None:
+        return errors, last_error
+    return max(errors, fault.attempts), fault.error
 
 
 def _with_fault(state: UnitState, *, faulted: bool) -> UnitState:

@@ -11,9 +11,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from examples.shop.history import Append
 
-from projectionist import Application
+from projectionist import Application, NewEvent, leases
+from projectionist.errors import HandlerError
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -75,3 +77,24 @@ async def dashboard_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+FAULTY_APP = "tests.cli_operations_app:app"
+"""``strict`` (on_error="stop") and ``lenient`` ("skip") of numbered events; the numbers in
+its ``broken`` table fail."""
+TAKER = "worker-b"
+
+
+async def faulted_and_taken_over(application: Application) -> str:
+    """``strict`` faults on event 1; then worker ``TAKER`` takes its lease over (a takeover
+    starts the lease's figures at 0) and stays alive. Returns the fault's error."""
+    await application.setup()
+    async with application.read_models.transaction() as tx:
+        await tx.execute("INSERT INTO broken VALUES (1)")
+    await application.store.append("acct-1", [NewEvent("Posted", {"n": n}) for n in range(3)])
+    with pytest.raises(HandlerError, match="event 1 is broken"):
+        await application.run_until_caught_up()
+    await leases.register_units(application.read_models, {"strict": "strict"})
+    await leases.heartbeat(application.read_models, TAKER, "host-b", 1, forget_after=600)
+    assert await leases.acquire(application.read_models, "strict", TAKER, 600) is not None
+    return "ValueError: event 1 is broken"

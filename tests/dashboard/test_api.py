@@ -9,6 +9,7 @@ import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from examples.shop.history import generate_orders
@@ -17,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from projectionist import Application, ConfigurationError, InvalidInputError
 from projectionist.dashboard import Dashboard
+from tests.cli_operations_app import PROJECTIONS
 from tests.conftest import PG_DSN
 
-from .conftest import append_all, http_get
+from .conftest import TAKER, append_all, faulted_and_taken_over, http_get
 
 
 def samples(text: str) -> dict[tuple[str, str, str], float]:
@@ -169,3 +171,19 @@ async def test_bad_settings_and_a_busy_port_are_clear_errors(tmp_path: Path) -> 
             with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port}"):
                 async with Dashboard(application).serve("127.0.0.1", port):
                     pass
+
+
+async def test_a_faulted_unit_taken_over_keeps_its_fault_errors_and_error(tmp_path: Path) -> None:
+    async with Application(f"sqlite:///{tmp_path / 'ops.db'}", PROJECTIONS) as application:
+        error = await faulted_and_taken_over(application)
+        dashboard = Dashboard(application, interval=0.05)
+        await dashboard.poll_once()
+        payload = dashboard.status_payload()
+    rows = {row["name"]: row for row in payload["projections"]}
+    strict = rows["strict"]
+    assert (strict["state"], strict["severity"], strict["owner"]) == ("faulted", "bad", TAKER)
+    assert strict["errors"] >= 1 and strict["last_error"] == error  # not 0 and None
+    assert strict["fault"]["error"] == error and strict["fault"]["event_type"] == "Posted"
+    assert error in strict["fault"]["traceback"]
+    assert payload["workers"] == [{"id": TAKER, "heartbeat_seconds": ANY, "units": 1}]
+    assert rows["lenient"]["severity"] != "bad"

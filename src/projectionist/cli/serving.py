@@ -140,6 +140,16 @@ def dashboard_command(
             min=0.05, envvar="PROJECTIONIST_DASHBOARD_INTERVAL", help="Seconds between status polls"
         ),
     ] = 1.0,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROJECTIONIST_DASHBOARD_ALLOWED_HOSTS",
+            help="Comma-separated names the page may be requested by (the Host header; "
+            "'*' for any) [default: the --host address; on 0.0.0.0 this machine's names "
+            "and addresses]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a live web dashboard of the projections, with /metrics for Prometheus."""
     from ..dashboard import Dashboard  # the web stack loads only for this command
@@ -152,7 +162,8 @@ def dashboard_command(
         target = load_application(application_path(application, positional))
         await target.open(url)
         try:
-            dashboard = Dashboard(target, interval=interval)
+            names = None if allowed_hosts is None else allowed_hosts.split(",")
+            dashboard = Dashboard(target, interval=interval, allowed_hosts=names)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, dashboard.stop)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
@@ -25,13 +25,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..app import Application
-from ..errors import ConfigurationError, InvalidInputError
+from ..errors import ConfigurationError, InvalidInputError, ProjectionistError
 from .history import Row, StatusHistory
 from .metrics import metrics_registry, render
+from .security import AllowedHosts, Guard
 
 logger = logging.getLogger("projectionist.dashboard")
 
 KEEPALIVE_SECONDS = 15.0
+WORKER_SECONDS = 30.0
+"""Workers whose last heartbeat is at most this old are listed (as ``health`` counts them)."""
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -51,7 +54,8 @@ class Dashboard:
 
     ``async with dashboard.serve("127.0.0.1", 0) as url:`` serves until the block ends;
     ``await dashboard.serve_until_stopped(...)`` until ``stop()``. The application is opened
-    and closed by the caller.
+    and closed by the caller. ``allowed_hosts``: the names the page may be requested by
+    (the ``Host`` header; default: the address it listens on, see ``security``).
     """
 
     def __init__(
@@ -60,15 +64,20 @@ class Dashboard:
         *,
         interval: float = 1.0,
         history_seconds: float = 600.0,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         if not interval > 0 or not history_seconds > 0:
             raise InvalidInputError(
                 f"interval and history must be positive, got {interval} and {history_seconds}"
             )
+        self.allowed_hosts = (
+            None if allowed_hosts is None else AllowedHosts.configured(allowed_hosts)
+        )
         self.application = application
         self.interval = interval
         self.history = StatusHistory(history_seconds, interval)
         self.poll_error: str | None = None
+        self.workers: list[dict[str, Any]] = []
         self._version = 0
         self._updated = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -98,11 +107,27 @@ class Dashboard:
                 )
             self.poll_error = message
         else:
-            self.history.record((s.as_dict() for s in statuses), time.time())
+            rows = self.history.record((s.as_dict() for s in statuses), time.time())
+            self.workers = await self._workers(rows)
             self.poll_error = None
         self._version += 1
         updated, self._updated = self._updated, asyncio.Event()
         updated.set()
+
+    async def _workers(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
+        """The live workers, each with the units it holds right now."""
+        try:
+            live = await self.application.live_workers(WORKER_SECONDS)
+        except ProjectionistError:  # the workers table missing (set up by an older release)
+            return []
+        held: dict[str, int] = {}
+        for row in rows:
+            if isinstance(row.get("owner"), str):
+                held[row["owner"]] = held.get(row["owner"], 0) + 1
+        return [
+            {"id": worker, "heartbeat_seconds": round(age, 3), "units": held.get(worker, 0)}
+            for worker, age in live
+        ]
 
     async def _poll_forever(self) -> None:
         while not self._stopping.is_set():
@@ -138,6 +163,7 @@ class Dashboard:
             "history_seconds": self.history.seconds,
             "error": self.poll_error,
             "projections": self.history.rows,
+            "workers": self.workers,
         }
         if charts:
             payload["charts"] = self.history.charts()
@@ -191,10 +217,12 @@ class Dashboard:
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Serve on ``host:port`` (0: a free port) while the block runs; yield the base URL."""
+        _check_address(host, port)
+        hosts = self.allowed_hosts or AllowedHosts.for_address(host)
         listener = _listen(host, port)
         bound_port = listener.getsockname()[1]
         config = uvicorn.Config(
-            self.asgi,
+            Guard(self.asgi, hosts),
             log_config=None,  # the library configures no logging
             access_log=False,
             lifespan="on",
@@ -231,6 +259,13 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _check_address(host: object, port: object) -> None:
+    if not isinstance(host, str):
+        raise ConfigurationError(f"the dashboard's host must be a string, not {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"the dashboard's port must be 0 to 65535, got {port!r}")
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -2,15 +2,16 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const CHART_WIDTH = 180;
+const CHART_WIDTH = 120;
 const CHART_HEIGHT = 36;
+// The columns; the partition shows under the name and the lag in seconds under the lag, so
+// the table fits a 1280 px window.
 const FIELDS = [
-  "name", "partition", "state", "owner", "position", "lag", "lag_seconds", "chart", "rate",
-  "events_processed", "last_batch_seconds", "errors", "dead_letters", "last_error", "updated_at",
+  "name", "state", "owner", "position", "lag", "chart", "rate", "events_processed",
+  "last_batch_seconds", "errors", "dead_letters", "last_error", "updated_at",
 ];
 const NUMERIC = new Set([
-  "position", "lag", "lag_seconds", "rate", "events_processed", "last_batch_seconds", "errors",
-  "dead_letters",
+  "position", "lag", "rate", "events_processed", "last_batch_seconds", "errors", "dead_letters",
 ]);
 
 // key -> [[unix seconds, lag, lag_seconds, events/s], ...]
@@ -74,17 +75,41 @@ function rowFor(key, tbody) {
   return row;
 }
 
+// A line of small text under a cell's value, named by its field.
+function subline(field, text, className = "sub") {
+  const span = document.createElement("span");
+  span.className = className;
+  span.dataset.field = field;
+  span.textContent = text;
+  return span;
+}
+
+function fillName(cell, item) {
+  cell.replaceChildren(document.createTextNode(item.name ?? "?"));
+  const version = isNumber(item.version) ? " · v" + item.version : "";
+  cell.appendChild(subline("kind", `${item.kind ?? ""}${version}`, "kind"));
+  if (item.partition) cell.appendChild(subline("partition", item.partition, "kind"));
+}
+
+// The fault that stopped the unit, as text: the event, the error, the traceback on demand.
+function faultDetails(fault) {
+  const details = document.createElement("details");
+  details.className = "fault";
+  const summary = document.createElement("summary");
+  summary.textContent =
+    `on ${fault.event_type} · ${fault.stream_id} v${fault.stream_version} · ${fault.position}`;
+  const error = subline("fault_error", fault.error ?? "", "fault-error");
+  const trace = document.createElement("pre");
+  trace.dataset.field = "fault_traceback";
+  trace.textContent = fault.traceback ?? "";
+  details.append(summary, error, trace);
+  return details;
+}
+
 function fill(row, item) {
   const cell = (field) => row.querySelector(`td[data-field="${field}"]`);
-
-  const name = cell("name");
-  name.replaceChildren(document.createTextNode(item.name ?? "?"));
-  const kind = document.createElement("span");
-  kind.className = "kind";
-  kind.textContent = `${item.kind ?? ""}${isNumber(item.version) ? " · v" + item.version : ""}`;
-  name.appendChild(kind);
-
-  cell("partition").textContent = item.partition ?? "-";
+  const faultOpen = row.querySelector("details.fault")?.open ?? false;  // survives each poll
+  fillName(cell("name"), item);
 
   const badge = document.createElement("span");
   badge.className = "state " + stateClass(item);
@@ -99,11 +124,19 @@ function fill(row, item) {
     held.textContent = `held back${seconds} by ${item.held_back_by}`;
     state.appendChild(held);
   }
+  if (item.fault) {
+    const details = faultDetails(item.fault);
+    details.open = faultOpen;
+    state.appendChild(details);
+  }
 
   cell("owner").textContent = item.owner ?? "-";
+  cell("owner").title = item.owner ?? "";
   cell("position").textContent = item.position ?? "-";
-  cell("lag").textContent = (item.lag_estimated ? "~" : "") + formatCount(item.lag);
-  cell("lag_seconds").textContent = formatSeconds(item.lag_seconds);
+  cell("lag").replaceChildren(
+    subline("lag_events", (item.lag_estimated ? "~" : "") + formatCount(item.lag), "main"),
+    subline("lag_seconds", formatSeconds(item.lag_seconds)),
+  );
   cell("rate").textContent = formatRate(item.rate);
   cell("events_processed").textContent = formatCount(item.events_processed);
   cell("last_batch_seconds").textContent = formatBatch(item.last_batch_seconds);
@@ -201,6 +234,19 @@ function sum(items, field) {
   return total;
 }
 
+function renderWorkers(workers) {
+  const list = document.getElementById("workers");
+  list.replaceChildren(...workers.map((worker) => {
+    const entry = document.createElement("li");
+    entry.dataset.worker = worker.id;
+    entry.textContent = `${worker.id} · heartbeat ${formatSeconds(worker.heartbeat_seconds)} ago` +
+      ` · ${formatCount(worker.units)} unit${worker.units === 1 ? "" : "s"}`;
+    return entry;
+  }));
+  document.getElementById("no-workers").hidden = workers.length > 0;
+  document.getElementById("worker-count").textContent = String(workers.length);
+}
+
 function summarize(payload) {
   const items = payload.projections;
   const heads = items.map((item) => item.head).filter(Boolean);
@@ -208,6 +254,10 @@ function summarize(payload) {
   document.getElementById("count").textContent = String(items.length);
   document.getElementById("behind").textContent =
     String(items.filter((item) => isNumber(item.lag) && item.lag > 0).length);
+  const faulted = items.filter((item) => item.state === "faulted").length;
+  document.getElementById("faulted").textContent = String(faulted);
+  document.getElementById("faulted-tile").classList.toggle("bad", faulted > 0);
+  renderWorkers(Array.isArray(payload.workers) ? payload.workers : []);
   document.getElementById("total-rate").textContent = formatRate(sum(items, "rate"));
   document.getElementById("total-errors").textContent = formatCount(sum(items, "errors"));
   document.getElementById("total-dead").textContent = formatCount(sum(items, "dead_letters"));
