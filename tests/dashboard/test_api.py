@@ -38,7 +38,7 @@ def samples(text: str) -> dict[tuple[str, str, str], float]:
     return found
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+async def until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Poll an async check until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
