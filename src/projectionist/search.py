@@ -38,7 +38,7 @@ from .events import Position, RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
 from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelStore, ReadModelTransaction
-from .search_index import SearchQueryError, Syntax, engine_for, websearch_to_fts5
+from .search_index import SearchQueryError, Syntax, engine_for, fts_table, websearch_to_fts5
 from .state import KeyOf, key_function
 
 __all__ = [
@@ -109,7 +109,7 @@ class SearchProjection(Projection):
     ) -> None:
         table = validate_identifier(table, "search table name")
         # The FTS5 table exists on SQLite only.
-        super().__init__(name, tables=[table, f"{table}_fts"], options=options, **settings)
+        super().__init__(name, tables=[table, fts_table(table)], options=options, **settings)
         self.table = table
         self.text = _validate_text_fields(name, text)
         self.stored = _validate_stored_fields(name, stored, self.text)
@@ -336,6 +336,12 @@ def _validate_query(query: object) -> str:
         )
     if "\x00" in query:
         raise SearchQueryError("a search query must not contain NUL characters")
+    try:
+        query.encode()
+    except UnicodeEncodeError as exc:  # no database can take it as text
+        raise SearchQueryError(
+            f"a search query must be valid Unicode text; {query!r} holds a lone surrogate"
+        ) from exc
     return query.strip()
 
 

@@ -10,6 +10,7 @@ the backend, and become the search's own errors here.
 from __future__ import annotations
 
 import abc
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
@@ -22,7 +23,7 @@ from .errors import (
     MissingTableError,
     UnsupportedFeatureError,
 )
-from .identifiers import quote_identifier
+from .identifiers import MAX_IDENTIFIER_LENGTH, quote_identifier
 from .readmodel import FullText, ReadModelTransaction
 
 Syntax = Literal["websearch", "native"]
@@ -73,6 +74,22 @@ def engine_for(tx: ReadModelTransaction) -> FullTextEngine:
     return _ENGINES[full_text]
 
 
+def derived_name(table: str, suffix: str) -> str:
+    """The name of an object that belongs to ``table`` (its index, FTS5 table, triggers):
+    ``table + suffix`` when that is a valid identifier, else the table's start, a digest
+    of the whole name and the suffix. Every table name the constructor accepts has them."""
+    name = table + suffix
+    if len(name) <= MAX_IDENTIFIER_LENGTH:
+        return name
+    digest = hashlib.md5(table.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{table[: MAX_IDENTIFIER_LENGTH - len(suffix) - 9]}_{digest}{suffix}"
+
+
+def fts_table(table: str) -> str:
+    """SQLite's FTS5 table of the search table ``table``."""
+    return derived_name(table, "_fts")
+
+
 def _text_columns(index: IndexedFields) -> str:
     return ", ".join(f"{quote_identifier(name)} TEXT" for name in index.text)
 
@@ -110,10 +127,8 @@ class TsvectorEngine(FullTextEngine):
             f"deleted BOOLEAN NOT NULL, {_text_columns(index)}, stored JSONB NOT NULL, "
             f"document tsvector GENERATED ALWAYS AS ({vector}) STORED)"
         )
-        await tx.execute(
-            f"CREATE INDEX IF NOT EXISTS {quote_identifier(index.table + '_document')} "
-            f"ON {table} USING GIN (document)"
-        )
+        gin = quote_identifier(derived_name(index.table, "_document"))
+        await tx.execute(f"CREATE INDEX IF NOT EXISTS {gin} ON {table} USING GIN (document)")
 
     async def query(
         self, tx: ReadModelTransaction, index: IndexedFields, query: str, limit: int, syntax: Syntax
@@ -134,7 +149,7 @@ class Fts5Engine(FullTextEngine):
     async def create(self, tx: ReadModelTransaction, index: IndexedFields) -> None:
         # An INTEGER PRIMARY KEY keeps rowids stable (VACUUM may renumber implicit ones), and
         # the FTS5 table indexes the documents' text by rowid ("external content").
-        table, fts = quote_identifier(index.table), quote_identifier(f"{index.table}_fts")
+        table, fts = quote_identifier(index.table), quote_identifier(fts_table(index.table))
         await tx.execute(
             f"CREATE TABLE IF NOT EXISTS {table} (doc_rowid INTEGER PRIMARY KEY, "
             "id TEXT NOT NULL UNIQUE, position_tx INTEGER NOT NULL, "
@@ -160,7 +175,7 @@ class Fts5Engine(FullTextEngine):
     async def _create_triggers(
         self, tx: ReadModelTransaction, index: IndexedFields, names: list[str]
     ) -> None:
-        table, fts = quote_identifier(index.table), quote_identifier(f"{index.table}_fts")
+        table, fts = quote_identifier(index.table), quote_identifier(fts_table(index.table))
         columns = ", ".join(names)
         new = ", ".join(f"new.{name}" for name in names)
         old = ", ".join(f"old.{name}" for name in names)
@@ -173,7 +188,7 @@ class Fts5Engine(FullTextEngine):
             ("ad", "AFTER DELETE", remove),
             ("au", "AFTER UPDATE", remove + " " + insert),
         ]:
-            trigger = quote_identifier(f"{index.table}_{suffix}")
+            trigger = quote_identifier(derived_name(index.table, f"_{suffix}"))
             await tx.execute(
                 f"CREATE TRIGGER IF NOT EXISTS {trigger} {when} ON {table} BEGIN {body} END"
             )
@@ -185,7 +200,7 @@ class Fts5Engine(FullTextEngine):
             query = websearch_to_fts5(query)
             if not query:
                 return []
-        table, fts = quote_identifier(index.table), quote_identifier(f"{index.table}_fts")
+        table, fts = quote_identifier(index.table), quote_identifier(fts_table(index.table))
         weights = ", ".join(str(_BM25_WEIGHTS[weight]) for weight in index.text.values())
         text = ", ".join(f"d.{quote_identifier(name)}" for name in index.text)
         sql = (

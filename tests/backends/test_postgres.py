@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from projectionist import NewEvent, TransactionConflictError, create_store
+from projectionist import Application, NewEvent, TransactionConflictError, create_store
 from projectionist.backends.postgres import PostgresEventStore
 from projectionist.migrations import latest_version, load_migrations
 from tests.conftest import PG_DSN, connect_other_database, new_schema_name, settle
+from tests.engine.projections import ledger, ledger_rows, money
 
 
 async def test_schemas_are_isolated(pg_schema: str) -> None:
@@ -272,3 +275,99 @@ async def test_appending_many_events_is_one_round_trip(pg_schema: str) -> None:
                 connection.remove_query_logger(log)
         assert result.version == 200
         assert len(statements) == 1, statements
+
+
+# -- the store's schema, whatever the connection's search_path -------------------------------
+
+
+@contextlib.asynccontextmanager
+async def users_public_tables(name: str) -> AsyncIterator[asyncpg.Connection]:
+    """A user's own tables in ``public`` named like the ledger ``name``'s, with a row each;
+    yields a connection whose search_path is ``public`` (a user's own, not the store's)."""
+    connection = await asyncpg.connect(PG_DSN, server_settings={"search_path": "public"})
+    try:
+        for table in (f"{name}_seen", f"{name}_totals"):
+            await connection.execute(f"CREATE TABLE public.{table} (users TEXT)")
+            await connection.execute(f"INSERT INTO public.{table} VALUES ('mine')")
+        yield connection
+    finally:
+        for table in (f"{name}_seen", f"{name}_totals"):
+            await connection.execute(f"DROP TABLE IF EXISTS public.{table}")
+        await connection.close()
+
+
+async def users_rows(connection: asyncpg.Connection, name: str) -> list[list[str]]:
+    return [
+        [row[0] for row in await connection.fetch(f"SELECT * FROM public.{table}")]
+        for table in (f"{name}_seen", f"{name}_totals")
+    ]
+
+
+def unique_ledger_name() -> str:
+    return f"own_{uuid.uuid4().hex[:10]}"
+
+
+async def test_setting_up_an_inline_projection_leaves_a_same_named_public_table(
+    pg_schema: str,
+) -> None:
+    """The rebuild of a new inline projection drops its tables in the store's schema only:
+    a DROP resolved through the search path would drop the user's table in ``public``."""
+    name = unique_ledger_name()
+    async with users_public_tables(name) as connection:
+        url = f"{PG_DSN}?schema={pg_schema}"
+        async with Application(url, [ledger(name, kind="inline")]) as app:
+            await app.setup()
+            await app.store.append("account-1", money(1, 2))
+            await app.rebuild(name)
+        assert await users_rows(connection, name) == [["mine"], ["mine"]]
+        seen = await connection.fetchval(f'SELECT count(*) FROM "{pg_schema}".{name}_seen')
+        assert seen == 2
+
+
+async def test_append_on_a_connection_of_another_search_path_writes_the_stores_schema(
+    pg_schema: str,
+) -> None:
+    """Inline handlers write unqualified tables: they land in the store's schema, and the
+    caller's own statements after the append, in its own transaction, see its path again."""
+    name = unique_ledger_name()
+    async with users_public_tables(name) as connection:
+        url = f"{PG_DSN}?schema={pg_schema}"
+        async with Application(url, [ledger(name, kind="inline")]) as app:
+            await app.setup()
+            await app.store.append_on(connection, "account-1", money(1, 1))  # autocommit
+            async with connection.transaction():
+                await connection.execute("SET LOCAL search_path = public, pg_catalog")
+                await app.store.append_on(connection, "account-2", money(2, 2))
+                path = await connection.fetchval("SELECT current_setting('search_path')")
+                assert path == "public, pg_catalog"
+                await connection.execute(f"INSERT INTO {name}_seen VALUES ('later')")
+            assert await connection.fetchval("SELECT current_setting('search_path')") == "public"
+            async with app.store.transaction() as tx:
+                await tx.execute("SET LOCAL search_path = public")
+                await tx.append("account-3", money(3, 1))
+                assert await tx.fetchval("SELECT current_setting('search_path')") == "public"
+            async with app.read_models.transaction() as rows:
+                seen, totals = await ledger_rows(rows, name)
+        assert len(seen) == 4 and len(totals) == 2  # type: ignore[arg-type]
+        assert await users_rows(connection, name) == [["mine", "later"], ["mine"]]
+
+
+async def test_a_side_schemas_tables_are_dropped_in_it_only(pg_schema: str) -> None:
+    """A side store's teardown drops its own tables, never the base schema's of that name."""
+    store = create_store(PG_DSN, schema=pg_schema)
+    side_schema = new_schema_name()
+    async with store:
+        await store.apply_schema()
+        base = store.read_models()
+        async with base.transaction() as tx:
+            await tx.execute("CREATE TABLE kept (n BIGINT)")
+        side = base.in_schema(side_schema)  # type: ignore[attr-defined]
+        try:
+            await side.apply_schema()
+            async with side.transaction() as tx:
+                await tx.drop_tables(["kept"])
+            async with base.transaction() as tx:
+                assert await tx.fetchval("SELECT count(*) FROM kept") == 0
+        finally:
+            async with base.transaction() as tx:
+                await tx.execute(f'DROP SCHEMA IF EXISTS "{side_schema}" CASCADE')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from projectionist import Application, HandlerError, NewEvent, RecordedEvent
+from projectionist.identifiers import MAX_IDENTIFIER_LENGTH
 from projectionist.state import DELETE, Evolved, State, StateProjection
 from tests.conftest import settle
 
@@ -175,3 +176,42 @@ async def test_json_columns_hold_nested_values(app_url: str) -> None:
         async with app.read_models.transaction() as tx:
             loaded = await tags._load(tx, ["post-1"])
         assert loaded == {"post-1": {"count": 3, "names": {"seen": ["a", "b"], "last": "b"}}}
+
+
+def longest(prefix: str) -> str:
+    """The longest identifier a projection accepts (48 characters), starting with ``prefix``."""
+    return prefix.ljust(MAX_IDENTIFIER_LENGTH, "x")
+
+
+async def test_the_longest_accepted_names_work_end_to_end(app_url: str) -> None:
+    """Names the constructor accepts never fail later: the staging table PostgreSQL's COPY
+    path derives from them stays within its identifier limit (a batch of 150 keys takes
+    it), and set-up, catch-up and rebuild work with every name at its longest."""
+    table, key, value = longest("table_"), longest("key_"), longest("value_")
+    projection = StateProjection(
+        longest("name_"),
+        table=table,
+        key="n",
+        key_column=key,
+        columns={value: "BIGINT"},
+        initial=lambda: {value: 0},
+    )
+
+    @projection.evolve("Counted")
+    def counted(state: State, event: RecordedEvent) -> State:
+        return {value: state[value] + 1}
+
+    expected = [(f"k{n:03}", 2) for n in range(150)]
+    async with Application(app_url, [projection]) as app:
+        await app.setup()
+        await app.store.append("s", [NewEvent("Counted", {"n": k}) for k, _ in expected * 2])
+        await settle(app.store)
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            assert await tx.fetch(f"SELECT * FROM {table} ORDER BY {key}") == expected
+            await tx.bulk_upsert(table, [key], [value], [(k, 5) for k, _ in expected])
+            assert await tx.fetchval(f"SELECT sum({value}) FROM {table}") == 5 * 150
+        await app.rebuild(projection.name)
+        async with app.read_models.transaction() as tx:
+            assert await tx.fetch(f"SELECT * FROM {table} ORDER BY {key}") == expected
+        assert [status.errors for status in await app.status()] == [0]

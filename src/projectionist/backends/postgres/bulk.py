@@ -30,6 +30,7 @@ COPY_THRESHOLD = 100
 
 async def copy_upsert(
     connection: Connection,
+    quoted_schema: str,
     table: str,
     key: Sequence[str],
     columns: Sequence[str],
@@ -38,21 +39,27 @@ async def copy_upsert(
 ) -> None:
     """COPY ``rows`` into a per-connection staging table, then upsert them in one statement.
 
-    The staging table is made ``LIKE`` the target once per connection and shape; another
-    shape (new column types) gets its own.
+    The staging table is made ``LIKE`` the target (in ``quoted_schema``, the transaction's)
+    once per connection, schema and shape; another shape (new column types) gets its own.
+    Its name is a digest, short whatever the table's, and both are schema-qualified, so a
+    same-named table elsewhere on the search path is never the one emptied or copied.
     """
     names = [*key, *columns]
-    identity = "\x00".join([table, shape, *names]).encode()
-    stage = "pj_stage_" + hashlib.md5(identity, usedforsecurity=False).hexdigest()[:24]
+    identity = "\x00".join([quoted_schema, table, shape, *names]).encode()
+    stage_name = "pj_stage_" + hashlib.md5(identity, usedforsecurity=False).hexdigest()[:24]
+    stage = f"pg_temp.{quote_identifier(stage_name)}"
     await connection.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote_identifier(stage)} "
-        f"(LIKE {quote_identifier(table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote_identifier(stage_name)} "
+        f"(LIKE {quoted_schema}.{quote_identifier(table)} INCLUDING DEFAULTS) "
+        "ON COMMIT DELETE ROWS"
     )
-    await connection.copy_records_to_table(stage, records=rows, columns=names, schema_name=None)
+    await connection.copy_records_to_table(
+        stage_name, records=rows, columns=names, schema_name="pg_temp"
+    )
     # The stage is emptied by the upsert itself, not only at commit: a replay writes many
     # batches in one transaction, and a later one must not upsert an earlier one's rows again.
     selected = ", ".join(quote_identifier(name) for name in names)
     await connection.execute(
-        f"WITH staged AS (DELETE FROM {quote_identifier(stage)} RETURNING {selected}) "
+        f"WITH staged AS (DELETE FROM {stage} RETURNING {selected}) "
         + upsert_sql(table, key, columns, f"SELECT {selected} FROM staged")
     )

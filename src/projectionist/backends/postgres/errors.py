@@ -91,8 +91,8 @@ _TRANSIENT_SQLSTATES = ("53", "57P")
 def translate_statement_errors(schema: str) -> Iterator[None]:
     """A read-model statement's driver errors as our errors, the driver's as the cause: a
     lost connection is StoreUnavailableError, a lost race TransactionConflictError (both
-    retried as transient), a missing table MissingTableError, bad syntax
-    MalformedStatementError, anything else BackendError."""
+    retried as transient), a missing table MissingTableError, bad syntax (or an argument
+    it cannot parse) MalformedStatementError, anything else BackendError."""
     try:
         yield
     except CONNECTION_ERRORS as exc:
@@ -115,7 +115,9 @@ def statement_error(exc: asyncpg.PostgresError, schema: str) -> ProjectionistErr
             return MissingTableError(text, match.group(1) if match else None)
     if isinstance(exc, asyncpg.TransactionRollbackError):  # serialization failure, deadlock
         return TransactionConflictError(f"{text}; roll back and retry the whole transaction")
-    if isinstance(exc, asyncpg.PostgresSyntaxError):
+    # A query argument the database cannot parse is malformed too: a tsquery's phrase
+    # distance beyond its range is an invalid parameter value, not a syntax error.
+    if isinstance(exc, asyncpg.PostgresSyntaxError | asyncpg.InvalidParameterValueError):
         return MalformedStatementError(text)
     if exc.sqlstate.startswith(_TRANSIENT_SQLSTATES):
         return TransientBackendError(text)

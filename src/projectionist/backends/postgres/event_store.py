@@ -54,6 +54,8 @@ from .transactions import PostgresReplay, PostgresTransaction
 
 DEFAULT_SCHEMA = "projectionist"
 _APPEND_ATTEMPTS = 5
+_SET_LOCAL_PATH = "SELECT set_config('search_path', $1, true)"
+"""Until the transaction ends; the path as text, read back exactly as it was set."""
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -92,6 +94,9 @@ class PostgresEventStore(EventStore):
         self._horizon_floor = 0
         self.channel = f"projectionist_{self.schema}"
         self._q = quote_identifier(self.schema)
+        # Handlers write unqualified tables: every connection of the store resolves them in
+        # its schema first (``public`` behind it, for extensions' functions).
+        self._search_path = f"{self._q}, public"
         self._sql = event_statements(self._q, self.channel)
         self._notifier = Notifier(
             dsn, self.channel, lambda: self.pool, self._changes, self._sql.notify
@@ -111,7 +116,7 @@ class PostgresEventStore(EventStore):
                 min_size=1,
                 max_size=self._pool_size,
                 reset=_keep_session,
-                server_settings={"search_path": f"{self._q}, public"},
+                server_settings={"search_path": self._search_path},
             )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailableError(
@@ -235,10 +240,26 @@ class PostgresEventStore(EventStore):
             result = await self._append_rows(
                 connection, stream_id, expected, encoded, expected_version
             )
-            read_model = PostgresReadModelTransaction(connection, self._q)
-            for hook in self.inline_hooks:
-                await hook(read_model, result.events)
+            await self._run_inline_hooks(connection, result)
         return result
+
+    async def _run_inline_hooks(self, connection: Connection, result: AppendResult) -> None:
+        """Run the inline projections on ``connection`` with the store's schema first on the
+        path, whatever the caller's connection resolves names to, and put its path back.
+
+        A transaction-local setting made in a savepoint outlives it until the caller's
+        transaction ends, so the caller's own later statements would resolve in our schema:
+        hence the explicit restore. A failing hook rolls the savepoint back, which undoes
+        the setting by itself.
+        """
+        callers_path = await connection.fetchval("SELECT current_setting('search_path')")
+        if callers_path != self._search_path:
+            await connection.execute(_SET_LOCAL_PATH, self._search_path)
+        read_model = PostgresReadModelTransaction(connection, self._q)
+        for hook in self.inline_hooks:
+            await hook(read_model, result.events)
+        if callers_path != self._search_path:
+            await connection.execute(_SET_LOCAL_PATH, callers_path)
 
     async def _append_rows(
         self,
@@ -400,8 +421,13 @@ class PostgresEventStore(EventStore):
             self._connection("replaying") as connection,
             connection.transaction(),
         ):
-            # SHARE mode waits for appends in flight and blocks new ones; reads go on.
-            await connection.execute(f"LOCK TABLE {self._q}.events IN SHARE MODE")
+            # SHARE mode waits for appends in flight and blocks new ones; reads go on. The
+            # replay's handlers write in the store's schema, whatever a pooled session was
+            # left with by a caller of transaction().
+            await connection.execute(
+                f"LOCK TABLE {self._q}.events IN SHARE MODE; "
+                f"SET LOCAL search_path = {self._search_path}"
+            )
             yield PostgresReplay(self, connection)
 
     async def head(self) -> Position:

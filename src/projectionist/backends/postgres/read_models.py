@@ -78,7 +78,7 @@ class PostgresReadModelTransaction(ReadModelTransaction):
             await super().bulk_upsert(table, key, columns, rows, shape=shape)
             return
         with translate_statement_errors(self._schema):
-            await copy_upsert(self.connection, table, key, columns, rows, shape)
+            await copy_upsert(self.connection, self._schema, table, key, columns, rows, shape)
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         row = await self.connection.fetchrow(
@@ -118,8 +118,12 @@ class PostgresReadModelTransaction(ReadModelTransaction):
         await self.execute(f"DELETE FROM {self._table} WHERE name = $1", name)
 
     async def drop_tables(self, tables: Sequence[str]) -> None:
+        # Qualified: resolved through the search path, a table not (yet) in our schema
+        # would be a user's table of that name in ``public``.
         for table in tables:
-            await self.connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
+            await self.connection.execute(
+                f"DROP TABLE IF EXISTS {self._schema}.{quote_identifier(table)}"
+            )
 
 
 class PostgresReadModelStore(ReadModelStore):
@@ -157,11 +161,11 @@ class PostgresReadModelStore(ReadModelStore):
                 "; SELECT set_config('application_name', "
                 f"'{self._owner_label}' || current_setting('application_name'), true)"
             )
-        # A side schema (a blue/green build, a verification) puts itself first on the path:
-        # handlers' unqualified tables land there, the operations tables resolve to the base.
-        if self._base is not None:
-            begin += f"; SET LOCAL search_path = {self._q}, {self._base}, public"
-        return begin
+        # Handlers' unqualified tables land in the store's schema, whatever a pooled session
+        # was left with. A side schema (a blue/green build, a verification) puts itself
+        # first on the path: the operations tables resolve to the base behind it.
+        behind = "" if self._base is None else f"{self._base}, "
+        return begin + f"; SET LOCAL search_path = {self._q}, {behind}public"
 
     def guard_transactions(self, owner: str, idle_seconds: float) -> None:
         if not idle_seconds > 0:

@@ -42,16 +42,19 @@ class PostgresSideSchemas(SideSchemas):
         label: str,
     ) -> None:
         retired, built = quote_identifier(retire_to), quote_identifier(side)
+        # The base store's transactions put its schema first on the path; every table moved
+        # is named with its schema all the same, never found through the path.
         base = str(await tx.fetchval("SELECT current_schema()"))
+        live = quote_identifier(base)
         await tx.execute(f"CREATE SCHEMA IF NOT EXISTS {retired}")
         for table in tables:
+            name = quote_identifier(table)
             if await _table_in(tx, base, table):
-                await tx.execute(f"ALTER TABLE {quote_identifier(table)} SET SCHEMA {retired}")
-            await tx.execute(
-                f"ALTER TABLE {built}.{quote_identifier(table)} SET SCHEMA {quote_identifier(base)}"
-            )
+                await tx.execute(f"ALTER TABLE {live}.{name} SET SCHEMA {retired}")
+            await tx.execute(f"ALTER TABLE {built}.{name} SET SCHEMA {live}")
         await tx.execute(
-            f"INSERT INTO projection_checkpoints SELECT * FROM {built}.projection_checkpoints"
+            f"INSERT INTO {live}.projection_checkpoints "
+            f"SELECT * FROM {built}.projection_checkpoints"
         )
         await tx.execute(f"DROP SCHEMA {built} CASCADE")
         note = f"drop after {retire_until:.0f} base {base} {label}".replace("'", "''")

@@ -27,6 +27,17 @@ OWN_TABLES = (
     "projection_faults",
     "projection_dead_letters",
 )
+# FTS5 reports a malformed MATCH query as its own error (its name in it, or not: an
+# unterminated "string, an unknown *special query, a NEAR distance that is no integer), a
+# syntax error, or (for a "word:" prefix) an unknown column.
+_MALFORMED = (
+    "fts5",
+    "syntax error",
+    "no such column",
+    "unterminated string",
+    "unknown special query",
+    "expected integer",
+)
 
 
 def translate_operational_error(
@@ -50,9 +61,7 @@ def translate_operational_error(
             f"this SQLite ({sqlite3.sqlite_version}) was built without the "
             f"{message.removeprefix('no such module: ')!r} module"
         )
-    # FTS5 reports a malformed MATCH query as its own error, a syntax error, or (for a
-    # "word:" prefix) an unknown column.
-    if "fts5" in message or "syntax error" in message or "no such column" in message:
+    if any(marker in message for marker in _MALFORMED):
         return MalformedStatementError(f"{doing} failed in {url}: {message}")
     return BackendError(f"{doing} failed in {url}: {exc}")
 

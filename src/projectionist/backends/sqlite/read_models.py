@@ -103,8 +103,9 @@ class SqliteReadModelTransaction(ReadModelTransaction):
         await self.execute("DELETE FROM projection_checkpoints WHERE name = $1", name)
 
     async def drop_tables(self, tables: Sequence[str]) -> None:
+        # In ``main``: unqualified, a TEMP table of that name on the connection comes first.
         for table in tables:
-            await self.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
+            await self.execute(f"DROP TABLE IF EXISTS main.{quote_identifier(table)}")
 
 
 class SqliteReadModelStore(ReadModelStore):
