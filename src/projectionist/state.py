@@ -20,6 +20,11 @@ the transaction that also moves the checkpoint.
 
 Without ``columns`` each key's state is one JSON document (``jsonb`` on PostgreSQL). A column
 of type ``"JSON"`` holds any JSON value (lists, nested dicts) the same way.
+
+Every state an evolve function returns is checked against the declared column types before
+it is written (see ``fitting``): a value that does not fit (0.5 for a ``BIGINT``, a string
+longer than its ``VARCHAR(n)``) is a HandlerError naming the key and column, on every
+backend, instead of being converted by one database and kept by another.
 """
 
 from __future__ import annotations
