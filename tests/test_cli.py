@@ -157,11 +157,18 @@ def test_run_status_rebuild_an_application(tmp_path: Path) -> None:
     assert same.returncode == 0, same.stderr + same.stdout
     assert "daily_sales: the live read model equals a rebuild (daily_sales: " in same.stdout
     with sqlite3.connect(tmp_path / "shop.db") as edit:  # a manual edit: drift
-        edit.execute("UPDATE daily_sales SET revenue = revenue + 1 WHERE rowid = 1")
-    drifted = run_cli("verify", "daily_sales", env=env, cwd=ROOT)
+        edit.execute("UPDATE daily_sales SET revenue_cents = revenue_cents + 1 WHERE rowid = 1")
+    # Integer cents: a tolerance for floats does not hide it.
+    drifted = run_cli("verify", "daily_sales", "--float-tolerance", "0.5", env=env, cwd=ROOT)
     assert drifted.returncode == 1, drifted.stderr + drifted.stdout
-    assert "daily_sales: 1 row(s) only in the live table, 1 only in the rebuild" in drifted.stdout
-    assert drifted.stdout.count("live only:") == 1
+    assert "daily_sales: 0 row(s) only in the live table, 0 only in the rebuild, 1 differ" in (
+        drifted.stdout
+    )
+    assert drifted.stdout.count("revenue_cents: live ") == 1
+    bad = run_cli(
+        "verify", "daily_sales", env={**env, "PROJECTIONIST_FLOAT_TOLERANCE": "nan"}, cwd=ROOT
+    )
+    assert bad.returncode == 1 and "float_tolerance" in bad.stderr, bad.stderr
     unknown = run_cli("verify", "nope", env=env, cwd=ROOT)
     assert unknown.returncode == 1 and "no projection named 'nope'" in unknown.stderr
 

@@ -80,6 +80,8 @@ async def run_demo(
         await _show_search(app, console)
 
 
+MONEY_COLUMNS = {"total", "revenue", "price"}
+"""Columns shown in currency units: the read models keep integer cents."""
 SEARCH = "chocolate"
 """What the demo searches for: a name match ranks above description matches."""
 
@@ -103,11 +105,11 @@ async def _show_read_models(tx: ReadModelTransaction, console: Console) -> None:
     queries = [
         ("order_summaries (state projection): the largest orders",
          "order_id customer_id day status items total",
-         "SELECT order_id, customer_id, day, status, items, total FROM order_summary "
-         "ORDER BY total DESC, order_id LIMIT 5"),
+         "SELECT order_id, customer_id, day, status, items, total_cents FROM order_summary "
+         "ORDER BY total_cents DESC, order_id LIMIT 5"),
         ("daily_sales (batch handler): the first days",
          "day orders completed cancelled refunded revenue",
-         "SELECT day, orders, completed, cancelled, refunded, revenue FROM daily_sales "
+         "SELECT day, orders, completed, cancelled, refunded, revenue_cents FROM daily_sales "
          "ORDER BY day LIMIT 5"),
         # Read models are plain tables in one database: "completed" joins order_summary,
         # since order status events do not name the customer.
@@ -119,13 +121,15 @@ async def _show_read_models(tx: ReadModelTransaction, console: Console) -> None:
          "ORDER BY c.orders DESC, c.customer_id LIMIT 5"),
         ("product_catalogue (inline handler): most repriced of those still listed",
          "sku name price price_changes",
-         "SELECT sku, name, price, price_changes FROM products WHERE listed "
+         "SELECT sku, name, price_cents, price_changes FROM products WHERE listed "
          "ORDER BY price_changes DESC, sku LIMIT 5"),
     ]  # fmt: skip
     for title, columns, sql in queries:
         table = Table(*columns.split(), title=title, title_justify="left")
+        money = [name in MONEY_COLUMNS for name in columns.split()]
         for row in await tx.fetch(sql):
-            table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row))
+            cells = zip(row, money, strict=True)
+            table.add_row(*(f"{v / 100:,.2f}" if is_money else str(v) for v, is_money in cells))
         console.print(table)
 
 

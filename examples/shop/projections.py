@@ -18,7 +18,6 @@ found it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,12 @@ from projectionist import (
 from projectionist.live import Evolver, LiveProjection
 from projectionist.search import SearchProjection
 
+
+def cents(amount: float) -> int:
+    """A price of the events (in currency units, to the cent) in exact integer cents."""
+    return round(amount * 100)
+
+
 ORDER_STATUS = {
     "OrderShipped": "shipped",
     "OrderCompleted": "completed",
@@ -43,20 +48,22 @@ ORDER_STATUS = {
 # -- 1. order summaries: a state projection, one row per order stream --------------------------
 #
 # Typed columns, so the summary is an ordinary table to query and sort. The order's lines
-# (sku -> [quantity, unit price]) are kept in the state too, in a JSON column: items and
-# total are recomputed from them, so ItemRemoved subtracts exactly what was added, and a
-# replayed ItemAdded sets its line again instead of counting it twice.
+# (sku -> [quantity, unit price in cents]) are kept in the state too, in a JSON column: items
+# and total are recomputed from them, so ItemRemoved subtracts exactly what was added, and a
+# replayed ItemAdded sets its line again instead of counting it twice. Money is integer
+# cents everywhere: sums are exact on every database, whatever order they are taken in.
 
 order_summaries = StateProjection(
     "order_summaries",
     table="order_summary",
+    version=2,  # 2: money in integer cents
     key_column="order_id",  # key: the event's stream id, i.e. the order id
     columns={
         "customer_id": "TEXT",
         "day": "TEXT",
         "status": "TEXT NOT NULL",
         "items": "BIGINT NOT NULL",
-        "total": "DOUBLE PRECISION NOT NULL",
+        "total_cents": "BIGINT NOT NULL",
         "lines": "JSON",
     },
     initial=lambda: {
@@ -64,7 +71,7 @@ order_summaries = StateProjection(
         "day": None,
         "status": "open",
         "items": 0,
-        "total": 0.0,
+        "total_cents": 0,
         "lines": {},
     },
 )
@@ -80,15 +87,14 @@ def _order_created(state: State, event: RecordedEvent) -> State:
 def _order_line_changed(state: State, event: RecordedEvent) -> State:
     lines: dict[str, list[Any]] = dict(state["lines"])
     if event.type == "ItemAdded":
-        lines[event.data["sku"]] = [event.data["quantity"], event.data["unit_price"]]
+        lines[event.data["sku"]] = [event.data["quantity"], cents(event.data["unit_price"])]
     else:
         lines.pop(event.data["sku"], None)
     return {
         **state,
         "lines": lines,
         "items": sum(quantity for quantity, _ in lines.values()),
-        # fsum: the same total whatever order the lines are in; money is kept to the cent.
-        "total": round(math.fsum(quantity * price for quantity, price in lines.values()), 2),
+        "total_cents": sum(quantity * price for quantity, price in lines.values()),
     }
 
 
@@ -99,7 +105,9 @@ def _order_status(state: State, event: RecordedEvent) -> State:
 
 # -- 2. daily sales: handler-style, an aggregation in one batch handler with set-based writes --
 
-daily_sales = Projection("daily_sales", tables=["daily_sales", "sales_orders", "sales_lines"])
+daily_sales = Projection(
+    "daily_sales", version=2, tables=["daily_sales", "sales_orders", "sales_lines"]
+)  # 2: money in integer cents
 
 
 @daily_sales.setup
@@ -110,12 +118,12 @@ async def _create_daily_sales(tx: ReadModelTransaction) -> None:
     )
     await tx.execute(
         "CREATE TABLE IF NOT EXISTS sales_lines (order_id TEXT NOT NULL, sku TEXT NOT NULL, "
-        "amount DOUBLE PRECISION NOT NULL, PRIMARY KEY (order_id, sku))"
+        "amount_cents BIGINT NOT NULL, PRIMARY KEY (order_id, sku))"
     )
     await tx.execute(
         "CREATE TABLE IF NOT EXISTS daily_sales (day TEXT PRIMARY KEY, orders BIGINT NOT NULL, "
         "completed BIGINT NOT NULL, cancelled BIGINT NOT NULL, refunded BIGINT NOT NULL, "
-        "revenue DOUBLE PRECISION NOT NULL)"
+        "revenue_cents BIGINT NOT NULL)"
     )
 
 
@@ -124,13 +132,14 @@ async def _sales(events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> N
     # Fold the batch in memory: the last value per key wins, then write each key once.
     created: dict[str, str] = {}
     statuses: dict[str, str] = {}
-    lines: dict[tuple[str, str], float | None] = {}
+    lines: dict[tuple[str, str], int | None] = {}
     for event in events:
         order_id = event.stream_id
         if event.type == "OrderCreated":
             created[order_id] = event.data["day"]
         elif event.type == "ItemAdded":
-            lines[order_id, event.data["sku"]] = event.data["quantity"] * event.data["unit_price"]
+            amount = event.data["quantity"] * cents(event.data["unit_price"])
+            lines[order_id, event.data["sku"]] = amount
         elif event.type == "ItemRemoved":
             lines[order_id, event.data["sku"]] = None
         else:
@@ -144,7 +153,7 @@ async def _sales(events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> N
     )
     await tx.executemany(
         "INSERT INTO sales_lines VALUES ($1, $2, $3) ON CONFLICT (order_id, sku) "
-        "DO UPDATE SET amount = excluded.amount",
+        "DO UPDATE SET amount_cents = excluded.amount_cents",
         [(order, sku, amount) for (order, sku), amount in lines.items() if amount is not None],
     )
     await tx.executemany(
@@ -160,18 +169,19 @@ async def _recompute_days(tx: ReadModelTransaction, orders: list[str]) -> None:
     """Recompute the aggregate rows of the days these orders belong to, in one statement."""
     placeholders = ", ".join(f"${n}" for n in range(1, len(orders) + 1))
     await tx.execute(
-        "INSERT INTO daily_sales (day, orders, completed, cancelled, refunded, revenue) "
+        "INSERT INTO daily_sales (day, orders, completed, cancelled, refunded, revenue_cents) "
         "SELECT o.day, count(*), "
         "sum(CASE WHEN o.status = 'completed' THEN 1 ELSE 0 END), "
         "sum(CASE WHEN o.status = 'cancelled' THEN 1 ELSE 0 END), "
         "sum(CASE WHEN o.status = 'refunded' THEN 1 ELSE 0 END), "
-        "coalesce(sum(CASE WHEN o.status = 'completed' THEN (SELECT coalesce(sum(l.amount), 0) "
-        "FROM sales_lines l WHERE l.order_id = o.order_id) ELSE 0 END), 0) "
+        "coalesce(sum(CASE WHEN o.status = 'completed' THEN "
+        "(SELECT coalesce(sum(l.amount_cents), 0) FROM sales_lines l "
+        "WHERE l.order_id = o.order_id) ELSE 0 END), 0) "
         "FROM sales_orders o WHERE o.day IN (SELECT day FROM sales_orders "
         f"WHERE order_id IN ({placeholders})) GROUP BY o.day "
         "ON CONFLICT (day) DO UPDATE SET orders = excluded.orders, "
         "completed = excluded.completed, cancelled = excluded.cancelled, "
-        "refunded = excluded.refunded, revenue = excluded.revenue",
+        "refunded = excluded.refunded, revenue_cents = excluded.revenue_cents",
         *orders,
     )
 
@@ -237,15 +247,15 @@ def _customer_ordered(state: State, event: RecordedEvent) -> State:
 # bring back.
 
 product_catalogue = Projection(
-    "product_catalogue", version=2, kind="inline", tables=["products"]
-)  # 2: listed, version
+    "product_catalogue", version=3, kind="inline", tables=["products"]
+)  # 2: listed, version; 3: price in integer cents
 
 
 @product_catalogue.setup
 async def _create_products(tx: ReadModelTransaction) -> None:
     await tx.execute(
         "CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, "
-        "price DOUBLE PRECISION NOT NULL, price_changes BIGINT NOT NULL, "
+        "price_cents BIGINT NOT NULL, price_changes BIGINT NOT NULL, "
         "listed BOOLEAN NOT NULL, version BIGINT NOT NULL)"
     )
 
@@ -254,9 +264,9 @@ async def _create_products(tx: ReadModelTransaction) -> None:
 async def _product_listed(event: RecordedEvent, tx: ReadModelTransaction) -> None:
     await tx.execute(
         "INSERT INTO products VALUES ($1, $2, $3, 0, TRUE, $4) ON CONFLICT (sku) "
-        "DO UPDATE SET name = excluded.name, price = excluded.price, listed = TRUE, "
+        "DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents, listed = TRUE, "
         "version = excluded.version WHERE products.version < excluded.version",
-        event.data["sku"], event.data["name"], event.data["price"], event.version,
+        event.data["sku"], event.data["name"], cents(event.data["price"]), event.version,
     )  # fmt: skip
 
 
@@ -271,9 +281,9 @@ async def _product_updated(event: RecordedEvent, tx: ReadModelTransaction) -> No
 @product_catalogue.on("ProductPriceChanged")
 async def _price_changed(event: RecordedEvent, tx: ReadModelTransaction) -> None:
     await tx.execute(
-        "UPDATE products SET price = $2, price_changes = price_changes + 1, version = $3 "
+        "UPDATE products SET price_cents = $2, price_changes = price_changes + 1, version = $3 "
         "WHERE sku = $1 AND version < $3",
-        event.data["sku"], event.data["price"], event.version,
+        event.data["sku"], cents(event.data["price"]), event.version,
     )  # fmt: skip
 
 

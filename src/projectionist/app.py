@@ -344,10 +344,19 @@ class Application(OpenClose):
             OperationsRecords.choose(self.read_models_for(projection), self.read_models),
         )
 
-    async def verify(self, name: str) -> Verification:
-        """Rebuild ``name`` into scratch space and compare it with the live read model."""
+    async def verify(
+        self, name: str, *, float_tolerance: float = 0.0, progress: Progress | None = None
+    ) -> Verification:
+        """Rebuild ``name`` into scratch space and compare it with the live read model
+        (floats within ``float_tolerance``, relative; ``progress`` as for ``rebuild``)."""
         projection = self.projection(name)
-        return await verify(self.store, self.read_models_for(projection), projection)
+        return await verify(
+            self.store,
+            self.read_models_for(projection),
+            projection,
+            float_tolerance=float_tolerance,
+            progress=progress,
+        )
 
     # -- errors -----------------------------------------------------------------------------
 

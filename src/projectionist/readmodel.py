@@ -64,6 +64,9 @@ class SqlFeatures:
     """A condition ``{column}`` is one of the texts in parameter ``{param}`` (see text_list)."""
     texts_as_json: bool
     """Whether that parameter is a JSON array's text (else a list of strings)."""
+    table_columns: str
+    """A query of the columns of table ``$1`` in the read models' own schema, in order: rows
+    of (name, whether it is part of the primary key); no rows when the table does not exist."""
     full_text: FullText | None = None
     """The full-text search engine, if the database has one."""
 

@@ -20,25 +20,34 @@ the transaction that also moves the checkpoint.
 
 Without ``columns`` each key's state is one JSON document (``jsonb`` on PostgreSQL). A column
 of type ``"JSON"`` holds any JSON value (lists, nested dicts) the same way.
+
+Every state an evolve function returns is checked against the declared column types before
+it is written (see ``fitting``): a value that does not fit (0.5 for a ``BIGINT``, a string
+longer than its ``VARCHAR(n)``) is a HandlerError naming the key and column, on every
+backend, instead of being converted by one database and kept by another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
+import struct
 from collections.abc import AsyncIterator, Callable, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, Final, Unpack
 
 import orjson
 
 from .defaults import STATE_BATCH_SIZE
-from .errors import ConfigurationError, HandlerError
+from .errors import ConfigurationError, HandlerError, InvalidInputError
 from .events import RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
 from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelTransaction
 
 State = dict[str, Any]
+Row = tuple[Any, ...]
 
 
 class _Delete:
@@ -85,6 +94,7 @@ class StateProjection(Projection):
             validate_identifier(column, "column name")
             if column == key_column or not _SQL_TYPE.fullmatch(sql_type):
                 raise ConfigurationError(f"projection {name!r}: bad column {column} {sql_type!r}")
+        self._fits = {column: (t, fitting(t)) for column, t in self._column_types().items()}
         self.initial = initial
         self.key_of = key_function(key)
         self._evolvers: dict[str, Evolve] = {}
@@ -110,16 +120,20 @@ class StateProjection(Projection):
         keys = list(dict.fromkeys(key for key, _ in keyed))
         async with self._as_handler_error(handled[0]):
             states: dict[str, State | _Delete] = dict(await self._load(tx, keys))
+        rows: dict[str, Row | _Delete] = {}
         for key, event in keyed:
             state = states.get(key)
             if state is None or isinstance(state, _Delete):
                 state = self.initial()
             try:
-                states[key] = evolvers[event.type](state, event)
+                evolved = states[key] = evolvers[event.type](state, event)
             except Exception as exc:
                 raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+            # Every state is checked, not only a batch's last: the outcome must not depend on
+            # how the events were batched.
+            rows[key] = evolved if isinstance(evolved, _Delete) else self._row(key, evolved, event)
         async with self._as_handler_error(handled[0]):
-            await self._write(tx, {key: states[key] for key in keys})
+            await self._write(tx, rows)
 
     @contextlib.asynccontextmanager
     async def _as_handler_error(self, event: RecordedEvent) -> AsyncIterator[None]:
@@ -185,40 +199,43 @@ class StateProjection(Projection):
             for row in rows
         }
 
-    async def _write(self, tx: ReadModelTransaction, states: dict[str, State | _Delete]) -> None:
-        deleted = [key for key, state in states.items() if state is DELETE]
-        rows = [
-            (key, *self._row_values(state))
-            for key, state in states.items()
-            if not isinstance(state, _Delete)
-        ]
+    async def _write(self, tx: ReadModelTransaction, rows: dict[str, Row | _Delete]) -> None:
+        deleted = [key for key, row in rows.items() if isinstance(row, _Delete)]
         if deleted:
             key = quote_identifier(self.key_column)
             await tx.execute(
                 f"DELETE FROM {quote_identifier(self.table)} WHERE {tx.sql.is_one_of(key, '$1')}",
                 tx.sql.text_list(deleted),
             )
+        written = [row for row in rows.values() if not isinstance(row, _Delete)]
         # The version names the table's shape: a new version may have new column types.
         await tx.bulk_upsert(
-            self.table, [self.key_column], self._value_columns(), rows, shape=f"v{self.version}"
+            self.table, [self.key_column], self._value_columns(), written, shape=f"v{self.version}"
         )
 
-    def _row_values(self, state: State) -> list[Any]:
-        # Sorted keys: one state is always one text, however it was reached.
-        if self.columns is None:
-            return [orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()]
-        json_columns = self._json_columns()
+    def _row(self, key: str, state: object, event: RecordedEvent) -> Row:
+        """The row to write for ``state``: each value checked against its column's declared
+        type (and converted where that is exact), so that every backend stores the same."""
         try:
-            return [
-                orjson.dumps(state[column], option=orjson.OPT_SORT_KEYS).decode()
-                if column in json_columns
-                else state[column]
-                for column in self.columns
-            ]
-        except KeyError as exc:
-            raise ConfigurationError(
-                f"projection {self.name!r}: state lacks column {exc.args[0]!r}: {state!r}"
+            if not isinstance(state, dict):
+                raise ColumnValueError(
+                    f"key {key!r}: evolve returned {state!r}, not a state dict or DELETE"
+                )
+            if self.columns is None:
+                return (key, _fit(key, "state", "JSON", _to_json, state))
+            return (key, *(self._fitted(key, state, column) for column in self._fits))
+        except ColumnValueError as exc:
+            raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+
+    def _fitted(self, key: str, state: State, column: str) -> object:
+        sql_type, fits = self._fits[column]
+        try:
+            value = state[column]
+        except KeyError:
+            raise ColumnValueError(
+                f"key {key!r}: the state lacks column {column!r}: {state!r}"
             ) from None
+        return _fit(key, column, sql_type, fits, value)
 
 
 def key_function(key: str | KeyOf) -> KeyOf:
@@ -237,3 +254,174 @@ def key_function(key: str | KeyOf) -> KeyOf:
 
 def _stream_key(event: RecordedEvent) -> str:
     return event.stream_id
+
+
+# -- values and their declared column types ----------------------------------------------------
+#
+# PostgreSQL converts a value to its column's type (0.5 into BIGINT becomes 0); SQLite keeps
+# what it is given. So that one definition stores the same on both, each value is checked
+# against the declared type before the write, with the stricter database's limits (INTEGER
+# is 32 bits, REAL 4 bytes, as on PostgreSQL). Types not known here are left to the database.
+
+
+class ColumnValueError(InvalidInputError):
+    """A state's value does not fit the type its column declares."""
+
+
+class _Misfit(ColumnValueError):
+    """Why a value does not fit, before the caller adds the key and the column."""
+
+
+Fits = Callable[[Any], Any]
+"""Returns the value to write (converted only where that is exact), or raises _Misfit."""
+
+_CONSTRAINT_WORDS = frozenset({"NOT", "NULL", "UNIQUE", "PRIMARY", "KEY"})
+_INTEGER_BITS = {"SMALLINT": 16, "INT": 32, "INTEGER": 32, "BIGINT": 64}
+_DOUBLES = frozenset({"DOUBLE PRECISION", "FLOAT"})
+_TEXTS = frozenset({"TEXT", "VARCHAR", "CHARACTER VARYING", "CHAR", "CHARACTER"})
+_NUMERICS = frozenset({"NUMERIC", "DECIMAL"})
+
+
+def fitting(sql_type: str) -> Fits:
+    """How values are checked for a column declared as ``sql_type`` (``"BIGINT NOT NULL"``)."""
+    if sql_type.upper() == "JSON":
+        return _to_json  # None is the JSON text null, as it always was
+    words = sql_type.upper().split("(")[0].split()
+    name = " ".join(word for word in words if word not in _CONSTRAINT_WORDS)
+    sizes = [int(n) for n in re.findall(r"\d+", sql_type)]
+    fits = _fits_of_type(name, sizes)
+    if "NOT NULL" in " ".join(words):
+        return _not_null(fits)
+    return _nullable(fits)
+
+
+def _fits_of_type(name: str, sizes: list[int]) -> Fits:
+    if name in _INTEGER_BITS:
+        return _integer(name, _INTEGER_BITS[name])
+    if name in _DOUBLES and not (sizes and sizes[0] <= 24):
+        return _double
+    if name == "REAL" or name == "FLOAT":
+        return _real
+    if name in _TEXTS:
+        return _text(sizes[0] if sizes else None)
+    if name in {"BOOLEAN", "BOOL"}:
+        return _boolean
+    if name in _NUMERICS:
+        return _numeric(*sizes[:2]) if sizes else _numeric()
+    return _any
+
+
+def _fit(key: str, column: str, sql_type: str, fits: Fits, value: object) -> object:
+    try:
+        return fits(value)
+    except _Misfit as exc:
+        raise ColumnValueError(f"key {key!r}, column {column!r} ({sql_type}): {exc}") from None
+
+
+def _not_null(fits: Fits) -> Fits:
+    def checked(value: object) -> object:
+        if value is None:
+            raise _Misfit("None in a NOT NULL column")
+        return fits(value)
+
+    return checked
+
+
+def _nullable(fits: Fits) -> Fits:
+    def checked(value: object) -> object:
+        return None if value is None else fits(value)
+
+    return checked
+
+
+def _number(value: object, kind: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Misfit(f"{value!r} ({type(value).__name__}) is not {kind}")
+    return value
+
+
+def _integer(name: str, bits: int) -> Fits:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def fits(value: object) -> int:
+        number = _number(value, "an integer")
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise _Misfit(f"{number!r} is not a whole number")
+            number = int(number)  # exact: 2.0 is stored as 2 everywhere
+        if not low <= number <= high:
+            raise _Misfit(f"{number} is out of {name}'s range ({low} to {high})")
+        return number
+
+    return fits
+
+
+def _double(value: object) -> float:
+    number = _number(value, "a number")
+    if isinstance(number, int) and float(number) != number:
+        raise _Misfit(f"{number} has more digits than a DOUBLE PRECISION keeps")
+    if math.isnan(number):
+        raise _Misfit("NaN (SQLite would store NULL)")
+    return float(number)
+
+
+def _real(value: object) -> float:
+    number = _double(value)
+    try:
+        exact = struct.unpack("f", struct.pack("f", number))[0] == number
+    except OverflowError:
+        exact = False
+    if not exact and not math.isinf(number):
+        raise _Misfit(
+            f"{number!r} is not exact in a 4-byte float (REAL on PostgreSQL); "
+            "declare DOUBLE PRECISION"
+        )
+    return number
+
+
+def _text(length: int | None) -> Fits:
+    def fits(value: object) -> str:
+        if not isinstance(value, str):
+            raise _Misfit(f"{value!r} ({type(value).__name__}) is not a string")
+        if length is not None and len(value) > length:
+            raise _Misfit(f"{value!r} is longer than {length} characters")
+        if "\x00" in value:
+            raise _Misfit(f"{value!r} holds a NUL character (PostgreSQL refuses it)")
+        return value
+
+    return fits
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Misfit(f"{value!r} ({type(value).__name__}) is not a bool")
+    return value
+
+
+def _numeric(precision: int | None = None, scale: int = 0) -> Fits:
+    def fits(value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise _Misfit(f"{value!r} ({type(value).__name__}) is not a number")
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if not exact.is_finite():
+            raise _Misfit(f"{value!r} is not a finite number")
+        if precision is not None:
+            digits = exact.as_tuple()
+            decimals = max(0, -int(digits.exponent))
+            if decimals > scale or (exact and exact.adjusted() >= precision - scale):
+                raise _Misfit(f"{value!r} does not fit NUMERIC({precision}, {scale}) exactly")
+        return value
+
+    return fits
+
+
+def _to_json(value: object) -> str:
+    # Sorted keys: one state is always one text, however it was reached.
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError as exc:
+        raise _Misfit(f"not JSON: {exc}") from None
+
+
+def _any(value: object) -> object:
+    return value

@@ -6,6 +6,7 @@ import pytest
 from examples.shop.history import generate_orders
 from examples.shop.projections import (
     ORDER_STATUS,
+    cents,
     customer_activity,
     daily_sales,
     order_summaries,
@@ -39,10 +40,13 @@ async def test_the_state_projections_agree_with_the_history() -> None:
     events = [event for _, appended in HISTORY for event in appended]
     created = {e.data["order_id"]: e.data for e in events if e.type == "OrderCreated"}
     status = dict.fromkeys(created, "open")
-    lines: dict[str, dict[str, tuple[int, float]]] = {order_id: {} for order_id in created}
+    lines: dict[str, dict[str, tuple[int, int]]] = {order_id: {} for order_id in created}
     for event in events:
         if event.type == "ItemAdded":
-            line = (event.data["quantity"], event.data["quantity"] * event.data["unit_price"])
+            line = (
+                event.data["quantity"],
+                event.data["quantity"] * cents(event.data["unit_price"]),
+            )
             lines[event.data["order_id"]][event.data["sku"]] = line
         elif event.type == "ItemRemoved":
             del lines[event.data["order_id"]][event.data["sku"]]
@@ -53,7 +57,7 @@ async def test_the_state_projections_agree_with_the_history() -> None:
     summaries = await assert_idempotent(
         order_summaries,
         HISTORY,
-        "SELECT order_id, customer_id, day, status, items, total FROM order_summary "
+        "SELECT order_id, customer_id, day, status, items, total_cents FROM order_summary "
         "ORDER BY order_id",
     )
     assert summaries == [
@@ -63,7 +67,7 @@ async def test_the_state_projections_agree_with_the_history() -> None:
             created[order_id]["day"],
             status[order_id],
             sum(quantity for quantity, _ in lines[order_id].values()),
-            pytest.approx(sum(amount for _, amount in lines[order_id].values())),
+            sum(amount for _, amount in lines[order_id].values()),  # cents: exact
         )
         for order_id in sorted(created)
     ]

@@ -6,7 +6,7 @@ import pytest
 
 from projectionist import Application, HandlerError, NewEvent, RecordedEvent
 from projectionist.identifiers import MAX_IDENTIFIER_LENGTH
-from projectionist.state import DELETE, Evolved, State, StateProjection
+from projectionist.state import DELETE, ColumnValueError, Evolved, State, StateProjection, fitting
 from tests.conftest import settle
 
 
@@ -215,3 +215,114 @@ async def test_the_longest_accepted_names_work_end_to_end(app_url: str) -> None:
         async with app.read_models.transaction() as tx:
             assert await tx.fetch(f"SELECT * FROM {table} ORDER BY {key}") == expected
         assert [status.errors for status in await app.status()] == [0]
+
+
+def typed(batch_size: int, on_error: str = "stop") -> StateProjection:
+    """Each event sets one column to the value it carries."""
+    projection = StateProjection(
+        "typed",
+        table="typed",
+        columns={
+            "count": "BIGINT NOT NULL",
+            "small": "SMALLINT",
+            "code": "VARCHAR(3)",
+            "flag": "BOOLEAN",
+            "ratio": "DOUBLE PRECISION",
+            "name": "TEXT",
+        },
+        initial=lambda: {
+            "count": 0, "small": 0, "code": "a", "flag": False, "ratio": 0.5, "name": "n"
+        },
+        batch_size=batch_size,
+        on_error=on_error,
+    )  # fmt: skip
+
+    @projection.evolve("Set")
+    def set_value(state: State, event: RecordedEvent) -> State:
+        return {**state, event.data["column"]: event.data["value"]}
+
+    return projection
+
+
+NOT_FITTING = [
+    ("count", 0.5),  # PostgreSQL truncated it to 0, SQLite kept 0.5
+    ("count", "5"),
+    ("count", 2**63),
+    ("count", None),  # NOT NULL
+    ("count", True),
+    ("small", 40_000),
+    ("code", "abcd"),
+    ("code", 5),
+    ("flag", 1),
+    ("ratio", "0.5"),
+    ("name", 7),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 5000])
+@pytest.mark.parametrize(("column", "value"), NOT_FITTING)
+async def test_a_value_that_does_not_fit_its_column_is_a_handler_error(
+    app_url: str, batch_size: int, column: str, value: object
+) -> None:
+    async with Application(app_url, [typed(batch_size)]) as app:
+        await app.setup()
+        await app.store.append("k-1", [NewEvent("Set", {"column": "count", "value": 3})])
+        # A later event putting things right does not hide it: every state is checked.
+        await app.store.append("k-2", [NewEvent("Set", {"column": column, "value": value})])
+        await app.store.append("k-2", [NewEvent("Set", {"column": column, "value": 1})])
+        with pytest.raises(HandlerError) as caught:
+            await app.run_until_caught_up()
+        message = str(caught.value)
+        assert "projection 'typed'" in message and "key 'k-2'" in message, message
+        assert f"column {column!r}" in message, message
+        assert caught.value.projection == "typed"
+        assert isinstance(caught.value.event, RecordedEvent)
+        assert (caught.value.event.stream_id, caught.value.event.version) == ("k-2", 1)
+        async with app.read_models.transaction() as tx:
+            assert await tx.fetch("SELECT key, count FROM typed") == [("k-1", 3)]
+
+
+async def test_values_that_do_not_fit_follow_the_error_policy(app_url: str) -> None:
+    async with Application(app_url, [typed(5000, on_error="skip")]) as app:
+        await app.setup()
+        for n, value in enumerate([1, 0.5, 2]):
+            await app.store.append(f"k-{n}", [NewEvent("Set", {"column": "count", "value": value})])
+        await app.run_until_caught_up()
+        [letter] = await app.dead_letters("typed")
+        assert letter.event.stream_id == "k-1" and "column 'count'" in letter.error
+        async with app.read_models.transaction() as tx:
+            rows = await tx.fetch("SELECT key, count FROM typed ORDER BY key")
+        assert rows == [("k-0", 1), ("k-2", 2)]
+
+
+async def test_values_that_fit_are_kept_exactly(app_url: str) -> None:
+    async with Application(app_url, [typed(5000)]) as app:
+        await app.setup()
+        values = [("count", 2.0), ("count", 2**63 - 1), ("ratio", 3), ("flag", True)]
+        for n, (column, value) in enumerate(values):
+            await app.store.append(f"k-{n}", [NewEvent("Set", {"column": column, "value": value})])
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            rows = await tx.fetch("SELECT key, count, ratio, flag FROM typed ORDER BY key")
+        assert rows == [
+            ("k-0", 2, 0.5, False), ("k-1", 2**63 - 1, 0.5, False),
+            ("k-2", 0, 3.0, False), ("k-3", 0, 0.5, True),
+        ]  # fmt: skip
+        assert type(rows[0][1]) is int
+
+
+def test_what_fits_each_declared_type() -> None:
+    # Values event data cannot carry (JSON has no NaN) but an evolve function can compute.
+    fits, misfits = [
+        ("DOUBLE PRECISION", 2**53), ("REAL", 0.5), ("NUMERIC(5, 2)", 123.45),
+        ("NUMERIC", 10**30), ("INTEGER", 2**31 - 1), ("DATE", "not checked"),
+    ], [
+        ("DOUBLE PRECISION", float("nan")), ("DOUBLE PRECISION", 2**53 + 1),
+        ("REAL", 0.1), ("NUMERIC(5, 2)", 0.125), ("NUMERIC(5, 2)", 1234.5),
+        ("INTEGER", 2**31), ("TEXT", "a\x00b"), ("DOUBLE PRECISION NOT NULL", None),
+    ]  # fmt: skip
+    for sql_type, value in fits:
+        assert fitting(sql_type)(value) == value
+    for sql_type, value in misfits:
+        with pytest.raises(ColumnValueError):
+            fitting(sql_type)(value)

@@ -11,7 +11,7 @@ from typing import Any
 
 from examples.shop.demo import SEARCH
 from examples.shop.history import generate_orders
-from examples.shop.projections import product_catalogue, product_search
+from examples.shop.projections import cents, product_catalogue, product_search
 
 from projectionist import Application, ReadModelTransaction
 from projectionist.search import search
@@ -68,14 +68,16 @@ async def test_product_search_agrees_with_the_history_and_is_safe_to_replay() ->
 
 async def test_the_catalogue_follows_updates_and_delistings() -> None:
     rows = await assert_idempotent(
-        product_catalogue, HISTORY, "SELECT sku, name, price, listed FROM products ORDER BY sku"
+        product_catalogue,
+        HISTORY,
+        "SELECT sku, name, price_cents, listed FROM products ORDER BY sku",
     )
     documents = expected_documents()
     assert [row[0] for row in rows if row[3]] == sorted(documents)
     assert [row[0] for row in rows if not row[3]] == ["product-020"]
     for sku, name, price, _ in rows:
         if sku in documents:
-            assert (name, price) == (documents[sku]["name"], documents[sku]["price"])
+            assert (name, price) == (documents[sku]["name"], cents(documents[sku]["price"]))
 
 
 DEMO = """

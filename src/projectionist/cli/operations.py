@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import orjson
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..app import Application
 from ..operations import DeadLetter
 from ..status import ProjectionStatus
-from ..verify import Verification
+from ..verify import TableDifference, Verification
 from .base import (
     AppOption,
     AppUrlOption,
@@ -155,29 +157,74 @@ def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None)
     console.print(f"rebuilt {name} from {total:,} events")
 
 
+ToleranceOption = Annotated[
+    float,
+    typer.Option(
+        "--float-tolerance",
+        envvar="PROJECTIONIST_FLOAT_TOLERANCE",
+        help="Floats equal within this relative difference (0: exactly)",
+    ),
+]
+
+
 @app.command("verify")
-def verify_command(name: str, application: AppOption, url: AppUrlOption = None) -> None:
+def verify_command(
+    name: str,
+    application: AppOption,
+    url: AppUrlOption = None,
+    float_tolerance: ToleranceOption = 0.0,
+) -> None:
     """Rebuild NAME in scratch space and compare it with the live read model, row by row.
 
     Exit 1 when they differ (a handler that is not deterministic or not replay-safe, or a
     manual edit)."""
 
     async def use(app: Application) -> Verification:
-        return await app.verify(name)
+        with _progress_bar(f"verifying {name}") as report:
+            return await app.verify(name, float_tolerance=float_tolerance, progress=report)
 
     result = on_app(application, url, use)
     rows = ", ".join(f"{table}: {count:,} rows" for table, count in result.rows.items())
     if result.ok:
-        console.print(f"{name}: the live read model equals a rebuild ({rows})")
+        console.print(f"{name}: the live read model equals a rebuild ({rows})", markup=False)
         return
     for diff in result.differences:
-        console.print(
-            f"[red]{escape(diff.table)}[/red]: {diff.extra} row(s) only in the live table, "
-            f"{diff.missing} only in the rebuild",
-            highlight=False,
-        )
-        for row in diff.only_live:
-            console.print(f"  live only:    {row}", markup=False, highlight=False)
-        for row in diff.only_rebuilt:
-            console.print(f"  rebuild only: {row}", markup=False, highlight=False)
+        _print_difference(diff)
     raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar of events replayed; the callback moves it."""
+    with Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
+
+
+def _print_difference(diff: TableDifference) -> None:
+    """Data is printed as text, never as markup: values come from events."""
+    say = functools.partial(console.print, markup=False, highlight=False)
+    say(
+        f"{diff.table}: {diff.extra} row(s) only in the live table, "
+        f"{diff.missing} only in the rebuild, {diff.differing} differ"
+        + (f" ({diff.problem})" if diff.problem else ""),
+        style="red",
+    )
+    for cell in diff.changed:
+        key = ", ".join(f"{c}={v!r}" for c, v in zip(diff.key_columns, cell.key, strict=True))
+        say(f"  {key}: {cell.column}: live {cell.live!r}, rebuilt {cell.rebuilt!r}")
+    for row in diff.only_live:
+        say(f"  live only:    {row}")
+    for row in diff.only_rebuilt:
+        say(f"  rebuild only: {row}")

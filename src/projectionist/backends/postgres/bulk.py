@@ -22,6 +22,12 @@ POSTGRES_FEATURES = SqlFeatures(
     share_with_takers="FOR KEY SHARE",
     one_of_texts="{column} = ANY({param}::text[])",
     texts_as_json=False,
+    table_columns=(
+        "SELECT a.attname, coalesce(a.attnum = ANY(i.indkey), false) FROM pg_attribute a "
+        "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+        "WHERE a.attrelid = to_regclass(format('%I.%I', current_schema(), $1::text)) "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    ),
     full_text="tsvector",
 )
 COPY_THRESHOLD = 100

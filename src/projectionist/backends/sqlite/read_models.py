@@ -38,6 +38,7 @@ SQLITE_FEATURES = SqlFeatures(
     share_with_takers="",
     one_of_texts="{column} IN (SELECT value FROM json_each({param}))",
     texts_as_json=True,
+    table_columns="SELECT name, pk > 0 FROM pragma_table_info($1) ORDER BY cid",
     full_text="fts5",
 )
 
