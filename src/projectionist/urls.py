@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _SECRET_OPTIONS = {"password", "sslpassword"}
+# A libpq key=value connection string: a value is 'quoted' (with \' escapes) or unspaced.
+_KEY_VALUE_SECRET = re.compile(
+    r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE
+)
+
+
+def is_key_value_dsn(url: str) -> bool:
+    """Whether ``url`` is a libpq ``host=... password=...`` string rather than a URL."""
+    return "://" not in url and "=" in url
 
 
 def redact_url(url: str) -> str:
-    """The URL with its passwords (in the user part or the query) replaced by ``***``."""
+    """The URL with its passwords (in the user part or the query) replaced by ``***``;
+    a libpq key=value string gets its ``password=`` values replaced likewise."""
+    if is_key_value_dsn(url):
+        return _KEY_VALUE_SECRET.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
         password = parts.password

@@ -13,7 +13,18 @@ import orjson
 
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import ConcurrencyError, InvalidInputError
-from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ..events import (
+    START,
+    EncodedEvent,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_max_bytes,
+    validate_position,
+    validate_read_stream,
+    validate_types,
+)
 from ..migrations import EVENTS, latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
@@ -28,9 +39,6 @@ from ..store import (
     StoreTransaction,
     append_savepoint,
     prepare_append,
-    validate_batch_size,
-    validate_max_bytes,
-    validate_types,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
 
@@ -93,12 +101,14 @@ class MemoryEventStore(EventStore):
         return latest_version("sqlite", EVENTS)
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         if part.count == 1:
             return max(len(self._events) - after.seq, 0)
         return sum(1 for event in self._events[after.seq :] if part.holds(event.stream_id))
 
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         waiting = (e for e in self._events[after.seq :] if part.holds(e.stream_id))
         first = next(waiting, None)
@@ -238,9 +248,8 @@ class MemoryEventStore(EventStore):
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
-        validate_name(stream_id, "stream id")
-        start = max(from_version, 1) - 1
-        stop = None if limit is None else start + validate_batch_size(limit)
+        start = max(validate_read_stream(stream_id, from_version, limit), 1) - 1
+        stop = None if limit is None else start + limit
         return self._streams.get(stream_id, [])[start:stop]
 
     async def read_all(
@@ -261,6 +270,7 @@ class MemoryEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
+        validate_position(after, "after")
         validate_batch_size(limit)
         wanted = validate_types(types)
         budget = validate_max_bytes(max_bytes)
