@@ -50,15 +50,22 @@ class SqliteDatabase:
                 f"cannot open {self.url}: directory {str(Path(self.path).parent)!r} does not exist"
             )
         try:
+            # (A failed connect stops aiosqlite's thread itself.)
             connection = await aiosqlite.connect(
                 self.path, isolation_level=None, timeout=self._busy_timeout
             )
-            await connection.execute("PRAGMA journal_mode=WAL")
-            await connection.execute("PRAGMA synchronous=NORMAL")
-            await connection.execute("PRAGMA foreign_keys=ON")
-            await connection.create_function("pj_partition", 2, partition_of, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
+        try:
+            await _configure(connection)
+        except BaseException as exc:
+            # E.g. a file that is not a database: the connection exists, its thread runs,
+            # and would keep the process from ever exiting unless closed here.
+            with contextlib.suppress(sqlite3.Error):
+                await connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
+            raise
         self._connection = connection
 
     async def close(self) -> None:
@@ -97,6 +104,14 @@ class SqliteDatabase:
                 raise translate_operational_error(exc, doing, self.url) from exc
             except sqlite3.Error as exc:
                 raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+
+async def _configure(connection: aiosqlite.Connection) -> None:
+    """WAL mode, foreign keys, and the partition function the statements use."""
+    await connection.execute("PRAGMA journal_mode=WAL")
+    await connection.execute("PRAGMA synchronous=NORMAL")
+    await connection.execute("PRAGMA foreign_keys=ON")
+    await connection.create_function("pj_partition", 2, partition_of, deterministic=True)
 
 
 async def _rollback(connection: aiosqlite.Connection) -> None:
