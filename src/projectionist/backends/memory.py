@@ -41,6 +41,7 @@ from ..store import (
     prepare_append,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
+from .sqlite.database import WriterLock
 
 
 @dataclass
@@ -80,7 +81,7 @@ class MemoryEventStore(EventStore):
         self._sizes: list[int] = []  # encoded data + metadata per event, for max_bytes
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: set[object] = set()
-        self._append_lock = asyncio.Lock()
+        self._append_lock = WriterLock(url)
         self._database = SqliteDatabase(":memory:", url)
         self._read_models = SqliteReadModelStore(self._database)
         self._open_transaction: _OpenTransaction | None = None
@@ -119,7 +120,7 @@ class MemoryEventStore(EventStore):
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
         async with (
-            self._append_lock,
+            self._append_lock.held(),
             self._database.transaction("replaying", write=True) as connection,
         ):
             yield _MemoryReplay(self, SqliteReadModelTransaction(connection, self.url))
@@ -134,7 +135,7 @@ class MemoryEventStore(EventStore):
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
         expected, encoded = prepare_append(stream_id, events, expected_version)
-        async with self._append_lock:
+        async with self._append_lock.held():
             recorded = self._record(stream_id, encoded, expected, expected_version)
             if self.inline_hooks:
                 # Shielded: once the inline rows commit, the events must be published too,
@@ -149,7 +150,7 @@ class MemoryEventStore(EventStore):
     async def transaction(self) -> AsyncIterator[StoreTransaction]:
         """Holds the append lock and a write transaction of the read models' SQLite; the
         appends are published when it commits and vanish when it rolls back."""
-        async with self._append_lock:
+        async with self._append_lock.held():
             opened: _OpenTransaction | None = None
             try:
                 async with self._database.transaction("running a transaction", write=True) as db:

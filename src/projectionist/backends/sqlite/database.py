@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -25,7 +26,42 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :].partition("?")[0]
 
 
-# Stores on the same file in one process share one signal, so an append through one wakes
+_HELD_WRITERS: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar(
+    "projectionist_held_writers", default=()
+)
+"""The turns of WriterLocks held by this task, or by the task that started this one."""
+
+
+class WriterLock:
+    """An asyncio lock that refuses a turn to the task holding it (and to tasks it started
+    meanwhile, e.g. by ``asyncio.wait_for`` or ``gather``, which it would wait for).
+
+    A store with a single writer (SQLite's one connection, memory's append lock) would
+    otherwise hang forever when code inside ``store.transaction()`` calls the store itself:
+    the call waits for the transaction its own task holds. Other tasks wait as usual.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = asyncio.Lock()
+        self._turn: object | None = None
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        if self._turn is not None and self._turn in _HELD_WRITERS.get():
+            raise ConfigurationError(
+                f"this task already holds the transaction of {self.url}, the store's only "
+                "writer, and would wait for itself forever: inside store.transaction() use "
+                "tx.append / tx.execute, not the store or its read models"
+            )
+        async with self._lock:
+            self._turn = turn = object()
+            entered = _HELD_WRITERS.set((*_HELD_WRITERS.get(), turn))
+            try:
+                yield
+            finally:
+                _HELD_WRITERS.reset(entered)
+                self._turn = None
 
 
 class SqliteDatabase:
@@ -40,7 +76,7 @@ class SqliteDatabase:
         self.url = url
         self._busy_timeout = busy_timeout
         self._connection: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = WriterLock(url)
 
     async def open(self) -> None:
         if self._connection is not None:
@@ -79,7 +115,7 @@ class SqliteDatabase:
         if self._connection is None:
             raise StoreUnavailableError(f"store {self.url} is not open: call open() first")
         connection = self._connection
-        async with self._lock:
+        async with self._lock.held():
             try:
                 try:
                     await _uncancellable(
