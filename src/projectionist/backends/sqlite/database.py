@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -26,42 +25,35 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :].partition("?")[0]
 
 
-_HELD_WRITERS: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar(
-    "projectionist_held_writers", default=()
-)
-"""The turns of WriterLocks held by this task, or by the task that started this one."""
-
-
 class WriterLock:
-    """An asyncio lock that refuses a turn to the task holding it (and to tasks it started
-    meanwhile, e.g. by ``asyncio.wait_for`` or ``gather``, which it would wait for).
+    """An asyncio lock that refuses a second turn to the task holding it.
 
     A store with a single writer (SQLite's one connection, memory's append lock) would
     otherwise hang forever when code inside ``store.transaction()`` calls the store itself:
-    the call waits for the transaction its own task holds. Other tasks wait as usual.
+    the call waits for the transaction its own task holds. Other tasks, also those started
+    inside the block, wait their turn as usual (one may well be meant to run after it).
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = asyncio.Lock()
-        self._turn: object | None = None
+        self._holder: asyncio.Task[object] | None = None
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
-        if self._turn is not None and self._turn in _HELD_WRITERS.get():
+        task = asyncio.current_task()
+        if task is not None and task is self._holder:
             raise ConfigurationError(
                 f"this task already holds the transaction of {self.url}, the store's only "
                 "writer, and would wait for itself forever: inside store.transaction() use "
                 "tx.append / tx.execute, not the store or its read models"
             )
         async with self._lock:
-            self._turn = turn = object()
-            entered = _HELD_WRITERS.set((*_HELD_WRITERS.get(), turn))
+            self._holder = task
             try:
                 yield
             finally:
-                _HELD_WRITERS.reset(entered)
-                self._turn = None
+                self._holder = None
 
 
 class SqliteDatabase:
