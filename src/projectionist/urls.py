@@ -23,7 +23,7 @@ def redact_url(url: str) -> str:
     if is_key_value_dsn(url):
         return _KEY_VALUE_SECRET.sub(r"\1***", url)
     try:
-        parts = urlsplit(url)
+        parts = original = urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable URL>"
@@ -34,7 +34,9 @@ def redact_url(url: str) -> str:
     if any(key in _SECRET_OPTIONS for key, _ in pairs):
         hidden = [(key, "***" if key in _SECRET_OPTIONS else value) for key, value in pairs]
         parts = parts._replace(query=urlencode(hidden, safe="*"))
-    return urlunsplit(parts)
+    # Unchanged as given when there is nothing to hide (urlunsplit would turn memory:// into
+    # memory:).
+    return url if parts == original else urlunsplit(parts)
 
 
 def pop_query_option(url: str, name: str) -> tuple[str, str | None]:

@@ -158,3 +158,8 @@ def test_application_shows_no_password_but_connects_with_it() -> None:
     assert app.read_model_url == app.url
     assert "hunter2" not in repr(vars(app).get("url")) and "hunter2" not in str(app.url)
     assert app._url == url  # kept privately, to connect with
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:////abs/x.db", "postgresql://u@h/d?schema=s"])
+def test_urls_without_secrets_stay_as_given(url: str) -> None:
+    assert redact_url(url) == url
