@@ -27,7 +27,7 @@ from .errors import (
     InvalidInputError,
     ProjectionTimeoutError,
 )
-from .events import Position, RecordedEvent
+from .events import Position, RecordedEvent, validate_position
 from .factory import create_store
 from .live import LiveProjection
 from .operations import DeadLetter
@@ -40,6 +40,7 @@ from .recording import OperationsRecords
 from .runner import Fence, ProjectionRunner
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
+from .urls import redact_url
 from .verify import Verification, verify
 from .worker import Worker
 
@@ -88,10 +89,13 @@ class Application(OpenClose):
         name, still accepted.)"""
         store = _the_store(store, url)
         self._shared_store = store if isinstance(store, EventStore) else None
-        self.url = store.url if isinstance(store, EventStore) else store
-        """The event store's URL (``open(url)`` may override it)."""
+        # The URL to connect with, password and all; ``url`` is the one to show.
+        self._url = store.url if isinstance(store, EventStore) else store
+        self.url = redact_url(self._url)
+        """The event store's URL without its password (``open(url)`` may override it)."""
         self.schema = schema
         self.poll_interval = poll_interval
+        projections, live = list(projections), list(live)  # a generator is iterated once
         self.projections = {p.name: p for p in projections}
         self.live = {p.name: p for p in live}
         names = [p.name for p in projections] + [p.name for p in live]
@@ -125,7 +129,7 @@ class Application(OpenClose):
             return
         async with contextlib.AsyncExitStack() as opened:
             store = self._shared_store or create_store(
-                url or self.url, schema=self.schema, poll_interval=self.poll_interval
+                url or self._url, schema=self.schema, poll_interval=self.poll_interval
             )
             await store.open()
             if store is not self._shared_store:
@@ -136,8 +140,8 @@ class Application(OpenClose):
                     store.add_inline_hook(hook)
                     opened.callback(store.inline_hooks.remove, hook)
             host = None
-            if self.read_model_url:
-                host = create_store(self.read_model_url, schema=self.schema)
+            if self._read_model_url:
+                host = create_store(self._read_model_url, schema=self.schema)
                 await opened.enter_async_context(host)
             for own in self._own_read_models():
                 if isinstance(own, OpenClose):
@@ -151,6 +155,15 @@ class Application(OpenClose):
         self._store = self._read_model_host = None
         if opened is not None:
             await opened.aclose()
+
+    @property
+    def read_model_url(self) -> str | None:
+        """The read-model database's URL, if it has its own, without its password."""
+        return None if self._read_model_url is None else redact_url(self._read_model_url)
+
+    @read_model_url.setter
+    def read_model_url(self, url: str | None) -> None:
+        self._read_model_url = url
 
     @property
     def store(self) -> EventStore:
@@ -312,6 +325,7 @@ class Application(OpenClose):
         Raises ProjectionTimeoutError naming how far behind it is after ``timeout`` seconds.
         """
         projection = self.projection(name)
+        validate_position(position)
         if projection.kind is Kind.INLINE:
             return  # written in the same transaction as the events
         deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import ConfigurationError
 from .store import EventStore
-from .urls import redact_url
+from .urls import is_key_value_dsn, redact_url
 
 SCHEMES = ("postgresql://", "postgres://", "sqlite:///", "memory://")
 
@@ -21,6 +21,11 @@ def create_store(
     """
     if not isinstance(url, str):
         raise ConfigurationError(f"store URL must be a string, not {type(url).__name__}")
+    if is_key_value_dsn(url):
+        raise ConfigurationError(
+            f"{redact_url(url)!r} is a key=value connection string: write it as a URL, "
+            "postgresql://user:password@host:5432/database"
+        )
     if url.startswith(("postgresql://", "postgres://")):
         from .backends.postgres import PostgresEventStore
 

@@ -35,11 +35,17 @@ from typing import ClassVar, TypedDict, TypeVar, Unpack
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from .errors import ConfigurationError, HandlerError, InvalidInputError
-from .events import START, Position, RecordedEvent, validate_name
+from .events import (
+    START,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_max_bytes,
+    validate_name,
+)
 from .identifiers import validate_identifier
 from .partitions import MAX_PARTITIONS, Partition, unit_name
 from .readmodel import ReadModelStore, ReadModelTransaction
-from .store import validate_batch_size, validate_max_bytes
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
 BatchHandler = Callable[[Sequence[RecordedEvent], ReadModelTransaction], Awaitable[None]]

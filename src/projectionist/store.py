@@ -19,7 +19,16 @@ from typing import Any, Self
 from .changes import ChangeSignal as ChangeSignal  # re-exported: its old home
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import InvalidInputError
-from .events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from .events import (
+    START,
+    EncodedEvent,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    encode_events,
+    validate_name,
+    validate_version,
+)
 from .partitions import Partition
 from .readmodel import ReadModelStore, ReadModelTransaction
 
@@ -39,8 +48,6 @@ class StreamState(enum.Enum):
 ANY = StreamState.ANY
 NO_STREAM = StreamState.NO_STREAM
 ExpectedVersion = int | StreamState
-
-MAX_BATCH_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,36 +122,13 @@ def expected_version_number(expected: ExpectedVersion) -> int | None:
         return None
     if expected is NO_STREAM:
         return 0
-    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+    try:
+        return validate_version(expected, "expected_version")
+    except InvalidInputError:
         raise InvalidInputError(
-            f"expected_version must be ANY, NO_STREAM or a version >= 0, got {expected!r}"
-        )
-    return expected
-
-
-def validate_batch_size(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH_SIZE:
-        raise InvalidInputError(
-            f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {limit!r}"
-        )
-    return limit
-
-
-def validate_max_bytes(max_bytes: object) -> int:
-    """``None`` (no byte bound) or a positive size; returns the bound to use."""
-    if max_bytes is None:
-        return 2**62
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise InvalidInputError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
-    return max_bytes
-
-
-def validate_types(types: Collection[str] | None) -> list[str] | None:
-    if types is None:
-        return None
-    if isinstance(types, str):
-        raise InvalidInputError("types must be a collection of event types, not a single string")
-    return sorted({validate_name(t, "event type") for t in types})
+            f"expected_version must be ANY, NO_STREAM or a version from 0 to 2**63 - 1, "
+            f"got {expected!r}"
+        ) from None
 
 
 def prepare_append(
@@ -152,15 +136,7 @@ def prepare_append(
 ) -> tuple[int | None, list[EncodedEvent]]:
     """Validate an append completely before any backend touches storage."""
     validate_name(stream_id, "stream id")
-    expected = expected_version_number(expected_version)
-    if isinstance(events, NewEvent):
-        raise InvalidInputError("append takes a sequence of events; wrap a single event in a list")
-    encoded = [EncodedEvent.of(event) for event in events]
-    if not encoded:
-        raise InvalidInputError(f"nothing to append to stream {stream_id!r}: no events given")
-    if len({event.id for event in encoded}) != len(encoded):
-        raise InvalidInputError(f"append to stream {stream_id!r} repeats an event id")
-    return expected, encoded
+    return expected_version_number(expected_version), encode_events(events, stream_id)
 
 
 InlineHook = Callable[[ReadModelTransaction, Sequence[RecordedEvent]], Awaitable[None]]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from projectionist import (
+    Application,
     BackendError,
     ConfigurationError,
     InvalidInputError,
@@ -133,3 +134,32 @@ async def test_sqlite_failed_commit_leaves_the_store_usable(tmp_path: Path) -> N
             async with models.transaction() as tx:
                 await tx.execute("INSERT INTO child VALUES ('c', 'missing')")
         assert (await store.append("s", [NewEvent("A", {})])).version == 1
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("host=h password=hunter2 dbname=x", "host=h password=*** dbname=x"),
+        ("host=h password='hunter2 \\' x' user=u", "host=h password=*** user=u"),
+        ("PASSWORD = hunter2 sslpassword=hunter2", "PASSWORD = *** sslpassword=***"),
+    ],
+)
+def test_key_value_dsns_are_redacted(dsn: str, shown: str) -> None:
+    assert redact_url(dsn) == shown
+    with pytest.raises(ConfigurationError, match="key=value connection string") as caught:
+        create_store(dsn)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_application_shows_no_password_but_connects_with_it() -> None:
+    url = "postgresql://bob:hunter2@127.0.0.1:1/x?sslpassword=hunter2"
+    app = Application(url, read_model_url=url)
+    assert app.url == "postgresql://bob:***@127.0.0.1:1/x?sslpassword=***"
+    assert app.read_model_url == app.url
+    assert "hunter2" not in repr(vars(app).get("url")) and "hunter2" not in str(app.url)
+    assert app._url == url  # kept privately, to connect with
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:////abs/x.db", "postgresql://u@h/d?schema=s"])
+def test_urls_without_secrets_stay_as_given(url: str) -> None:
+    assert redact_url(url) == url

@@ -13,7 +13,18 @@ import orjson
 
 from ..defaults import DEFAULT_BATCH_SIZE
 from ..errors import ConcurrencyError, InvalidInputError
-from ..events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ..events import (
+    START,
+    EncodedEvent,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_max_bytes,
+    validate_position,
+    validate_read_stream,
+    validate_types,
+)
 from ..migrations import EVENTS, latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
@@ -28,11 +39,9 @@ from ..store import (
     StoreTransaction,
     append_savepoint,
     prepare_append,
-    validate_batch_size,
-    validate_max_bytes,
-    validate_types,
 )
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
+from .sqlite.database import WriterLock
 
 
 @dataclass
@@ -72,7 +81,7 @@ class MemoryEventStore(EventStore):
         self._sizes: list[int] = []  # encoded data + metadata per event, for max_bytes
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: set[object] = set()
-        self._append_lock = asyncio.Lock()
+        self._append_lock = WriterLock(url)
         self._database = SqliteDatabase(":memory:", url)
         self._read_models = SqliteReadModelStore(self._database)
         self._open_transaction: _OpenTransaction | None = None
@@ -93,12 +102,14 @@ class MemoryEventStore(EventStore):
         return latest_version("sqlite", EVENTS)
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         if part.count == 1:
             return max(len(self._events) - after.seq, 0)
         return sum(1 for event in self._events[after.seq :] if part.holds(event.stream_id))
 
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         waiting = (e for e in self._events[after.seq :] if part.holds(e.stream_id))
         first = next(waiting, None)
@@ -109,7 +120,7 @@ class MemoryEventStore(EventStore):
     @contextlib.asynccontextmanager
     async def exclusive_replay(self) -> AsyncIterator[ExclusiveReplay]:
         async with (
-            self._append_lock,
+            self._append_lock.held(),
             self._database.transaction("replaying", write=True) as connection,
         ):
             yield _MemoryReplay(self, SqliteReadModelTransaction(connection, self.url))
@@ -124,7 +135,7 @@ class MemoryEventStore(EventStore):
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
         expected, encoded = prepare_append(stream_id, events, expected_version)
-        async with self._append_lock:
+        async with self._append_lock.held():
             recorded = self._record(stream_id, encoded, expected, expected_version)
             if self.inline_hooks:
                 # Shielded: once the inline rows commit, the events must be published too,
@@ -139,7 +150,7 @@ class MemoryEventStore(EventStore):
     async def transaction(self) -> AsyncIterator[StoreTransaction]:
         """Holds the append lock and a write transaction of the read models' SQLite; the
         appends are published when it commits and vanish when it rolls back."""
-        async with self._append_lock:
+        async with self._append_lock.held():
             opened: _OpenTransaction | None = None
             try:
                 async with self._database.transaction("running a transaction", write=True) as db:
@@ -238,9 +249,8 @@ class MemoryEventStore(EventStore):
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
-        validate_name(stream_id, "stream id")
-        start = max(from_version, 1) - 1
-        stop = None if limit is None else start + validate_batch_size(limit)
+        start = max(validate_read_stream(stream_id, from_version, limit), 1) - 1
+        stop = None if limit is None else start + limit
         return self._streams.get(stream_id, [])[start:stop]
 
     async def read_all(
@@ -261,6 +271,7 @@ class MemoryEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
+        validate_position(after, "after")
         validate_batch_size(limit)
         wanted = validate_types(types)
         budget = validate_max_bytes(max_bytes)

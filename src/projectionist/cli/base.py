@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..app import Application
-from ..errors import ConfigurationError, ProjectionistError
+from ..errors import ConfigurationError, ProjectionistError, SchemaError
 
 T = TypeVar("T")
 
@@ -118,6 +118,30 @@ def on_app(application: str, url: str | None, use: Callable[[Application], Await
             await target.close()
 
     return run_async(go)
+
+
+CreateSchemaOption = Annotated[
+    bool,
+    typer.Option(
+        "--create-schema",
+        envvar="PROJECTIONIST_CREATE_SCHEMA",
+        help="Create the store's schema if it has none [default: refuse, as a mistyped URL "
+        "or ?schema= would otherwise get a new, empty one]",
+    ),
+]
+
+
+async def require_schema(app: Application, create: bool) -> None:
+    """Refuse a store without a projectionist schema unless ``create``: a mistyped URL or
+    ``?schema=`` must not quietly start a second, empty store. An existing schema is still
+    migrated by ``setup()``."""
+    if create or await app.store.schema_version() > 0:
+        return
+    schema = f" (schema {app.schema!r})" if app.schema else ""
+    raise SchemaError(
+        f"no projectionist schema in {app.store.url}{schema}: is the URL or ?schema= "
+        "mistyped? Create it with 'projectionist schema apply' (or run --create-schema)"
+    )
 
 
 AppOption = Annotated[

@@ -13,6 +13,7 @@ from ..app import Application
 from .base import (
     AppOption,
     AppUrlOption,
+    CreateSchemaOption,
     OptionalAppOption,
     PositionalApp,
     app,
@@ -22,6 +23,7 @@ from .base import (
     errors,
     load_application,
     on_app,
+    require_schema,
     run_async,
 )
 
@@ -65,6 +67,7 @@ def run_command(
     lease_seconds: LeaseSecondsOption = 10.0,
     shutdown_seconds: ShutdownSecondsOption = 30.0,
     idle_transaction_seconds: IdleTransactionOption = None,
+    create_schema: CreateSchemaOption = False,
 ) -> None:
     """Run the application's projections as a worker until SIGINT or SIGTERM.
 
@@ -72,6 +75,7 @@ def run_command(
     database; on a signal the current batches commit, the leases are handed back, exit 0."""
 
     async def use(app: Application) -> None:
+        await require_schema(app, create_schema)
         await app.setup()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

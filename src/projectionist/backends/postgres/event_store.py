@@ -23,7 +23,18 @@ from ...errors import (
     StoreUnavailableError,
     TransactionConflictError,
 )
-from ...events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ...events import (
+    START,
+    EncodedEvent,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_max_bytes,
+    validate_position,
+    validate_read_stream,
+    validate_types,
+)
 from ...identifiers import quote_identifier, validate_identifier
 from ...migrations import EVENTS, READ_MODELS, applied_version, apply_migrations
 from ...partitions import Partition
@@ -39,9 +50,6 @@ from ...store import (
     ExpectedVersion,
     HeldBack,
     prepare_append,
-    validate_batch_size,
-    validate_max_bytes,
-    validate_types,
 )
 from ...urls import pop_query_option, redact_url
 from .connections import Connection
@@ -85,6 +93,11 @@ class PostgresEventStore(EventStore):
             )
         self.notify_interval = notify_interval
         dsn, url_schema = pop_query_option(url, "schema")
+        if "" in (schema, url_schema):
+            raise ConfigurationError(
+                f"empty schema name in {redact_url(url)}: give ?schema=NAME (or schema=) a "
+                f"name, or leave it out for the default {DEFAULT_SCHEMA!r}"
+            )
         self.schema = validate_identifier(schema or url_schema or DEFAULT_SCHEMA, "schema name")
         self.url = redact_url(url)
         self.poll_interval = poll_interval
@@ -118,6 +131,8 @@ class PostgresEventStore(EventStore):
                 reset=_keep_session,
                 server_settings={"search_path": self._search_path},
             )
+        except asyncpg.ClientConfigurationError as exc:  # e.g. ?sslmode=bogus
+            raise ConfigurationError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailableError(
                 f"cannot connect to {self.url}: {why_no_connection(exc)}"
@@ -313,9 +328,7 @@ class PostgresEventStore(EventStore):
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
-        validate_name(stream_id, "stream id")
-        if limit is not None:
-            validate_batch_size(limit)
+        from_version = validate_read_stream(stream_id, from_version, limit)
         async with self._connection(f"reading stream {stream_id!r}") as connection:
             rows = await connection.fetch(self._sql.read_stream, stream_id, from_version, limit)
         return [event_from_row(row) for row in rows]
@@ -350,6 +363,7 @@ class PostgresEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
+        validate_position(after, "after")
         validate_batch_size(limit)
         wanted = validate_types(types)
         part = (partition or Partition(0, 1)).validate()
@@ -387,6 +401,7 @@ class PostgresEventStore(EventStore):
         return self._horizon_floor
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         async with self._connection("counting events") as connection:
             horizon = await self._horizon(connection)
@@ -402,6 +417,7 @@ class PostgresEventStore(EventStore):
         return count
 
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         async with self._connection("measuring the backlog") as connection:
             row = await connection.fetchrow(

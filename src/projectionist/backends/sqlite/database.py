@@ -25,7 +25,35 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :].partition("?")[0]
 
 
-# Stores on the same file in one process share one signal, so an append through one wakes
+class WriterLock:
+    """An asyncio lock that refuses a second turn to the task holding it.
+
+    A store with a single writer (SQLite's one connection, memory's append lock) would
+    otherwise hang forever when code inside ``store.transaction()`` calls the store itself:
+    the call waits for the transaction its own task holds. Other tasks, also those started
+    inside the block, wait their turn as usual (one may well be meant to run after it).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = asyncio.Lock()
+        self._holder: asyncio.Task[object] | None = None
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if task is not None and task is self._holder:
+            raise ConfigurationError(
+                f"this task already holds the transaction of {self.url}, the store's only "
+                "writer, and would wait for itself forever: inside store.transaction() use "
+                "tx.append / tx.execute, not the store or its read models"
+            )
+        async with self._lock:
+            self._holder = task
+            try:
+                yield
+            finally:
+                self._holder = None
 
 
 class SqliteDatabase:
@@ -40,7 +68,7 @@ class SqliteDatabase:
         self.url = url
         self._busy_timeout = busy_timeout
         self._connection: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = WriterLock(url)
 
     async def open(self) -> None:
         if self._connection is not None:
@@ -50,15 +78,22 @@ class SqliteDatabase:
                 f"cannot open {self.url}: directory {str(Path(self.path).parent)!r} does not exist"
             )
         try:
+            # (A failed connect stops aiosqlite's thread itself.)
             connection = await aiosqlite.connect(
                 self.path, isolation_level=None, timeout=self._busy_timeout
             )
-            await connection.execute("PRAGMA journal_mode=WAL")
-            await connection.execute("PRAGMA synchronous=NORMAL")
-            await connection.execute("PRAGMA foreign_keys=ON")
-            await connection.create_function("pj_partition", 2, partition_of, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
+        try:
+            await _configure(connection)
+        except BaseException as exc:
+            # E.g. a file that is not a database: the connection exists, its thread runs,
+            # and would keep the process from ever exiting unless closed here.
+            with contextlib.suppress(sqlite3.Error):
+                await connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailableError(f"cannot open {self.url}: {exc}") from exc
+            raise
         self._connection = connection
 
     async def close(self) -> None:
@@ -72,7 +107,7 @@ class SqliteDatabase:
         if self._connection is None:
             raise StoreUnavailableError(f"store {self.url} is not open: call open() first")
         connection = self._connection
-        async with self._lock:
+        async with self._lock.held():
             try:
                 try:
                     await _uncancellable(
@@ -97,6 +132,14 @@ class SqliteDatabase:
                 raise translate_operational_error(exc, doing, self.url) from exc
             except sqlite3.Error as exc:
                 raise BackendError(f"{doing} failed in {self.url}: {exc}") from exc
+
+
+async def _configure(connection: aiosqlite.Connection) -> None:
+    """WAL mode, foreign keys, and the partition function the statements use."""
+    await connection.execute("PRAGMA journal_mode=WAL")
+    await connection.execute("PRAGMA synchronous=NORMAL")
+    await connection.execute("PRAGMA foreign_keys=ON")
+    await connection.create_function("pj_partition", 2, partition_of, deterministic=True)
 
 
 async def _rollback(connection: aiosqlite.Connection) -> None:

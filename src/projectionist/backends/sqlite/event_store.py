@@ -19,7 +19,17 @@ import orjson
 
 from ...defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ...errors import ConcurrencyError, InvalidInputError
-from ...events import START, EncodedEvent, NewEvent, Position, RecordedEvent, validate_name
+from ...events import (
+    START,
+    EncodedEvent,
+    NewEvent,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_position,
+    validate_read_stream,
+    validate_types,
+)
 from ...migrations import EVENTS, READ_MODELS, applied_version, apply_migrations
 from ...partitions import Partition
 from ...readmodel import ReadModelStore
@@ -36,8 +46,6 @@ from ...store import (
     StoreTransaction,
     append_savepoint,
     prepare_append,
-    validate_batch_size,
-    validate_types,
 )
 from .database import SqliteDatabase, sqlite_path
 from .migrating import MigrationSession
@@ -192,9 +200,7 @@ class SqliteEventStore(EventStore):
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
-        validate_name(stream_id, "stream id")
-        if limit is not None:
-            validate_batch_size(limit)
+        from_version = validate_read_stream(stream_id, from_version, limit)
         async with self._transaction(f"reading stream {stream_id!r}", write=False) as connection:
             cursor = await connection.execute(
                 f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.stream_id = ? AND e.version >= ? "
@@ -212,6 +218,7 @@ class SqliteEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
+        validate_position(after, "after")
         validate_batch_size(limit)
         wanted = validate_types(types)
         async with self._transaction("reading all events", write=False) as connection:
@@ -224,6 +231,7 @@ class SqliteEventStore(EventStore):
         return Position(0, row[0]) if row and row[0] is not None else START
 
     async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         sql, params = "SELECT count(*) FROM events WHERE position > ?", [after.seq]
         if part.count > 1:
@@ -235,6 +243,7 @@ class SqliteEventStore(EventStore):
         return int(row[0]) if row else 0
 
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        validate_position(after, "after")
         part = (partition or Partition(0, 1)).validate()
         async with self._transaction("measuring the backlog", write=False) as connection:
             cursor = await connection.execute(

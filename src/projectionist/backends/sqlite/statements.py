@@ -18,9 +18,9 @@ import aiosqlite
 import orjson
 
 from ...errors import InvalidInputError
-from ...events import EncodedEvent, Position, RecordedEvent
+from ...events import EncodedEvent, Position, RecordedEvent, validate_max_bytes
 from ...partitions import Partition
-from ...store import EventBatch, validate_max_bytes
+from ...store import EventBatch
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 EVENT_COLUMNS = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -26,6 +27,19 @@ T = TypeVar("T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _UNLINK_CHUNK = 1000
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # no glob characters: SCAN MATCH stays exact
+
+
+def _require_seconds(name: str, seconds: object) -> None:
+    """A finite, positive number of seconds (an infinite lock would never expire)."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a finite, positive number of seconds, not {seconds!r}"
+        )
 
 
 class RedisReadModelStore(OpenClose, ReadModelStore):
@@ -54,8 +68,8 @@ class RedisReadModelStore(OpenClose, ReadModelStore):
             raise ConfigurationError(
                 f"invalid Redis key prefix {prefix!r}: 1 to 100 letters, digits or _ . : -"
             )
-        if lock_ttl <= 0 or socket_timeout <= 0:
-            raise ConfigurationError("lock_ttl and socket_timeout must be positive seconds")
+        for name, seconds in (("lock_ttl", lock_ttl), ("socket_timeout", socket_timeout)):
+            _require_seconds(name, seconds)
         self.url = url
         self.prefix = prefix
         self.lock_ttl = lock_ttl
