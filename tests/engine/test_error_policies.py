@@ -15,9 +15,15 @@ from typing import Any
 import pytest
 
 from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
-from projectionist.errors import ConfigurationError, HandlerError, InvalidInputError
+from projectionist.errors import (
+    ConfigurationError,
+    HandlerError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from projectionist.events import Position
 from projectionist.partitions import partition_of
+from projectionist.transient import is_transient
 from tests.conftest import PG_DSN, settle
 from tests.engine.projections import ledger, money
 from tests.faults.test_transient_failures import _kill
@@ -473,3 +479,81 @@ async def test_verify_and_rebuild_leave_no_stale_dead_letters(app_url: str) -> N
         await app.rebuild("book")
         assert await app.dead_letters("book") == []
         assert await book_rows(app) == ([0, 1, 2, 3, 4], [("acct-1", 5)])
+
+
+# -- a handler's own OSError is a handler failure, not a transient one ------------------------
+
+
+def raising(name: str, on_error: str, error: type[OSError]) -> Projection:
+    """A projection whose handler fails on event 2 with ``error`` (a handler calling a
+    service that is down), every time."""
+    projection = Projection(name, tables=[f"{name}_seen"], on_error=on_error, retries=1)
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        await tx.execute(f"CREATE TABLE IF NOT EXISTS {name}_seen (n BIGINT PRIMARY KEY)")
+
+    @projection.on("Posted")
+    async def posted(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        if event.data["n"] == 2:
+            raise error("the pricing service is down")
+        await tx.execute(f"INSERT INTO {name}_seen VALUES ($1)", event.data["n"])
+
+    return projection
+
+
+@pytest.mark.parametrize("error", [ConnectionError, ConnectionRefusedError, OSError, TimeoutError])
+async def test_a_handler_raising_an_os_error_is_dead_lettered_or_faulted(
+    app_url: str, error: type[OSError]
+) -> None:
+    """Transient means the store's or the target's connection failed; an OSError the handler
+    raised itself is its failure: retried ``retries`` times, then skipped or stopped on."""
+    projections = [raising("lenient", "skip", error), raising("strict", "stop", error)]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(5)))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+
+            async def settled() -> bool:
+                states = {s.name: s for s in await app.status()}
+                return states["strict"].state == "faulted" and states["lenient"].lag == 0
+
+            await eventually(settled)
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        expected = f"{error.__name__}: the pricing service is down"
+        [letter] = await app.dead_letters("lenient")
+        assert (letter.event, letter.error, letter.attempts) == (appended.events[2], expected, 2)
+        [strict] = [s for s in await app.status() if s.name == "strict"]
+        assert strict.fault is not None and strict.fault.error == expected
+        assert strict.fault.position == appended.events[2].position
+        async with app.read_models.transaction() as tx:
+            seen = {
+                name: [int(r[0]) for r in await tx.fetch(f"SELECT n FROM {name}_seen ORDER BY n")]
+                for name in ("lenient", "strict")
+            }
+        assert seen == {"lenient": [0, 1, 3, 4], "strict": [0, 1]}
+
+
+def test_what_is_transient_under_a_handler_error() -> None:
+    """Under a HandlerError only the backends' own errors count (a lost read-model
+    connection, a serialization failure); a built-in OSError the handler raised does not.
+    Outside a handler a raw ConnectionError or TimeoutError still does."""
+    for own in (ConnectionError("down"), TimeoutError("slow"), OSError("no route")):
+        wrapped = HandlerError("p", None, "failed")
+        wrapped.__cause__ = own
+        assert not is_transient(wrapped), own
+    lost = HandlerError("p", None, "failed")
+    lost.__cause__ = StoreUnavailableError("lost the read model's connection")
+    lost.__cause__.__cause__ = ConnectionResetError("reset")
+    assert is_transient(lost)
+    conflict = HandlerError("p", None, "failed")
+    conflict.__cause__ = type("Driver", (Exception,), {"sqlstate": "40001"})()
+    assert is_transient(conflict)
+    assert is_transient(ConnectionError("the store's socket"))
+    assert is_transient(TimeoutError("the store's pool"))
+    rollback_failed = StoreUnavailableError("rollback failed")
+    rollback_failed.__context__ = wrapped
+    assert is_transient(rollback_failed)
