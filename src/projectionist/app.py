@@ -359,11 +359,13 @@ class Application(OpenClose):
             return await operations.clear_faults(tx, name)
 
     async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
-        """Events skipped by ``on_error="skip"`` projections, oldest first."""
+        """Events skipped by this application's ``on_error="skip"`` projections (of one,
+        if ``name`` is given), oldest first: another application's on the same database
+        are not among them."""
         if name is not None:
             self.projection(name)
         async with self.read_models.transaction() as tx:
-            return await operations.dead_letters(tx, name)
+            return await operations.dead_letters(tx, name, among=self.projections)
 
     async def retry_dead_letters(self, ids: Sequence[int]) -> list[tuple[int, str | None]]:
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
@@ -400,9 +402,12 @@ class Application(OpenClose):
         return len(ids)
 
     async def _dead_letter(self, tx: ReadModelTransaction, letter_id: int) -> DeadLetter:
-        found = await operations.dead_letters(tx, ids=[letter_id])
+        found = await operations.dead_letters(tx, ids=[letter_id], among=self.projections)
         if not found:
-            raise InvalidInputError(f"there is no dead letter {letter_id}")
+            raise InvalidInputError(
+                f"there is no dead letter {letter_id} of this application's projections "
+                "(see 'projectionist dead-letters list')"
+            )
         return found[0]
 
     # -- workers ----------------------------------------------------------------------------

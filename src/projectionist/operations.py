@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import traceback as traceback_module
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -216,14 +217,23 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
 
 
 async def dead_letters(
-    tx: ReadModelTransaction, projection: str | None = None, ids: list[int] | None = None
+    tx: ReadModelTransaction,
+    projection: str | None = None,
+    ids: list[int] | None = None,
+    *,
+    among: Collection[str] | None = None,
 ) -> list[DeadLetter]:
-    """Dead letters, oldest first, of one projection or all, or only those with ``ids``."""
+    """Dead letters, oldest first, of one projection or all, or only those with ``ids``;
+    only those of the projections named ``among``, if given (one application's: other
+    applications may share the database)."""
     sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE 1 = 1"
     args: list[object] = []
     if projection is not None:
         args.append(projection)
         sql += f" AND projection = ${len(args)}"
+    if among is not None:
+        args.append(tx.sql.text_list(sorted(among)))
+        sql += f" AND {tx.sql.is_one_of('projection', f'${len(args)}')}"
     if ids is not None and len(ids) == 1:  # retry and discard look them up one by one
         args.append(ids[0])
         sql += f" AND id = ${len(args)}"

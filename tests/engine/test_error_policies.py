@@ -557,3 +557,26 @@ def test_what_is_transient_under_a_handler_error() -> None:
     rollback_failed = StoreUnavailableError("rollback failed")
     rollback_failed.__context__ = wrapped
     assert is_transient(rollback_failed)
+
+
+async def test_dead_letters_are_those_of_the_applications_own_projections(app_url: str) -> None:
+    """Two applications with different projections on one database: each sees, retries and
+    discards only its own projections' dead letters."""
+    flaky = Flaky(broken={1})
+    async with Application(app_url, [book(flaky, name="mine")]) as mine:
+        await mine.setup()
+        async with Application(mine.store, [book(flaky, name="theirs")]) as theirs:
+            await theirs.setup()
+            await mine.store.append("acct-1", posted(range(3)))
+            await mine.run_until_caught_up()
+            await theirs.run_until_caught_up()
+            [own] = await mine.dead_letters()
+            [other] = await theirs.dead_letters()
+            assert (own.projection, other.projection) == ("mine", "theirs")
+            assert await mine.dead_letters("mine") == [own]
+            for verb in (mine.retry_dead_letters, mine.discard_dead_letters):
+                with pytest.raises(InvalidInputError, match=f"no dead letter {other.id} of"):
+                    await verb([other.id])
+            assert await theirs.dead_letters() == [other]  # untouched
+            assert await mine.discard_dead_letters([own.id]) == 1
+            assert (await mine.dead_letters(), await theirs.dead_letters()) == ([], [other])
