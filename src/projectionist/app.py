@@ -30,13 +30,13 @@ from .errors import (
 from .events import Position, RecordedEvent
 from .factory import create_store
 from .live import LiveProjection
-from .operations import DeadLetter
+from .operations import DeadLetter, Fault
 from .partitions import Partition
 from .preparation import prepare_read_model
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .rebuild import Progress, rebuild
-from .recording import OperationsRecords
+from .recording import OperationsRecords, retry_dead_letter, skip_fault
 from .runner import Fence, ProjectionRunner
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
@@ -358,6 +358,27 @@ class Application(OpenClose):
         async with self.read_models.transaction() as tx:
             return await operations.clear_faults(tx, name)
 
+    async def faults(self, name: str | None = None) -> list[Fault]:
+        """The faults that stopped this application's projections (``name``'s, if given),
+        by unit: the event, the error and its traceback."""
+        names = [self.projection(name).name] if name is not None else list(self.projections)
+        async with self.read_models.transaction() as tx:
+            return await operations.faults_of(tx, names)
+
+    async def skip_fault(self, name: str) -> list[Fault]:
+        """Past a poison event under ``on_error="stop"``: move the event that stopped each
+        faulted unit of ``name`` to the dead letters and its checkpoint past it; workers
+        resume the units at their next heartbeat. Returns the faults skipped."""
+        projection = self.projection(name)
+        faults = await self.faults(name)
+        if not faults:
+            raise InvalidInputError(f"projection {name!r} is not faulted: nothing to skip")
+        read_models = self.read_models_for(projection)
+        records = OperationsRecords.choose(read_models, self.read_models)
+        for fault in faults:
+            await skip_fault(self.store, read_models, projection, fault, records)
+        return faults
+
     async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Events skipped by this application's ``on_error="skip"`` projections (of one,
         if ``name`` is given), oldest first: another application's on the same database
@@ -376,17 +397,8 @@ class Application(OpenClose):
                 async with self.read_models.transaction() as tx:
                     letter = await self._dead_letter(tx, letter_id)
                     projection = self.projection(letter.projection)
-                    if letter.version != projection.version:
-                        raise InvalidInputError(
-                            f"dead letter {letter_id} was skipped by version {letter.version} "
-                            f"of {projection.name!r}, the code is version "
-                            f"{projection.version}: discard it"
-                        )
-                    if self.read_models_for(projection) is self.read_models:
-                        await projection.apply([letter.event], tx)
-                    else:  # its own store (Redis): applied there, then forgotten here
-                        async with self.read_models_for(projection).transaction() as own:
-                            await projection.apply([letter.event], own)
+                    target = self.read_models_for(projection)
+                    await retry_dead_letter(tx, letter, projection, target, self.read_models)
                     await operations.delete_dead_letter(tx, letter_id)
                 results.append((letter_id, None))
             except HandlerError as exc:

@@ -73,12 +73,10 @@ def is_transient(exc: BaseException) -> bool:
     """
     in_handler = False
     for current in cause_chain(exc):
-        if isinstance(current, HandlerError):
-            in_handler = True
-        elif _backend_transient(current):
+        raw = not in_handler and isinstance(current, _BUILTIN_TRANSIENT_TYPES)
+        if _backend_transient(current) or raw:
             return True
-        elif not in_handler and isinstance(current, _BUILTIN_TRANSIENT_TYPES):
-            return True
+        in_handler = in_handler or isinstance(current, HandlerError)
     return False
 
 

@@ -580,3 +580,79 @@ async def test_dead_letters_are_those_of_the_applications_own_projections(app_ur
             assert await theirs.dead_letters() == [other]  # untouched
             assert await mine.discard_dead_letters([own.id]) == 1
             assert (await mine.dead_letters(), await theirs.dead_letters()) == ([], [other])
+
+
+# -- faults: shown, and skipped past --------------------------------------------------------
+
+
+async def test_skip_fault_moves_the_event_to_the_dead_letters_and_the_worker_resumes(
+    app_url: str,
+) -> None:
+    """Under on_error="stop", a poison event that cannot be fixed is skipped on purpose:
+    it becomes a dead letter, the checkpoint moves past it, the owning worker resumes."""
+    flaky = Flaky(broken={3})
+    projections = [book(flaky, on_error="stop", partitions=2), ledger("healthy")]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(6)))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+
+            async def book_faulted() -> bool:
+                return any(s.state == "faulted" and s.owner for s in await app.status())
+
+            await eventually(book_faulted)
+            [fault] = await app.faults()
+            assert await app.faults("book") == [fault] and await app.faults("healthy") == []
+            assert fault.unit == f"book#{partition_of('acct-1', 2)}/2"
+            assert (fault.position, fault.error) == (
+                appended.events[3].position,
+                "ValueError: poison event 3",
+            )
+            assert "in posted" in fault.traceback
+            with pytest.raises(InvalidInputError, match="'healthy' is not faulted"):
+                await app.skip_fault("healthy")
+
+            assert await app.skip_fault("book") == [fault]
+            await app.wait_for("book", appended.position, timeout=10)
+            assert (await book_rows(app))[0] == [0, 1, 2, 4, 5]
+            [letter] = await app.dead_letters("book")
+            assert (letter.event, letter.unit, letter.error) == (
+                appended.events[3],
+                fault.unit,
+                fault.error,
+            )
+            assert letter.traceback == fault.traceback and letter.attempts == fault.attempts
+            assert await app.faults() == []
+
+            async def book_resumed() -> bool:
+                return all(s.state == "live" for s in await app.status() if s.name == "book")
+
+            await eventually(book_resumed)
+            more = await app.store.append("acct-1", posted([6]))
+            await app.wait_for("book", more.position, timeout=10)
+            assert (await book_rows(app))[0] == [0, 1, 2, 4, 5, 6]
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        with pytest.raises(ConfigurationError, match="no projection named 'nope'"):
+            await app.skip_fault("nope")
+
+
+async def test_a_stale_fault_is_not_skipped(app_url: str) -> None:
+    """A fault whose unit has moved on (run again past it, without the worker) is refused,
+    not skipped blindly: skipping moves a checkpoint by exactly the faulted event."""
+    flaky = Flaky(broken={2})
+    async with Application(app_url, [book(flaky, on_error="stop")]) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(4)))
+        with pytest.raises(HandlerError):
+            await app.run_until_caught_up()
+        [fault] = await app.faults()
+        async with app.read_models.transaction() as tx:  # someone moved it by hand
+            stored = await tx.load_checkpoint("book", lock=True)
+            assert stored is not None
+            await tx.save_checkpoint("book", 1, stored.position, fault.position, 1)
+        with pytest.raises(InvalidInputError, match="moved on"):
+            await app.skip_fault("book")
+        assert await app.faults() == [fault] and await app.dead_letters() == []
