@@ -305,3 +305,40 @@ def test_faults_show_and_skip_with_a_faulted_worker(tmp_path: Path) -> None:
     finally:
         worker.kill()
         log.close()
+
+
+def test_rebuild_takes_the_unit_from_its_live_worker(tmp_path: Path) -> None:
+    """A rebuild of a unit that a live worker owns takes its lease first: the worker cannot
+    apply a batch meanwhile (no race, no checkpoint-conflict warnings over the progress bar),
+    and it takes the unit back once the rebuild is done."""
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    count = 4000
+    asyncio.run(_prepare(url, {2}, count))
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
+         "--worker-id", "w-ops", "--lease-seconds", "1"],
+        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: status_now(url)["strict"]["state"] == "faulted")
+        asyncio.run(_fix(url, 2))  # fixed: the rebuild clears the fault, the worker sees it
+        rebuilt = cli(url, "rebuild", "strict", "--app", APP, "--yes")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert f"rebuilt strict from {count:,} events" in rebuilt.stdout
+        assert "checkpoint" not in rebuilt.stderr and "WARNING" not in rebuilt.stderr
+
+        def strict_resumed() -> bool:
+            strict = status_now(url)["strict"]
+            return bool(strict["owner"] == "w-ops" and strict["state"] == "live")
+
+        wait_until(strict_resumed)
+        assert asyncio.run(_seen(url, "strict")) == list(range(count))
+        more = cli(url, "status", "--app", APP, "--json")
+        assert more.returncode == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        worker.kill()
+        log.close()
+    assert "checkpoint_conflict" not in (tmp_path / "worker.log").read_text()

@@ -334,7 +334,8 @@ class Application(OpenClose):
             await self.progress.wait(token, min(remaining, 0.05))
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
-        """Drop the read model of ``name`` and replay all history into it."""
+        """Drop the read model of ``name`` and replay all history into it. Its units' leases
+        are taken first, from any worker holding them, and handed back at the end."""
         projection = self.projection(name)
         return await rebuild(
             self.store,
@@ -342,6 +343,7 @@ class Application(OpenClose):
             projection,
             progress,
             OperationsRecords.choose(self.read_models_for(projection), self.read_models),
+            leases_in=self.read_models,
         )
 
     async def verify(self, name: str) -> Verification:

@@ -656,3 +656,42 @@ async def test_a_stale_fault_is_not_skipped(app_url: str) -> None:
         with pytest.raises(InvalidInputError, match="moved on"):
             await app.skip_fault("book")
         assert await app.faults() == [fault] and await app.dead_letters() == []
+
+
+async def test_a_rebuild_takes_the_units_from_the_worker_that_owns_them(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fault that a rebuild clears would let the owning worker resume the unit under
+    the replay: the rebuild holds the units' leases instead (the worker's batches are fenced
+    out), then hands them back; no checkpoint conflicts on either side."""
+    caplog.set_level(logging.INFO, logger="projectionist")
+    # The replay pauses at 300 (which the worker never reached) for a second: the worker
+    # has time to see the fault cleared and, were it not fenced out, to resume under it.
+    flaky = Flaky(broken={3}, pause_on=300)
+    projection = book(flaky, on_error="stop")
+    async with Application(app_url, [projection], poll_interval=0.1) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(600)))
+        # 2 s: the worker's idle-transaction limit (on PostgreSQL) is above the pause.
+        running = asyncio.create_task(app.run(lease_seconds=2.0, heartbeat_seconds=0.2))
+        try:
+
+            async def faulted() -> bool:
+                return any(s.state == "faulted" for s in await app.status())
+
+            await eventually(faulted)
+            flaky.fix()
+            async with Application(app.store, [projection]) as operator:
+                assert await operator.rebuild("book") == 600
+            await app.wait_for("book", await app.store.head(), timeout=10)
+
+            async def owned_again() -> bool:
+                return all(s.owner and s.state == "live" for s in await app.status())
+
+            await eventually(owned_again)
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        assert (await book_rows(app))[0] == list(range(600))
+        actions = [getattr(record, "action", None) for record in caplog.records]
+        assert "checkpoint_conflict" not in actions
