@@ -148,7 +148,7 @@ def test_run_status_rebuild_an_application(tmp_path: Path) -> None:
 
     table = run_cli("status", env=env, cwd=ROOT)
     assert table.returncode == 0 and "order_summaries" in table.stdout and "stopped" in table.stdout
-    rebuilt = run_cli("rebuild", "daily_sales", env=env, cwd=ROOT)
+    rebuilt = run_cli("rebuild", "daily_sales", "--yes", env=env, cwd=ROOT)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt daily_sales from {events:,} events" in rebuilt.stdout
     assert _statuses(env)["daily_sales"]["lag"] == 0

@@ -20,13 +20,24 @@ import pytest
 from projectionist import AppendResult, Application, NewEvent
 from projectionist.errors import HandlerError
 from tests.cli_operations_app import PROJECTIONS
-from tests.test_cli import ROOT, run_cli
+from tests.test_cli import ROOT
 
 APP = "tests.cli_operations_app:app"
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env={"PROJECTIONIST_URL": url}, cwd=ROOT)
+def cli(url: str, *args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
+    """A CLI run on ``url``; ``answer`` is what the operator types at a confirmation prompt
+    (nothing, end of input: a prompt refuses)."""
+    return subprocess.run(
+        [sys.executable, "-m", "projectionist.cli", *args],
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", "PROJECTIONIST_URL": url},
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def statuses(url: str) -> dict[str, dict[str, Any]]:
@@ -160,11 +171,15 @@ def test_dead_letters_status_and_restart(tmp_path: Path) -> None:
     assert asyncio.run(_letter_ids(url)) == [five]
     assert asyncio.run(_seen(url, "lenient")) == [0, 1, 2, 3, 4, 6, 7]
 
-    unknown = cli(url, "dead-letters", "discard", str(five), "999999", "--app", APP)
+    unknown = cli(url, "dead-letters", "discard", str(five), "999999", "--app", APP, "--yes")
     assert unknown.returncode == 1 and "there is no dead letter 999999" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     assert asyncio.run(_letter_ids(url)) == [five]  # all or nothing
-    discarded = cli(url, "dead-letters", "discard", str(five), "--app", APP)
+    for answer in ("", "n\n"):  # destructive: it asks first, and no (or nothing) is no
+        kept = cli(url, "dead-letters", "discard", str(five), "--app", APP, answer=answer)
+        assert kept.returncode == 1 and f"Discard dead letter(s) {five} for good?" in kept.stdout
+        assert asyncio.run(_letter_ids(url)) == [five]
+    discarded = cli(url, "dead-letters", "discard", str(five), "--app", APP, answer="y\n")
     assert discarded.returncode == 0 and "discarded 1 dead letter(s)" in discarded.stdout
     assert asyncio.run(_letter_ids(url)) == []
     assert status_now(url)["lenient"]["dead_letters"] == 0
@@ -235,3 +250,96 @@ def test_health_and_a_worker_that_resumes_after_restart(tmp_path: Path) -> None:
     }
     gone = cli(url, "health", "--app", APP)
     assert gone.returncode == 1 and "unhealthy" in gone.stderr
+
+
+def test_faults_show_and_skip_with_a_faulted_worker(tmp_path: Path) -> None:
+    """Under on_error="stop" a poison event that cannot be fixed is skipped from the CLI:
+    ``faults show`` tells the event, error and traceback; ``faults skip`` asks, moves the
+    event to the dead letters and the running worker resumes after it."""
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    appended = asyncio.run(_prepare(url, {2}, 5))
+    assert cli(url, "faults", "show", "--app", APP).stdout.strip() == "no faults"
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
+         "--worker-id", "w-ops", "--lease-seconds", "1"],
+        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: status_now(url)["strict"]["state"] == "faulted")
+        shown = cli(url, "faults", "show", "strict", "--app", APP)
+        assert shown.returncode == 0, shown.stderr
+        position = appended.events[2].position
+        assert f"event:     Posted, stream acct-1 version 3, position {position}" in shown.stdout
+        assert "error:     ValueError: event 2 is broken" in shown.stdout
+        assert "Traceback (most recent call last)" in shown.stdout and "in posted" in shown.stdout
+        [as_json] = [json.loads(line) for line in cli(url, "faults", "show", "--app", APP,
+                                                         "--json").stdout.splitlines()]  # fmt: skip
+        assert (as_json["unit"], as_json["position"]) == ("strict", str(position))
+        assert "in posted" in as_json["traceback"]
+        assert (
+            "lenient is not faulted" in cli(url, "faults", "show", "lenient", "--app", APP).stdout
+        )
+
+        refused = cli(url, "faults", "skip", "strict", "--app", APP, answer="n\n")
+        assert refused.returncode == 1 and "Move it to the dead letters" in refused.stdout
+        assert status_now(url)["strict"]["state"] == "faulted"
+        skipped = cli(url, "faults", "skip", "strict", "--app", APP, "--yes")
+        assert skipped.returncode == 0, skipped.stderr
+        assert f"strict: moved Posted at {position} to the dead letters" in skipped.stdout
+
+        def strict_resumed() -> bool:
+            strict = status_now(url)["strict"]
+            return bool(strict["lag"] == 0 and strict["state"] == "live")
+
+        wait_until(strict_resumed)
+        assert asyncio.run(_seen(url, "strict")) == [0, 1, 3, 4]
+        [letter] = letters(url, "--projection", "strict")
+        assert (letter["position"], letter["error"]) == (
+            str(position),
+            "ValueError: event 2 is broken",
+        )
+        again = cli(url, "faults", "skip", "strict", "--app", APP, "--yes")
+        assert again.returncode == 1 and "'strict' is not faulted" in again.stderr
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        worker.kill()
+        log.close()
+
+
+def test_rebuild_takes_the_unit_from_its_live_worker(tmp_path: Path) -> None:
+    """A rebuild of a unit that a live worker owns takes its lease first: the worker cannot
+    apply a batch meanwhile (no race, no checkpoint-conflict warnings over the progress bar),
+    and it takes the unit back once the rebuild is done."""
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    count = 4000
+    asyncio.run(_prepare(url, {2}, count))
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
+         "--worker-id", "w-ops", "--lease-seconds", "1"],
+        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: status_now(url)["strict"]["state"] == "faulted")
+        asyncio.run(_fix(url, 2))  # fixed: the rebuild clears the fault, the worker sees it
+        rebuilt = cli(url, "rebuild", "strict", "--app", APP, "--yes")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert f"rebuilt strict from {count:,} events" in rebuilt.stdout
+        assert "checkpoint" not in rebuilt.stderr and "WARNING" not in rebuilt.stderr
+
+        def strict_resumed() -> bool:
+            strict = status_now(url)["strict"]
+            return bool(strict["owner"] == "w-ops" and strict["state"] == "live")
+
+        wait_until(strict_resumed)
+        assert asyncio.run(_seen(url, "strict")) == list(range(count))
+        more = cli(url, "status", "--app", APP, "--json")
+        assert more.returncode == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        worker.kill()
+        log.close()
+    assert "checkpoint_conflict" not in (tmp_path / "worker.log").read_text()

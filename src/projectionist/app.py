@@ -30,13 +30,13 @@ from .errors import (
 from .events import Position, RecordedEvent, validate_position
 from .factory import create_store
 from .live import LiveProjection
-from .operations import DeadLetter
+from .operations import DeadLetter, Fault
 from .partitions import Partition
 from .preparation import prepare_read_model
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .rebuild import Progress, rebuild
-from .recording import OperationsRecords
+from .recording import OperationsRecords, retry_dead_letter, skip_fault
 from .runner import Fence, ProjectionRunner
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
@@ -348,7 +348,8 @@ class Application(OpenClose):
             await self.progress.wait(token, min(remaining, 0.05))
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
-        """Drop the read model of ``name`` and replay all history into it."""
+        """Drop the read model of ``name`` and replay all history into it. Its units' leases
+        are taken first, from any worker holding them, and handed back at the end."""
         projection = self.projection(name)
         return await rebuild(
             self.store,
@@ -356,6 +357,7 @@ class Application(OpenClose):
             projection,
             progress,
             OperationsRecords.choose(self.read_models_for(projection), self.read_models),
+            leases_in=self.read_models,
         )
 
     async def verify(
@@ -381,12 +383,35 @@ class Application(OpenClose):
         async with self.read_models.transaction() as tx:
             return await operations.clear_faults(tx, name)
 
+    async def faults(self, name: str | None = None) -> list[Fault]:
+        """The faults that stopped this application's projections (``name``'s, if given),
+        by unit: the event, the error and its traceback."""
+        names = [self.projection(name).name] if name is not None else list(self.projections)
+        async with self.read_models.transaction() as tx:
+            return await operations.faults_of(tx, names)
+
+    async def skip_fault(self, name: str) -> list[Fault]:
+        """Past a poison event under ``on_error="stop"``: move the event that stopped each
+        faulted unit of ``name`` to the dead letters and its checkpoint past it; workers
+        resume the units at their next heartbeat. Returns the faults skipped."""
+        projection = self.projection(name)
+        faults = await self.faults(name)
+        if not faults:
+            raise InvalidInputError(f"projection {name!r} is not faulted: nothing to skip")
+        read_models = self.read_models_for(projection)
+        records = OperationsRecords.choose(read_models, self.read_models)
+        for fault in faults:
+            await skip_fault(self.store, read_models, projection, fault, records)
+        return faults
+
     async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
-        """Events skipped by ``on_error="skip"`` projections, oldest first."""
+        """Events skipped by this application's ``on_error="skip"`` projections (of one,
+        if ``name`` is given), oldest first: another application's on the same database
+        are not among them."""
         if name is not None:
             self.projection(name)
         async with self.read_models.transaction() as tx:
-            return await operations.dead_letters(tx, name)
+            return await operations.dead_letters(tx, name, among=self.projections)
 
     async def retry_dead_letters(self, ids: Sequence[int]) -> list[tuple[int, str | None]]:
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
@@ -397,17 +422,8 @@ class Application(OpenClose):
                 async with self.read_models.transaction() as tx:
                     letter = await self._dead_letter(tx, letter_id)
                     projection = self.projection(letter.projection)
-                    if letter.version != projection.version:
-                        raise InvalidInputError(
-                            f"dead letter {letter_id} was skipped by version {letter.version} "
-                            f"of {projection.name!r}, the code is version "
-                            f"{projection.version}: discard it"
-                        )
-                    if self.read_models_for(projection) is self.read_models:
-                        await projection.apply([letter.event], tx)
-                    else:  # its own store (Redis): applied there, then forgotten here
-                        async with self.read_models_for(projection).transaction() as own:
-                            await projection.apply([letter.event], own)
+                    target = self.read_models_for(projection)
+                    await retry_dead_letter(tx, letter, projection, target, self.read_models)
                     await operations.delete_dead_letter(tx, letter_id)
                 results.append((letter_id, None))
             except HandlerError as exc:
@@ -423,9 +439,12 @@ class Application(OpenClose):
         return len(ids)
 
     async def _dead_letter(self, tx: ReadModelTransaction, letter_id: int) -> DeadLetter:
-        found = await operations.dead_letters(tx, ids=[letter_id])
+        found = await operations.dead_letters(tx, ids=[letter_id], among=self.projections)
         if not found:
-            raise InvalidInputError(f"there is no dead letter {letter_id}")
+            raise InvalidInputError(
+                f"there is no dead letter {letter_id} of this application's projections "
+                "(see 'projectionist dead-letters list')"
+            )
         return found[0]
 
     # -- workers ----------------------------------------------------------------------------

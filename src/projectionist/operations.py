@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import traceback as traceback_module
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,15 @@ def db_now(tx: ReadModelTransaction) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A handler's failure as recorded: its error line, its traceback, the attempts made."""
+
+    error: str
+    traceback: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fault:
     """Why a unit (a projection or one of its partitions) stopped: the event and the error."""
 
@@ -47,6 +57,10 @@ class Fault:
     traceback: str
     attempts: int
     failed_at: float
+
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.error, self.traceback, self.attempts)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +152,16 @@ async def all_faults(read_models: ReadModelStore) -> dict[str, Fault]:
     return {row[0]: _fault(row) for row in rows}
 
 
+async def faults_of(tx: ReadModelTransaction, projections: Collection[str]) -> list[Fault]:
+    """The faults of the units of ``projections``, by unit."""
+    rows = await tx.fetch(
+        f"SELECT {_FAULT_COLUMNS} FROM projection_faults "
+        f"WHERE {tx.sql.is_one_of('projection', '$1')} ORDER BY unit",
+        tx.sql.text_list(sorted(projections)),
+    )
+    return [_fault(row) for row in rows]
+
+
 # -- dead letters -------------------------------------------------------------------------------
 
 
@@ -173,14 +197,11 @@ class DeadLetter:
 
 
 async def add_dead_letter(
-    tx: ReadModelTransaction,
-    unit: str,
-    version: int,
-    event: RecordedEvent,
-    exc: BaseException,
-    attempts: int,
+    tx: ReadModelTransaction, unit: str, version: int, event: RecordedEvent, failure: Failure
 ) -> None:
-    error, trace = describe(exc)
+    """Record ``event`` as skipped by ``unit`` after ``failure`` (a handler's, or that of a
+    fault being skipped past: recorded when it failed)."""
+    error, trace, attempts = failure.error, failure.traceback, failure.attempts
     await tx.execute(
         "INSERT INTO projection_dead_letters (projection, unit, version, position, event_id, "
         "stream_id, stream_version, event_type, data, metadata, recorded_at, error, traceback, "
@@ -216,14 +237,23 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
 
 
 async def dead_letters(
-    tx: ReadModelTransaction, projection: str | None = None, ids: list[int] | None = None
+    tx: ReadModelTransaction,
+    projection: str | None = None,
+    ids: list[int] | None = None,
+    *,
+    among: Collection[str] | None = None,
 ) -> list[DeadLetter]:
-    """Dead letters, oldest first, of one projection or all, or only those with ``ids``."""
+    """Dead letters, oldest first, of one projection or all, or only those with ``ids``;
+    only those of the projections named ``among``, if given (one application's: other
+    applications may share the database)."""
     sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE 1 = 1"
     args: list[object] = []
     if projection is not None:
         args.append(projection)
         sql += f" AND projection = ${len(args)}"
+    if among is not None:
+        args.append(tx.sql.text_list(sorted(among)))
+        sql += f" AND {tx.sql.is_one_of('projection', f'${len(args)}')}"
     if ids is not None and len(ids) == 1:  # retry and discard look them up one by one
         args.append(ids[0])
         sql += f" AND id = ${len(args)}"

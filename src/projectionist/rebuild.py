@@ -1,28 +1,46 @@
 """Rebuilding a projection: drop its read model, reset its checkpoints, replay all history.
 
-Async projections replay unit by unit through ordinary runners while appends go on (runners
-elsewhere notice the moved checkpoint and follow it). Inline projections replay in one
-transaction that holds appends back, so none can slip between the replay and the first
-inline append.
+Async projections replay unit by unit through ordinary runners while appends go on. A
+rebuild given the leases' store (``leases``: the application's) first takes the leases of
+the projection's units, from whichever worker holds them: the owner's batches find their
+lease gone (fenced out, as in a takeover) and it stops those runners at its next heartbeat,
+so no worker applies a batch under the replay (no race, no checkpoint conflicts); the
+rebuild renews the leases while it runs and releases them at the end, and the workers take
+the units back. Inline projections replay in one transaction that holds appends back, so
+none can slip between the replay and the first inline append.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 
+from . import leases
+from .errors import InvalidInputError
 from .events import Position
+from .leases import Lease, UnitReport
+from .operations import db_now
 from .preparation import stored_units
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords
-from .runner import ProjectionRunner, partition_runners
+from .runner import Fence, ProjectionRunner, partition_runners
 from .store import EventStore
 
 Progress = Callable[[int, int], None]
 """Called during rebuilds with (events done, events in all)."""
 PROGRESS_INTERVAL = 0.25
 """Seconds between progress reports of a replay: counting the rest is a query."""
+LEASE_SECONDS = 10.0
+"""How long a rebuild's leases last unless renewed (every quarter of it): a rebuild that
+dies hands its units back to the workers after this long."""
+OWNER_PREFIX = "rebuild:"
+_REPORT = UnitReport("catching up", None, None, 0, None)
 
 
 async def rebuild(
@@ -31,14 +49,33 @@ async def rebuild(
     projection: Projection,
     progress: Progress | None = None,
     records: OperationsRecords | None = None,
+    leases_in: ReadModelStore | None = None,
 ) -> int:
     """Drop the read model, reset the checkpoint, replay all history. Returns events applied.
 
     ``records`` is where the projection's faults and dead letters are (default: the read
     models' own database); the replay applies those events again, so they are dropped.
+    ``leases_in`` is where the units' leases are: the rebuild holds them meanwhile.
     """
     if projection.kind is Kind.INLINE:
         return await _rebuild_inline(store, projection, progress)
+    if leases_in is None:
+        return await _rebuild_async(store, read_models, projection, progress, records, None)
+    async with holding_units(leases_in, projection) as held:
+        # The lease is checked in each batch's transaction where it lives (SQL read models
+        # of that store); elsewhere (Redis) the checkpoint's compare-and-set guards them.
+        fence = held if read_models is leases_in else None
+        return await _rebuild_async(store, read_models, projection, progress, records, fence)
+
+
+async def _rebuild_async(
+    store: EventStore,
+    read_models: ReadModelStore,
+    projection: Projection,
+    progress: Progress | None,
+    records: OperationsRecords | None,
+    fence: Fence | None,
+) -> int:
     records = records or OperationsRecords.in_batch(read_models)
     async with read_models.transaction() as tx:
         await _reset(tx, projection)
@@ -46,7 +83,7 @@ async def rebuild(
     target = await store.last_committed()
     total = await store.count_after(projection.start) * projection.partitions
     done = 0
-    for runner in partition_runners(store, read_models, projection, records=records):
+    for runner in partition_runners(store, read_models, projection, records=records, fence=fence):
         done += await _replay(runner, target, _offset(progress, done, total))
     # Counted again: events held back when the rebuild began are in by now.
     applied = await store.count_after(projection.start) - await store.count_after(target)
@@ -123,3 +160,64 @@ async def _rebuild_inline(
             projection.name, projection.version, projection.start, checkpoint, applied
         )
     return applied
+
+
+# -- holding the units' leases --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def holding_units(
+    read_models: ReadModelStore, projection: Projection
+) -> AsyncIterator[Fence]:
+    """Hold the leases of ``projection``'s units (in ``read_models``) until the block ends,
+    renewing them meanwhile; yields the fence that checks them in a batch's transaction."""
+    owner = f"{OWNER_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    await leases.register_units(read_models, {unit: projection.name for unit in projection.units})
+    held = await _take_over(read_models, projection.units, owner)
+    renewing = asyncio.ensure_future(_renew(read_models, held))
+
+    async def fence(tx: ReadModelTransaction) -> None:
+        for lease in held:
+            await leases.check(tx, lease)
+
+    try:
+        yield fence
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        for lease in held:
+            await leases.release(read_models, lease)
+
+
+async def _take_over(read_models: ReadModelStore, units: list[str], owner: str) -> list[Lease]:
+    """Take every unit's lease at once, whoever holds it (its fencing token grows, so the
+    holder's batches fail their lease check); refused while another rebuild holds one."""
+    async with read_models.transaction() as tx:
+        now = db_now(tx)
+        held = []
+        for unit in sorted(units):
+            changed = await tx.execute(
+                f"UPDATE projection_leases SET owner = $2, token = token + 1, "
+                f"expires_at = {now} + $3, state = $4, errors = 0, last_error = NULL, "
+                f"reported_at = {now} WHERE unit = $1 AND (owner IS NULL "
+                f"OR owner NOT LIKE '{OWNER_PREFIX}%' OR expires_at < {now})",
+                unit, owner, LEASE_SECONDS, _REPORT.state,
+            )  # fmt: skip
+            if changed != 1:
+                rival = await tx.fetchval(
+                    "SELECT owner FROM projection_leases WHERE unit = $1", unit
+                )
+                raise InvalidInputError(f"{unit!r} is being rebuilt by {rival}: wait for it")
+            token = await tx.fetchval("SELECT token FROM projection_leases WHERE unit = $1", unit)
+            held.append(Lease(unit, owner, int(token)))
+    return held
+
+
+async def _renew(read_models: ReadModelStore, held: list[Lease]) -> None:
+    """Renew the rebuild's leases every quarter of their time, until cancelled. A lease
+    lost meanwhile (a long pause) fails the rebuild's next batch (its fence)."""
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 4)
+        for lease in held:
+            await leases.renew(read_models, lease, LEASE_SECONDS, _REPORT)

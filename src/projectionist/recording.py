@@ -14,6 +14,9 @@ Three places, one per kind of read model:
 
 ``OperationsRecords.choose(read_models, application_store)`` picks the first or the second
 for a unit of the application. The runner only asks its records to record, load or clear.
+
+``skip_fault`` is the operator's way past a poison event under ``on_error="stop"``: the
+event becomes a dead letter, as if the projection had skipped it, through the same records.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from __future__ import annotations
 import abc
 
 from . import operations
-from .events import RecordedEvent
-from .operations import Fault
-from .readmodel import ReadModelStore, ReadModelTransaction
+from .errors import InvalidInputError
+from .events import Position, RecordedEvent
+from .operations import DeadLetter, Failure, Fault
+from .partitions import split_unit
+from .projection import Projection
+from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
+from .store import EventStore
 
 
 class OperationsRecords(abc.ABC):
@@ -62,7 +69,6 @@ class OperationsRecords(abc.ABC):
     ) -> Fault | None:
         """Record why ``unit`` stopped (the failed batch rolled back: its own transaction)."""
 
-    @abc.abstractmethod
     async def dead_letter(
         self,
         tx: ReadModelTransaction,
@@ -73,6 +79,19 @@ class OperationsRecords(abc.ABC):
         attempts: int,
     ) -> None:
         """Record ``event`` as skipped; ``tx`` is the transaction moving the checkpoint past it."""
+        error, trace = operations.describe(exc)
+        await self.record_dead_letter(tx, unit, version, event, Failure(error, trace, attempts))
+
+    @abc.abstractmethod
+    async def record_dead_letter(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        failure: Failure,
+    ) -> None:
+        """``dead_letter`` of a failure already described (a recorded fault skipped past)."""
 
     @abc.abstractmethod
     async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
@@ -102,16 +121,15 @@ class _InBatch(OperationsRecords):
         async with self.read_models.transaction() as tx:
             return await operations.record_fault(tx, unit, version, event, exc, attempts)
 
-    async def dead_letter(
+    async def record_dead_letter(
         self,
         tx: ReadModelTransaction,
         unit: str,
         version: int,
         event: RecordedEvent,
-        exc: BaseException,
-        attempts: int,
+        failure: Failure,
     ) -> None:
-        await operations.add_dead_letter(tx, unit, version, event, exc, attempts)
+        await operations.add_dead_letter(tx, unit, version, event, failure)
 
     async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
         await operations.clear_fault(tx, unit)
@@ -128,18 +146,17 @@ class _InBatch(OperationsRecords):
 class _Separate(_InBatch):
     """The same tables in another store: every record is a transaction of its own there."""
 
-    async def dead_letter(
+    async def record_dead_letter(
         self,
         tx: ReadModelTransaction,
         unit: str,
         version: int,
         event: RecordedEvent,
-        exc: BaseException,
-        attempts: int,
+        failure: Failure,
     ) -> None:
         # Committed before the batch's transaction moves the checkpoint: at least once.
         async with self.read_models.transaction() as own:
-            await operations.add_dead_letter(own, unit, version, event, exc, attempts)
+            await operations.add_dead_letter(own, unit, version, event, failure)
 
     async def clear_fault_in(self, tx: ReadModelTransaction, unit: str) -> None:
         pass  # another database: cleared once the batch committed
@@ -158,14 +175,13 @@ class _InMemory(OperationsRecords):
     ) -> Fault | None:
         return None
 
-    async def dead_letter(
+    async def record_dead_letter(
         self,
         tx: ReadModelTransaction,
         unit: str,
         version: int,
         event: RecordedEvent,
-        exc: BaseException,
-        attempts: int,
+        failure: Failure,
     ) -> None:
         pass
 
@@ -177,3 +193,80 @@ class _InMemory(OperationsRecords):
 
     async def forget_projection(self, projection: str) -> None:
         pass
+
+
+# -- skipping past a fault ----------------------------------------------------------------------
+
+
+async def skip_fault(
+    store: EventStore,
+    read_models: ReadModelStore,
+    projection: Projection,
+    fault: Fault,
+    records: OperationsRecords,
+) -> None:
+    """Move the event that stopped ``fault.unit`` to its dead letters and its checkpoint past
+    that event, and clear the fault: a worker resumes the unit after the event.
+
+    The checkpoint moves by exactly that event: the next event the unit would apply must be
+    the faulted one, or the fault is stale (the unit moved on) and InvalidInputError says so.
+    """
+    stored = await read_models.checkpoint(fault.unit)
+    if stored is None or stored.version != projection.version:
+        raise InvalidInputError(
+            f"{fault.unit!r} has no checkpoint of version {projection.version}: "
+            "rebuild it instead of skipping its fault"
+        )
+    # Read before the transaction: on SQLite the store and the read models share a connection.
+    event = await _next_event(store, projection, fault.unit, stored.position)
+    if event is None or event.position != fault.position:
+        raise _moved_on(fault, stored.position)
+    try:
+        async with read_models.transaction() as tx:
+            await tx.load_checkpoint(fault.unit, lock=True)  # a runner would wait for us
+            await records.record_dead_letter(tx, fault.unit, fault.version, event, fault.failure)
+            await tx.save_checkpoint(
+                fault.unit, projection.version, stored.position, event.position, 1
+            )
+            await records.clear_fault_in(tx, fault.unit)
+    except CheckpointConflictError:
+        raise _moved_on(fault, stored.position) from None
+    await records.fault_cleared(fault.unit)
+
+
+async def _next_event(
+    store: EventStore, projection: Projection, unit: str, after: Position
+) -> RecordedEvent | None:
+    _, partition = split_unit(unit)
+    batch = await store.read_all(after, limit=1, types=projection.types, partition=partition)
+    return batch.events[0] if batch.events else None
+
+
+def _moved_on(fault: Fault, checkpoint: Position) -> InvalidInputError:
+    return InvalidInputError(
+        f"the fault of {fault.unit!r} is at {fault.position}, but the unit moved on (its "
+        f"checkpoint is at {checkpoint}): restart it instead of skipping"
+    )
+
+
+async def retry_dead_letter(
+    tx: ReadModelTransaction,
+    letter: DeadLetter,
+    projection: Projection,
+    target: ReadModelStore,
+    home: ReadModelStore,
+) -> None:
+    """Apply ``letter``'s event to ``projection``'s read model in ``target``: in ``tx`` (of
+    ``home``, the operations tables' store, where the letter is removed) when they are the
+    same store, else in a transaction of ``target`` (Redis): applied there, then the letter
+    is forgotten in ``tx``."""
+    if letter.version != projection.version:
+        raise InvalidInputError(
+            f"dead letter {letter.id} was skipped by version {letter.version} of "
+            f"{projection.name!r}, the code is version {projection.version}: discard it"
+        )
+    if target is home:
+        await projection.apply([letter.event], tx)
+        return
+    async with target.transaction() as own:
+        await projection.apply([letter.event], own)

@@ -152,8 +152,12 @@ class ProjectionRunner:
         return True
 
     async def _claim(self, tx: ReadModelTransaction) -> None:
-        """Lock the checkpoint before applying: a second runner waits here and then finds
-        it moved, instead of applying the batch twice. Then check the lease, if any."""
+        """Check the lease, if any, then lock the checkpoint before applying: a second
+        runner waits here and then finds it moved, instead of applying the batch twice.
+        The lease first: a runner fenced out (by a takeover, a rebuild) stops as such
+        rather than reloading the checkpoint that its new owner moves."""
+        if self.fence is not None:
+            await self.fence(tx)
         stored = await tx.load_checkpoint(self.unit, lock=True)
         if (
             stored is None
@@ -161,8 +165,6 @@ class ProjectionRunner:
             or stored.version != self.projection.version  # rebuilt by another version
         ):
             raise CheckpointConflictError(f"projection {self.unit!r} moved on")
-        if self.fence is not None:
-            await self.fence(tx)
 
     async def _commit_checkpoint(self, tx: ReadModelTransaction, batch: EventBatch) -> None:
         await tx.save_checkpoint(

@@ -6,28 +6,35 @@ failures those are by the type of error they raise (StoreUnavailableError,
 TransactionConflictError, TransientBackendError); the Redis target uses the
 same cause-chain walk to find a lost connection under whatever wrapped it, and the same
 doubling delay while it polls for a projection's lock.
+
+Transient means that *the store's or the target's* connection failed. A handler's own
+exception is its failure even when it is a ``ConnectionError`` or another ``OSError`` (a
+service it calls is down): under a ``HandlerError`` only the backends' errors and a driver's
+transient SQLSTATE count, so a poison event meets its projection's ``on_error`` policy
+instead of being retried forever.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
-from .errors import StoreUnavailableError, TransactionConflictError, TransientBackendError
+from .errors import (
+    HandlerError,
+    StoreUnavailableError,
+    TransactionConflictError,
+    TransientBackendError,
+)
 
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 30.0
 # SQLSTATE classes of failures that pass: connection exceptions, transaction rollbacks
 # (serialization failures, deadlocks), insufficient resources, operator intervention.
 _TRANSIENT_SQLSTATES = ("08", "40", "53", "57P")
-_TRANSIENT_TYPES = (
-    StoreUnavailableError,
-    TransactionConflictError,
-    TransientBackendError,
-    ConnectionError,
-    TimeoutError,
-)
+_BACKEND_TRANSIENT_TYPES = (StoreUnavailableError, TransactionConflictError, TransientBackendError)
+# Raw, untranslated: transient where the library itself met them, not when a handler raised.
+_BUILTIN_TRANSIENT_TYPES = (ConnectionError, TimeoutError)
 
 
 @runtime_checkable
@@ -43,25 +50,38 @@ class _DriverError(Protocol):
     sqlstate: object
 
 
-def in_cause_chain(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
-    """Whether ``exc`` or any exception it was raised from (cause or context) ``matches``."""
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then each exception it was raised from (cause, else context), once each."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:  # a chain may loop
         seen.add(id(current))
-        if matches(current):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def in_cause_chain(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or any exception it was raised from (cause or context) ``matches``."""
+    return any(matches(current) for current in cause_chain(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is worth retrying as is."""
-    return in_cause_chain(exc, _transient_itself)
+    """Whether ``exc`` (or an exception it was raised from) is worth retrying as is.
+
+    Below a HandlerError the chain is the handler's own: there a built-in ConnectionError
+    or TimeoutError is the handler's failure, not the store's (see the module docstring).
+    """
+    in_handler = False
+    for current in cause_chain(exc):
+        raw = not in_handler and isinstance(current, _BUILTIN_TRANSIENT_TYPES)
+        if _backend_transient(current) or raw:
+            return True
+        in_handler = in_handler or isinstance(current, HandlerError)
+    return False
 
 
-def _transient_itself(exc: BaseException) -> bool:
-    if isinstance(exc, _TRANSIENT_TYPES):
+def _backend_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _BACKEND_TRANSIENT_TYPES):
         return True
     return (
         isinstance(exc, _DriverError)

@@ -15,9 +15,15 @@ from typing import Any
 import pytest
 
 from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
-from projectionist.errors import ConfigurationError, HandlerError, InvalidInputError
+from projectionist.errors import (
+    ConfigurationError,
+    HandlerError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from projectionist.events import Position
 from projectionist.partitions import partition_of
+from projectionist.transient import is_transient
 from tests.conftest import PG_DSN, settle
 from tests.engine.projections import ledger, money
 from tests.faults.test_transient_failures import _kill
@@ -473,3 +479,219 @@ async def test_verify_and_rebuild_leave_no_stale_dead_letters(app_url: str) -> N
         await app.rebuild("book")
         assert await app.dead_letters("book") == []
         assert await book_rows(app) == ([0, 1, 2, 3, 4], [("acct-1", 5)])
+
+
+# -- a handler's own OSError is a handler failure, not a transient one ------------------------
+
+
+def raising(name: str, on_error: str, error: type[OSError]) -> Projection:
+    """A projection whose handler fails on event 2 with ``error`` (a handler calling a
+    service that is down), every time."""
+    projection = Projection(name, tables=[f"{name}_seen"], on_error=on_error, retries=1)
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        await tx.execute(f"CREATE TABLE IF NOT EXISTS {name}_seen (n BIGINT PRIMARY KEY)")
+
+    @projection.on("Posted")
+    async def posted(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        if event.data["n"] == 2:
+            raise error("the pricing service is down")
+        await tx.execute(f"INSERT INTO {name}_seen VALUES ($1)", event.data["n"])
+
+    return projection
+
+
+@pytest.mark.parametrize("error", [ConnectionError, ConnectionRefusedError, OSError, TimeoutError])
+async def test_a_handler_raising_an_os_error_is_dead_lettered_or_faulted(
+    app_url: str, error: type[OSError]
+) -> None:
+    """Transient means the store's or the target's connection failed; an OSError the handler
+    raised itself is its failure: retried ``retries`` times, then skipped or stopped on."""
+    projections = [raising("lenient", "skip", error), raising("strict", "stop", error)]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(5)))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+
+            async def settled() -> bool:
+                states = {s.name: s for s in await app.status()}
+                return states["strict"].state == "faulted" and states["lenient"].lag == 0
+
+            await eventually(settled)
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        expected = f"{error.__name__}: the pricing service is down"
+        [letter] = await app.dead_letters("lenient")
+        assert (letter.event, letter.error, letter.attempts) == (appended.events[2], expected, 2)
+        [strict] = [s for s in await app.status() if s.name == "strict"]
+        assert strict.fault is not None and strict.fault.error == expected
+        assert strict.fault.position == appended.events[2].position
+        async with app.read_models.transaction() as tx:
+            seen = {
+                name: [int(r[0]) for r in await tx.fetch(f"SELECT n FROM {name}_seen ORDER BY n")]
+                for name in ("lenient", "strict")
+            }
+        assert seen == {"lenient": [0, 1, 3, 4], "strict": [0, 1]}
+
+
+def test_what_is_transient_under_a_handler_error() -> None:
+    """Under a HandlerError only the backends' own errors count (a lost read-model
+    connection, a serialization failure); a built-in OSError the handler raised does not.
+    Outside a handler a raw ConnectionError or TimeoutError still does."""
+    for own in (ConnectionError("down"), TimeoutError("slow"), OSError("no route")):
+        wrapped = HandlerError("p", None, "failed")
+        wrapped.__cause__ = own
+        assert not is_transient(wrapped), own
+    lost = HandlerError("p", None, "failed")
+    lost.__cause__ = StoreUnavailableError("lost the read model's connection")
+    lost.__cause__.__cause__ = ConnectionResetError("reset")
+    assert is_transient(lost)
+    conflict = HandlerError("p", None, "failed")
+    conflict.__cause__ = type("Driver", (Exception,), {"sqlstate": "40001"})()
+    assert is_transient(conflict)
+    assert is_transient(ConnectionError("the store's socket"))
+    assert is_transient(TimeoutError("the store's pool"))
+    rollback_failed = StoreUnavailableError("rollback failed")
+    rollback_failed.__context__ = wrapped
+    assert is_transient(rollback_failed)
+
+
+async def test_dead_letters_are_those_of_the_applications_own_projections(app_url: str) -> None:
+    """Two applications with different projections on one database: each sees, retries and
+    discards only its own projections' dead letters."""
+    flaky = Flaky(broken={1})
+    async with Application(app_url, [book(flaky, name="mine")]) as mine:
+        await mine.setup()
+        async with Application(mine.store, [book(flaky, name="theirs")]) as theirs:
+            await theirs.setup()
+            await mine.store.append("acct-1", posted(range(3)))
+            await mine.run_until_caught_up()
+            await theirs.run_until_caught_up()
+            [own] = await mine.dead_letters()
+            [other] = await theirs.dead_letters()
+            assert (own.projection, other.projection) == ("mine", "theirs")
+            assert await mine.dead_letters("mine") == [own]
+            for verb in (mine.retry_dead_letters, mine.discard_dead_letters):
+                with pytest.raises(InvalidInputError, match=f"no dead letter {other.id} of"):
+                    await verb([other.id])
+            assert await theirs.dead_letters() == [other]  # untouched
+            assert await mine.discard_dead_letters([own.id]) == 1
+            assert (await mine.dead_letters(), await theirs.dead_letters()) == ([], [other])
+
+
+# -- faults: shown, and skipped past --------------------------------------------------------
+
+
+async def test_skip_fault_moves_the_event_to_the_dead_letters_and_the_worker_resumes(
+    app_url: str,
+) -> None:
+    """Under on_error="stop", a poison event that cannot be fixed is skipped on purpose:
+    it becomes a dead letter, the checkpoint moves past it, the owning worker resumes."""
+    flaky = Flaky(broken={3})
+    projections = [book(flaky, on_error="stop", partitions=2), ledger("healthy")]
+    async with Application(app_url, projections, poll_interval=0.1) as app:
+        await app.setup()
+        appended = await app.store.append("acct-1", posted(range(6)))
+        running = asyncio.create_task(app.run(lease_seconds=1.0, heartbeat_seconds=0.2))
+        try:
+
+            async def book_faulted() -> bool:
+                return any(s.state == "faulted" and s.owner for s in await app.status())
+
+            await eventually(book_faulted)
+            [fault] = await app.faults()
+            assert await app.faults("book") == [fault] and await app.faults("healthy") == []
+            assert fault.unit == f"book#{partition_of('acct-1', 2)}/2"
+            assert (fault.position, fault.error) == (
+                appended.events[3].position,
+                "ValueError: poison event 3",
+            )
+            assert "in posted" in fault.traceback
+            with pytest.raises(InvalidInputError, match="'healthy' is not faulted"):
+                await app.skip_fault("healthy")
+
+            assert await app.skip_fault("book") == [fault]
+            await app.wait_for("book", appended.position, timeout=10)
+            assert (await book_rows(app))[0] == [0, 1, 2, 4, 5]
+            [letter] = await app.dead_letters("book")
+            assert (letter.event, letter.unit, letter.error) == (
+                appended.events[3],
+                fault.unit,
+                fault.error,
+            )
+            assert letter.traceback == fault.traceback and letter.attempts == fault.attempts
+            assert await app.faults() == []
+
+            async def book_resumed() -> bool:
+                return all(s.state == "live" for s in await app.status() if s.name == "book")
+
+            await eventually(book_resumed)
+            more = await app.store.append("acct-1", posted([6]))
+            await app.wait_for("book", more.position, timeout=10)
+            assert (await book_rows(app))[0] == [0, 1, 2, 4, 5, 6]
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        with pytest.raises(ConfigurationError, match="no projection named 'nope'"):
+            await app.skip_fault("nope")
+
+
+async def test_a_stale_fault_is_not_skipped(app_url: str) -> None:
+    """A fault whose unit has moved on (run again past it, without the worker) is refused,
+    not skipped blindly: skipping moves a checkpoint by exactly the faulted event."""
+    flaky = Flaky(broken={2})
+    async with Application(app_url, [book(flaky, on_error="stop")]) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(4)))
+        with pytest.raises(HandlerError):
+            await app.run_until_caught_up()
+        [fault] = await app.faults()
+        async with app.read_models.transaction() as tx:  # someone moved it by hand
+            stored = await tx.load_checkpoint("book", lock=True)
+            assert stored is not None
+            await tx.save_checkpoint("book", 1, stored.position, fault.position, 1)
+        with pytest.raises(InvalidInputError, match="moved on"):
+            await app.skip_fault("book")
+        assert await app.faults() == [fault] and await app.dead_letters() == []
+
+
+async def test_a_rebuild_takes_the_units_from_the_worker_that_owns_them(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fault that a rebuild clears would let the owning worker resume the unit under
+    the replay: the rebuild holds the units' leases instead (the worker's batches are fenced
+    out), then hands them back; no checkpoint conflicts on either side."""
+    caplog.set_level(logging.INFO, logger="projectionist")
+    # The replay pauses at 300 (which the worker never reached) for a second: the worker
+    # has time to see the fault cleared and, were it not fenced out, to resume under it.
+    flaky = Flaky(broken={3}, pause_on=300)
+    projection = book(flaky, on_error="stop")
+    async with Application(app_url, [projection], poll_interval=0.1) as app:
+        await app.setup()
+        await app.store.append("acct-1", posted(range(600)))
+        # 2 s: the worker's idle-transaction limit (on PostgreSQL) is above the pause.
+        running = asyncio.create_task(app.run(lease_seconds=2.0, heartbeat_seconds=0.2))
+        try:
+
+            async def faulted() -> bool:
+                return any(s.state == "faulted" for s in await app.status())
+
+            await eventually(faulted)
+            flaky.fix()
+            async with Application(app.store, [projection]) as operator:
+                assert await operator.rebuild("book") == 600
+            await app.wait_for("book", await app.store.head(), timeout=10)
+
+            async def owned_again() -> bool:
+                return all(s.owner and s.state == "live" for s in await app.status())
+
+            await eventually(owned_again)
+        finally:
+            app.stop()
+            await asyncio.wait_for(running, 10)
+        assert (await book_rows(app))[0] == list(range(600))
+        actions = [getattr(record, "action", None) for record in caplog.records]
+        assert "checkpoint_conflict" not in actions

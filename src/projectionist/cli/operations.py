@@ -1,11 +1,18 @@
-"""Commands on an application's projections: status, rebuild, verify, restart, dead letters."""
+"""Commands on an application's projections: status, rebuild, verify, restart, faults,
+dead letters.
+
+Destructive commands (``rebuild``, ``faults skip``, ``dead-letters discard``) ask first;
+``--yes`` (or ``PROJECTIONIST_YES=1``) answers for scripts. A prompt that gets no answer
+(end of input) is a no: nothing is done, exit status 1.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
@@ -13,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..app import Application
-from ..operations import DeadLetter
+from ..operations import DeadLetter, Fault
 from ..status import ProjectionStatus
 from ..verify import TableDifference, Verification
 from .base import (
@@ -21,12 +28,31 @@ from .base import (
     AppUrlOption,
     JsonOption,
     app,
+    checked,
     console,
     load_application,
     on_app,
     run_async,
 )
 from .tables import dead_letter_table, status_table
+
+YesOption = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", envvar="PROJECTIONIST_YES", help="Do it without asking for confirmation"
+    ),
+]
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask ``question`` (unless ``yes``); anything but yes ends the command, exit status 1."""
+    if not yes:
+        typer.confirm(question, abort=True)
+
+
+def plain(text: str) -> None:
+    """Print data (names, errors, tracebacks) as it is: never read as markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -42,6 +68,76 @@ def restart(name: str, application: AppOption, url: AppUrlOption = None) -> None
         if cleared
         else f"{name} was not faulted"
     )
+
+
+faults_app = typer.Typer(
+    help="Faults: events that stopped projections with on_error='stop'.", no_args_is_help=True
+)
+app.add_typer(faults_app, name="faults")
+
+
+@faults_app.command("show")
+def faults_show(
+    application: AppOption,
+    name: Annotated[str | None, typer.Argument(help="Only this projection's")] = None,
+    url: AppUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the faults (of NAME, or of every projection): the event, the error, the traceback."""
+
+    async def use(app: Application) -> list[Fault]:
+        return await app.faults(name)
+
+    faults = on_app(application, url, use)
+    if as_json:
+        for fault in faults:
+            print(orjson.dumps({**fault.as_dict(), "traceback": fault.traceback}).decode())
+        return
+    if not faults:
+        plain(f"{name} is not faulted" if name else "no faults")
+    for fault in faults:
+        show_fault(fault)
+
+
+def show_fault(fault: Fault) -> None:
+    failed_at = datetime.fromtimestamp(fault.failed_at, UTC).isoformat(timespec="seconds")
+    plain(f"{fault.unit} (version {fault.version}) faulted at {failed_at}")
+    plain(
+        f"  event:     {fault.event_type}, stream {fault.stream_id} version "
+        f"{fault.stream_version}, position {fault.position}"
+    )
+    plain(f"  error:     {fault.error}")
+    plain(f"  attempts:  {fault.attempts}")
+    plain("  traceback:")
+    plain("\n".join(f"    {line}" for line in fault.traceback.rstrip().splitlines()))
+
+
+@faults_app.command("skip")
+def faults_skip(
+    name: str, application: AppOption, url: AppUrlOption = None, yes: YesOption = False
+) -> None:
+    """Move the event that stopped NAME to the dead letters; its workers resume after it.
+
+    For an event no fix will let through (after a fix, 'restart' retries it instead)."""
+
+    async def use(app: Application) -> list[Fault]:
+        faults = await app.faults(name)  # shown before the question: what will be skipped
+        for fault in faults:
+            show_fault(fault)
+        if faults:
+            confirm(_skip_question(faults), yes)
+        return await app.skip_fault(name)
+
+    for fault in on_app(application, url, use):
+        plain(
+            f"{fault.unit}: moved {fault.event_type} at {fault.position} to the dead letters; "
+            "workers resume it at their next heartbeat"
+        )
+
+
+def _skip_question(faults: Sequence[Fault]) -> str:
+    them = "them" if len(faults) > 1 else "it"
+    return f"Move {them} to the dead letters, and resume {faults[0].projection} after {them}?"
 
 
 dead_letters_app = typer.Typer(
@@ -93,9 +189,11 @@ def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOpti
 
 @dead_letters_app.command("discard")
 def dead_letters_discard(
-    ids: IdsArgument, application: AppOption, url: AppUrlOption = None
+    ids: IdsArgument, application: AppOption, url: AppUrlOption = None, yes: YesOption = False
 ) -> None:
     """Forget dead letters for good."""
+    checked(lambda: load_application(application))  # a wrong --app fails before the question
+    confirm(f"Discard dead letter(s) {', '.join(map(str, ids))} for good?", yes)
 
     async def use(app: Application) -> int:
         return await app.discard_dead_letters(ids)
@@ -123,12 +221,15 @@ def status(
 
 
 @app.command("rebuild")
-def rebuild_command(name: str, application: AppOption, url: AppUrlOption = None) -> None:
+def rebuild_command(
+    name: str, application: AppOption, url: AppUrlOption = None, yes: YesOption = False
+) -> None:
     """Drop NAME's read model and replay all history into it, showing progress."""
+    checked(lambda: load_application(application).projection(name))  # fail fast: unknown name
+    confirm(f"Drop the read model of {name} and replay all history into it?", yes)
 
     async def go() -> int:
         target = load_application(application)
-        target.projection(name)  # fail fast on an unknown name
         await target.open(url)
         try:
             # Not setup(): it refuses a read model of another version, which is what a
