@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
 from . import leases, operations
 from .bluegreen import stale_projections
+from .consistency import wait_until_processed
 from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import (
     ConfigurationError,
-    HandlerError,
-    InvalidInputError,
-    ProjectionTimeoutError,
 )
 from .events import Position, RecordedEvent, validate_position
 from .factory import create_store
@@ -36,7 +33,8 @@ from .preparation import prepare_read_model
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .rebuild import Progress, rebuild
-from .recording import OperationsRecords, retry_dead_letter, skip_fault
+from .recording import OperationsRecords
+from .remedies import discard_dead_letters, retry_dead_letters, skip_faults
 from .runner import Fence, ProjectionRunner
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
@@ -326,26 +324,11 @@ class Application(OpenClose):
         """
         projection = self.projection(name)
         validate_position(position)
-        if projection.kind is Kind.INLINE:
-            return  # written in the same transaction as the events
-        deadline = time.monotonic() + timeout
-        while True:
-            token = self.progress.token
-            checkpoints = await self.read_models_for(projection).checkpoints()
-            at = [checkpoints[u].position if u in checkpoints else None for u in projection.units]
-            if all(p is not None and p >= position for p in at):
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                slowest = min((p for p in at if p is not None), default=None)
-                behind = await self.store.count_after(slowest) if slowest is not None else "all"
-                raise ProjectionTimeoutError(
-                    f"projection {name!r} did not reach position {position} within "
-                    f"{timeout:g}s: it is at {slowest or 'no checkpoint'}, {behind} events "
-                    "behind the head (is a worker running it?)"
-                )
-            # Runners in this process wake us at once; others are polled.
-            await self.progress.wait(token, min(remaining, 0.05))
+        if projection.kind is not Kind.INLINE:  # inline: written with the events
+            read_models = self.read_models_for(projection)
+            await wait_until_processed(
+                self.store, read_models, projection, position, timeout, self.progress
+            )
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Drop the read model of ``name`` and replay all history into it. Its units' leases
@@ -395,14 +378,11 @@ class Application(OpenClose):
         faulted unit of ``name`` to the dead letters and its checkpoint past it; workers
         resume the units at their next heartbeat. Returns the faults skipped."""
         projection = self.projection(name)
-        faults = await self.faults(name)
-        if not faults:
-            raise InvalidInputError(f"projection {name!r} is not faulted: nothing to skip")
         read_models = self.read_models_for(projection)
         records = OperationsRecords.choose(read_models, self.read_models)
-        for fault in faults:
-            await skip_fault(self.store, read_models, projection, fault, records)
-        return faults
+        return await skip_faults(
+            self.store, read_models, projection, await self.faults(name), records
+        )
 
     async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Events skipped by this application's ``on_error="skip"`` projections (of one,
@@ -416,36 +396,13 @@ class Application(OpenClose):
     async def retry_dead_letters(self, ids: Sequence[int]) -> list[tuple[int, str | None]]:
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
         removed in the same transaction; one that fails again stays. Returns (id, error)."""
-        results: list[tuple[int, str | None]] = []
-        for letter_id in ids:
-            try:
-                async with self.read_models.transaction() as tx:
-                    letter = await self._dead_letter(tx, letter_id)
-                    projection = self.projection(letter.projection)
-                    target = self.read_models_for(projection)
-                    await retry_dead_letter(tx, letter, projection, target, self.read_models)
-                    await operations.delete_dead_letter(tx, letter_id)
-                results.append((letter_id, None))
-            except HandlerError as exc:
-                results.append((letter_id, operations.describe(exc)[0]))
-        return results
+        return await retry_dead_letters(
+            self.read_models, self.projections, self.read_models_for, ids
+        )
 
     async def discard_dead_letters(self, ids: Sequence[int]) -> int:
         """Forget dead letters for good. Returns how many were removed."""
-        async with self.read_models.transaction() as tx:
-            for letter_id in ids:
-                await self._dead_letter(tx, letter_id)
-                await operations.delete_dead_letter(tx, letter_id)
-        return len(ids)
-
-    async def _dead_letter(self, tx: ReadModelTransaction, letter_id: int) -> DeadLetter:
-        found = await operations.dead_letters(tx, ids=[letter_id], among=self.projections)
-        if not found:
-            raise InvalidInputError(
-                f"there is no dead letter {letter_id} of this application's projections "
-                "(see 'projectionist dead-letters list')"
-            )
-        return found[0]
+        return await discard_dead_letters(self.read_models, self.projections, ids)
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -12,12 +12,10 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from ...defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ...errors import (
-    ConcurrencyError,
     ConfigurationError,
     InvalidInputError,
     StoreUnavailableError,
@@ -52,6 +50,7 @@ from ...store import (
     prepare_append,
 )
 from ...urls import pop_query_option, redact_url
+from .appending import insert_events, run_inline_hooks
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, translate_errors, why_no_connection
 from .migrating import MigrationSession
@@ -62,8 +61,6 @@ from .transactions import PostgresReplay, PostgresTransaction
 
 DEFAULT_SCHEMA = "projectionist"
 _APPEND_ATTEMPTS = 5
-_SET_LOCAL_PATH = "SELECT set_config('search_path', $1, true)"
-"""Until the transaction ends; the path as text, read back exactly as it was set."""
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -259,22 +256,8 @@ class PostgresEventStore(EventStore):
         return result
 
     async def _run_inline_hooks(self, connection: Connection, result: AppendResult) -> None:
-        """Run the inline projections on ``connection`` with the store's schema first on the
-        path, whatever the caller's connection resolves names to, and put its path back.
-
-        A transaction-local setting made in a savepoint outlives it until the caller's
-        transaction ends, so the caller's own later statements would resolve in our schema:
-        hence the explicit restore. A failing hook rolls the savepoint back, which undoes
-        the setting by itself.
-        """
-        callers_path = await connection.fetchval("SELECT current_setting('search_path')")
-        if callers_path != self._search_path:
-            await connection.execute(_SET_LOCAL_PATH, self._search_path)
         read_model = PostgresReadModelTransaction(connection, self._q)
-        for hook in self.inline_hooks:
-            await hook(read_model, result.events)
-        if callers_path != self._search_path:
-            await connection.execute(_SET_LOCAL_PATH, callers_path)
+        await run_inline_hooks(connection, self._search_path, read_model, self.inline_hooks, result)
 
     async def _append_rows(
         self,
@@ -285,43 +268,9 @@ class PostgresEventStore(EventStore):
         expected_version: ExpectedVersion,
     ) -> AppendResult:
         with self._translate_errors(f"appending to stream {stream_id!r}"):
-            try:
-                rows = await connection.fetch(
-                    self._sql.append,
-                    stream_id,
-                    expected,
-                    [e.id for e in encoded],
-                    [e.type for e in encoded],
-                    [e.data for e in encoded],
-                    [e.metadata for e in encoded],
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise InvalidInputError(
-                    f"append to stream {stream_id!r}: an event id already exists ({exc.detail})"
-                ) from exc
-            except asyncpg.SerializationError as exc:
-                raise TransactionConflictError(
-                    f"append to stream {stream_id!r} conflicts with a younger transaction that "
-                    "appended to it first: roll back and retry the whole transaction"
-                ) from exc
-        if rows[0]["position"] is None:
-            raise ConcurrencyError(stream_id, expected_version, rows[0]["version"])
-        rows = sorted(rows, key=lambda row: row["version"])
-        return AppendResult(
-            tuple(
-                RecordedEvent(
-                    id=event.id,
-                    stream_id=stream_id,
-                    version=row["version"],
-                    type=event.type,
-                    data=orjson.loads(event.data),
-                    metadata=orjson.loads(event.metadata),
-                    recorded_at=row["recorded_at"],
-                    position=Position(row["tx_id"], row["position"]),
-                )
-                for event, row in zip(encoded, rows, strict=True)
+            return await insert_events(
+                connection, self._sql.append, stream_id, expected, encoded, expected_version
             )
-        )
 
     # -- reading ----------------------------------------------------------------------------
 
