@@ -407,9 +407,18 @@ class Application(OpenClose):
     # -- workers ----------------------------------------------------------------------------
 
     async def live_workers(self, within: float) -> list[tuple[str, float]]:
-        """Workers on this application's database whose last heartbeat is at most
-        ``within`` seconds old: (worker id, seconds since that heartbeat), by id."""
-        return await leases.live_workers(self.read_models, within)
+        """This application's workers whose last heartbeat is at most ``within`` seconds
+        old: (worker id, seconds since that heartbeat), by id. A worker of this application
+        can run one of its async projections; one of an application without async
+        projections publishes no units, and is told apart from other applications' that way.
+        """
+        names = set(self._async_names())
+        live = await leases.live_workers(self.read_models, within)
+        return [
+            (worker.worker_id, worker.age)
+            for worker in live.values()
+            if (worker.projections & names if names else not worker.projections)
+        ]
 
     # -- status -----------------------------------------------------------------------------
 

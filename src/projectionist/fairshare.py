@@ -1,25 +1,26 @@
 """How many units of work a worker should hold, and which to give up: pure arithmetic.
 
-Workers share units (a projection, or one partition of it) through leases. At every
-heartbeat a worker computes its fair share from the units it can run and the live workers,
-then hands back what it holds above that share or takes free units up to it. Nothing here
-touches a database or a clock, so every rule is tested on its own
-(``tests/worker/test_fair_share.py``).
+Workers share units (a projection, or one partition of it) through leases. Not every live
+worker can run every unit: workers of two applications may share one database, and in a
+rolling deploy the new code may have projections the old one has not. So the units are
+split into **pools**: units that the same set of live workers can run (each worker
+publishes its units with its heartbeat). At every heartbeat a worker computes its fair
+share of each of its pools, then hands back what it holds above a pool's share or takes free
+units of that pool up to it (``plan``). Nothing here touches a database or a clock, so every
+rule is tested on its own (``tests/worker/test_fair_share.py``).
 
-The share is rounded up: the shares of all live workers then add up to at least the number
-of units, so no unit is left without a worker willing to take it, at the cost of one worker
-holding one unit more than another.
-
-Today one pool holds every unit, shared by every live worker. To share each unit only over
-the workers that can run it, compute ``fair_share`` per pool of (units, workers that can
-run them) and add the shares up; ``rebalance`` and ``hand_back_order`` take the sum as is.
+A share is rounded up: the shares of a pool's workers then add up to at least its number of
+units, so no unit is left without a worker willing to take it, at the cost of one worker
+holding one unit more than another. Shares are never summed across pools: a worker at its
+total but above its share of one pool and below it in another would leave the second
+pool's units to nobody.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Container, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,54 @@ def runnable_units(
         for unit, projection in units.items()
         if unit not in superseded and projection not in building
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Units that the same live workers can run, shared among those workers."""
+
+    units: frozenset[str]
+    workers: frozenset[str]
+
+    @property
+    def share(self) -> int:
+        return fair_share(len(self.units), len(self.workers))
+
+
+def pools_of(
+    worker: str, units: Iterable[str], capabilities: Mapping[str, Collection[str]]
+) -> list[Pool]:
+    """The pools of ``worker``'s ``units``, given the units each live worker can run
+    (``capabilities``: worker -> units). ``worker`` always counts itself, even before its
+    own heartbeat is seen. Sorted by their units, so every worker sees the same order."""
+    capable: dict[str, set[str]] = {unit: {worker} for unit in units}
+    for other, theirs in capabilities.items():
+        for unit in theirs:
+            if unit in capable:
+                capable[unit].add(other)
+    grouped: dict[frozenset[str], set[str]] = {}
+    for unit, workers in capable.items():
+        grouped.setdefault(frozenset(workers), set()).add(unit)
+    pools = [Pool(frozenset(units), workers) for workers, units in grouped.items()]
+    return sorted(pools, key=lambda pool: sorted(pool.units))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one heartbeat changes: units to hand back, and how many to take of each pool."""
+
+    hand_back: list[str] = field(default_factory=list)
+    take: list[tuple[Pool, int]] = field(default_factory=list)
+
+
+def plan(owned: Collection[str], pools: Iterable[Pool], keep_longest: Container[str]) -> Plan:
+    """Move a worker holding ``owned`` towards its share of each of its ``pools``; the units
+    in ``keep_longest`` are handed back last (``hand_back_order``)."""
+    result = Plan()
+    for pool in pools:
+        mine = [unit for unit in owned if unit in pool.units]
+        change = rebalance(len(mine), pool.share)
+        result.hand_back.extend(hand_back_order(mine, keep_longest)[: change.hand_back])
+        if change.take:
+            result.take.append((pool, change.take))
+    return result

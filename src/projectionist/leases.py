@@ -16,6 +16,7 @@ and the unit is taken at the next heartbeat.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import LeaseLostError
@@ -51,30 +52,111 @@ async def register_units(read_models: ReadModelStore, units: dict[str, str]) -> 
         )
 
 
+DEFAULT_LEASE_SECONDS = 10.0
+"""A worker's lease unless told otherwise; also how long a worker row that names no lease of
+its own (written by an older release) counts as live."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEntry:
+    """A worker as its heartbeat records it."""
+
+    worker_id: str
+    host: str
+    pid: int
+    lease_seconds: float
+    """It is live while its last heartbeat is younger than this; forgotten after three."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWorker:
+    worker_id: str
+    age: float
+    """Seconds since its last heartbeat."""
+    units: frozenset[str]
+    """The units it can run, as it published them (none for a worker of an older release)."""
+    projections: frozenset[str]
+    """The projections of those units."""
+
+
 async def heartbeat(
-    read_models: ReadModelStore, worker_id: str, host: str, pid: int, forget_after: float
-) -> list[str]:
-    """Record that ``worker_id`` is alive; forget long-dead workers; return the live ones."""
+    read_models: ReadModelStore,
+    worker: WorkerEntry,
+    units: Mapping[str, str],
+    *,
+    changed: bool,
+) -> dict[str, LiveWorker]:
+    """Record that ``worker`` is alive; publish the ``units`` it can run (unit -> projection)
+    if they ``changed`` since its last heartbeat; forget workers silent for three of their
+    leases, with their units; return the live workers by id.
+
+    A worker whose row was forgotten (it was paused that long) publishes its units again
+    even if they did not change: they were forgotten with it."""
     async with read_models.transaction() as tx:
         now = db_now(tx)
-        await tx.execute(
-            "INSERT INTO projection_workers VALUES ($1, $2, $3, "
-            f"{now}, {now}) ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = {now}",
-            worker_id, host, pid,
+        beat = await tx.execute(
+            f"UPDATE projection_workers SET heartbeat_at = {now}, lease_seconds = $2 "
+            "WHERE worker_id = $1",
+            worker.worker_id, worker.lease_seconds,
         )  # fmt: skip
+        if beat == 0:
+            await tx.execute(
+                "INSERT INTO projection_workers (worker_id, host, pid, started_at, "
+                f"heartbeat_at, lease_seconds) VALUES ($1, $2, $3, {now}, {now}, $4)",
+                worker.worker_id, worker.host, worker.pid, worker.lease_seconds,
+            )  # fmt: skip
+        if changed or beat == 0:
+            await _publish(tx, worker.worker_id, units)
         await tx.execute(
-            f"DELETE FROM projection_workers WHERE heartbeat_at < {now} - $1", forget_after
+            f"DELETE FROM projection_workers WHERE heartbeat_at < {now} - 3 * "
+            "COALESCE(lease_seconds, $1)",
+            DEFAULT_LEASE_SECONDS,
         )
-        rows = await tx.fetch(
-            f"SELECT worker_id FROM projection_workers WHERE heartbeat_at >= {now} - $1 "
-            "ORDER BY worker_id",
-            forget_after / 3,
+        await tx.execute(
+            "DELETE FROM projection_worker_units WHERE worker_id NOT IN "
+            "(SELECT worker_id FROM projection_workers)"
         )
-    return [row[0] for row in rows]
+        return await _live_workers(tx, within=None)
+
+
+async def _publish(tx: ReadModelTransaction, worker_id: str, units: Mapping[str, str]) -> None:
+    await tx.execute("DELETE FROM projection_worker_units WHERE worker_id = $1", worker_id)
+    if not units:
+        return
+    await tx.executemany(
+        "INSERT INTO projection_worker_units (worker_id, unit, projection) VALUES ($1, $2, $3)",
+        [(worker_id, unit, projection) for unit, projection in units.items()],
+    )
+
+
+async def _live_workers(tx: ReadModelTransaction, within: float | None) -> dict[str, LiveWorker]:
+    """Workers whose heartbeat is at most ``within`` seconds old (None: younger than their
+    own lease), with the units each published, by id."""
+    rows = await tx.fetch(
+        f"SELECT w.worker_id, {db_now(tx)} - w.heartbeat_at, w.lease_seconds, u.unit, "
+        "u.projection FROM projection_workers w LEFT JOIN projection_worker_units u "
+        "ON u.worker_id = w.worker_id ORDER BY w.worker_id"
+    )
+    ages: dict[str, float] = {}
+    units: dict[str, dict[str, str]] = {}
+    for worker_id, age, lease_seconds, unit, projection in rows:
+        limit = within if within is not None else lease_seconds or DEFAULT_LEASE_SECONDS
+        if float(age) <= limit:
+            ages[worker_id] = float(age)
+            mine = units.setdefault(worker_id, {})
+            if unit is not None:
+                mine[unit] = projection
+    return {
+        worker_id: LiveWorker(
+            worker_id, age, frozenset(units[worker_id]), frozenset(units[worker_id].values())
+        )
+        for worker_id, age in ages.items()
+    }
 
 
 async def unregister(read_models: ReadModelStore, worker_id: str) -> None:
-    """Release every lease of ``worker_id`` and remove it from the live workers."""
+    """Release every lease of ``worker_id`` and remove it (and its units) from the live
+    workers."""
     async with read_models.transaction() as tx:
         await tx.execute(
             "UPDATE projection_leases SET owner = NULL, expires_at = 0, state = NULL "
@@ -82,6 +164,7 @@ async def unregister(read_models: ReadModelStore, worker_id: str) -> None:
             worker_id,
         )
         await tx.execute("DELETE FROM projection_workers WHERE worker_id = $1", worker_id)
+        await tx.execute("DELETE FROM projection_worker_units WHERE worker_id = $1", worker_id)
 
 
 async def free_units(read_models: ReadModelStore, units: list[str]) -> list[str]:
@@ -202,13 +285,10 @@ async def all_leases(read_models: ReadModelStore) -> dict[str, LeaseRow]:
     return leases
 
 
-async def live_workers(read_models: ReadModelStore, within: float) -> list[tuple[str, float]]:
-    """Workers whose heartbeat is at most ``within`` seconds old: (id, age in seconds)."""
+async def live_workers(
+    read_models: ReadModelStore, within: float | None = None
+) -> dict[str, LiveWorker]:
+    """Workers whose heartbeat is at most ``within`` seconds old (None: younger than their
+    own lease), with the units each can run, by id."""
     async with read_models.transaction() as tx:
-        now = db_now(tx)
-        rows = await tx.fetch(
-            f"SELECT worker_id, {now} - heartbeat_at FROM projection_workers "
-            f"WHERE heartbeat_at >= {now} - $1 ORDER BY worker_id",
-            within,
-        )
-    return [(row[0], float(row[1])) for row in rows]
+        return await _live_workers(tx, within)

@@ -19,6 +19,7 @@ from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, stale_projections
 from .errors import BackendError
 from .events import Position
+from .leases import LiveWorker
 from .operations import Fault
 from .partitions import split_unit
 from .projection import Kind, Projection
@@ -52,6 +53,9 @@ class UnitState(enum.StrEnum):
     """Written in the append's own transaction: always up to date."""
     STOPPED = "stopped"
     """No worker runs it."""
+    NO_WORKER = "no worker"
+    """Workers of this application are live, but none of them can run it (each was started
+    with other projections, or runs older code): nobody will ever take it as things are."""
     FAULTED = "faulted"
     RESTARTING = "restarting"
     """Its fault was cleared; its owner has not reported since."""
@@ -87,6 +91,7 @@ _SEVERITY: Mapping[UnitState, Severity] = {
     UnitState.LIVE: Severity.OK,
     UnitState.INLINE: Severity.OK,
     UnitState.STOPPED: Severity.IDLE,
+    UnitState.NO_WORKER: Severity.BAD,
     UnitState.FAULTED: Severity.BAD,
     UnitState.RESTARTING: Severity.WARN,
     UnitState.NEEDS_REBUILD: Severity.BAD,
@@ -190,6 +195,8 @@ class _Records:
     faults: dict[str, Fault]
     dead_letters: dict[str, int]
     held_back: HeldBack | None
+    workers: Sequence[LiveWorker] = ()
+    """The live workers of this application: those that can run one of its projections."""
 
 
 async def projection_statuses(
@@ -211,7 +218,8 @@ async def projection_statuses(
     checkpoints = await read_models.checkpoints()
     for own in own_read_models:
         checkpoints.update(await own.checkpoints())
-    records = await _records(store, read_models)
+    projections = list(projections)
+    records = await _records(store, read_models, {p.name for p in projections})
     statuses = []
     for projection in projections:
         for partition, unit in zip(projection.partition_list, projection.units, strict=True):
@@ -231,14 +239,16 @@ async def projection_statuses(
     return statuses
 
 
-async def _records(store: EventStore, read_models: ReadModelStore) -> _Records:
+async def _records(store: EventStore, read_models: ReadModelStore, names: set[str]) -> _Records:
     held_back = await store.held_back()
     try:
+        live = await leases.live_workers(read_models)
         return _Records(
             await leases.all_leases(read_models),
             await operations.all_faults(read_models),
             await operations.count_dead_letters(read_models),
             held_back,
+            [worker for worker in live.values() if worker.projections & names],
         )
     except BackendError:  # operations tables missing: set up by an older release
         return _Records({}, {}, {}, held_back)
@@ -262,6 +272,8 @@ async def _unit_status(
     report = lease.report if lease is not None else None
     building = build_unit(projection) in records.leases
     state, detail = _unit_state(projection, checkpoint, report, runner, building=building)
+    if state is UnitState.STOPPED and projection.kind is Kind.ASYNC:
+        state, detail = _nobody_can_run(unit, records.workers) or (state, detail)
     fault = records.faults.get(unit)
     errors, last_error = _errors(report, fault)
     held_back = records.held_back
@@ -324,6 +336,16 @@ def _errors(report: leases.UnitReport | None, fault: Fault | None) -> tuple[int,
     if fault is None:
         return errors, last_error
     return max(errors, fault.attempts), fault.error
+
+
+def _nobody_can_run(unit: str, workers: Sequence[LiveWorker]) -> tuple[UnitState, str] | None:
+    """NO_WORKER when this application's workers are live and none can run ``unit``; None
+    when one can, or when none is live (then it is plainly stopped)."""
+    if not workers or any(unit in worker.units for worker in workers):
+        return None
+    names = [worker.worker_id for worker in workers]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return UnitState.NO_WORKER, f"no live worker can run it; live: {shown}"
 
 
 def _with_fault(state: UnitState, *, faulted: bool) -> UnitState:

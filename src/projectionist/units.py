@@ -4,18 +4,25 @@ The worker (``worker``) depends on these protocols, not on ``Application``: an a
 satisfies ``WorkerHost`` as it is, and anything else that can hand out runners could too.
 ``ProjectionRunner`` (a projection or one partition of it) and ``BlueGreenBuild`` (a new
 version built beside the old one) both satisfy ``UnitWork``, the part of a unit the worker
-starts, stops, and reports; ``unit_report`` is what a unit's lease publishes about it.
+starts, stops, and reports; ``unit_report`` is what a unit's lease publishes about it;
+``WorkerTimings`` are a worker's periods, checked before anything runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from .leases import UnitReport
+from .errors import ConfigurationError
+from .leases import DEFAULT_LEASE_SECONDS, UnitReport
 from .operations import Fault
 from .partitions import Partition
-from .projection import Projection
+from .projection import Kind, Projection
 from .readmodel import ReadModelStore
 from .runner import Fence, ProjectionRunner, RunnerState
 from .store import ChangeSignal, EventStore
@@ -108,3 +115,72 @@ def unit_report(work: UnitWork, note: str | None, *, running: bool) -> UnitRepor
         errors=work.errors,
         last_error=work.last_error,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTimings:
+    """A worker's periods in seconds: each a finite number above 0, the heartbeat at most
+    half a lease. An infinite lease would never expire after a crash (nobody would take the
+    units over again), so it is refused like NaN, zero or a string."""
+
+    lease: float = DEFAULT_LEASE_SECONDS
+    heartbeat: float | None = None
+    """Every ``lease / 4`` if None."""
+    shutdown: float = 30.0
+    idle_transaction: float | None = None
+    """``lease`` if None."""
+    retire_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        _seconds("lease_seconds", self.lease)
+        _seconds("shutdown_seconds", self.shutdown)
+        _seconds("retire_after_seconds", self.retire_after)
+        for name, value in (
+            ("heartbeat_seconds", self.heartbeat),
+            ("idle_transaction_seconds", self.idle_transaction),
+        ):
+            if value is not None:
+                _seconds(name, value)
+        if self.heartbeat is not None and self.heartbeat > self.lease / 2:
+            raise ConfigurationError(
+                f"heartbeat_seconds must be at most half of lease_seconds ({self.lease:g}), "
+                f"got {self.heartbeat!r}"
+            )
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.heartbeat if self.heartbeat is not None else self.lease / 4
+
+    @property
+    def idle_transaction_seconds(self) -> float:
+        return self.idle_transaction if self.idle_transaction is not None else self.lease
+
+
+def _seconds(name: str, value: object) -> None:
+    """Refuse what is not a finite number of seconds above 0 (bool is not a number here)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds above 0, got {value!r}"
+        )
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def async_projections(
+    projections: Mapping[str, Projection], names: Iterable[str] | None
+) -> list[Projection]:
+    """The async projections among ``names`` (all of them if None or empty)."""
+    selected = list(names) if names is not None else []
+    for name in selected:
+        if name not in projections:
+            known = ", ".join(sorted(projections)) or "none"
+            raise ConfigurationError(f"no projection named {name!r} (known: {known})")
+    chosen = [projections[name] for name in selected] or list(projections.values())
+    return [p for p in chosen if p.kind is Kind.ASYNC]

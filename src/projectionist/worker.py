@@ -4,11 +4,12 @@ Start any number of workers, in one process or on many machines, against the sam
 database: they share the units of work (each projection, or each partition of a partitioned
 one) through leases in that database (see ``leases``). Every ``heartbeat`` seconds a worker
 
-1. records its heartbeat and counts the live workers;
+1. records its heartbeat with the units it can run, and reads the live workers' units;
 2. renews its leases and publishes each unit's state and figures (status reads them);
-3. hands back units above its fair share (``ceil(units / live workers)``, see
-   ``fairshare``), after their current batch, so that a joining worker gets some;
-4. takes free or expired units up to its fair share, and starts their runners.
+3. hands back units above its fair share (per pool of units that the same live workers can
+   run, ``ceil(units / those workers)``, see ``fairshare``), after their current batch, so
+   that a joining worker gets some;
+4. takes free or expired units up to its fair share of each pool, and starts their runners.
 
 A worker that dies stops renewing; its leases expire after ``lease_seconds`` and the others
 take its units over. Every batch checks its lease inside its own transaction, so a worker
@@ -30,33 +31,34 @@ import logging
 import os
 import random
 import socket
-import uuid
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import leases, operations
 from .bluegreen import BlueGreenBuild, build_unit, drop_retired, stale_projections
 from .errors import (
-    ConfigurationError,
     ProjectionistError,
     ProjectionSupersededError,
     ProjectionVersionError,
 )
-from .fairshare import fair_share, hand_back_order, rebalance, runnable_units
-from .leases import Lease, UnitReport
+from .fairshare import Pool, plan, pools_of, runnable_units
+from .leases import DEFAULT_LEASE_SECONDS, Lease, LiveWorker, UnitReport, WorkerEntry
 from .partitions import split_unit
-from .projection import Kind, Projection
+from .projection import Projection
 from .readmodel import ReadModelTransaction
 from .runner import RunnerState
 from .transient import is_transient
-from .units import UnitWork, WorkerHost, unit_report
+from .units import (
+    UnitWork,
+    WorkerHost,
+    WorkerTimings,
+    async_projections,
+    default_worker_id,
+    unit_report,
+)
 
 logger = logging.getLogger("projectionist.worker")
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -84,35 +86,45 @@ class Worker:
         host: WorkerHost,
         *,
         worker_id: str | None = None,
-        lease_seconds: float = 10.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         heartbeat_seconds: float | None = None,
         shutdown_seconds: float = 30.0,
         projections: Iterable[str] | None = None,
         retire_after_seconds: float = 300.0,
         idle_transaction_seconds: float | None = None,
     ) -> None:
-        if lease_seconds <= 0 or shutdown_seconds <= 0:
-            raise ConfigurationError("lease_seconds and shutdown_seconds must be positive")
-        if idle_transaction_seconds is not None and not idle_transaction_seconds > 0:
-            raise ConfigurationError("idle_transaction_seconds must be positive")
+        """Every period is checked here (``WorkerTimings``): a ConfigurationError before
+        anything runs."""
+        timings = WorkerTimings(
+            lease_seconds,
+            heartbeat_seconds,
+            shutdown_seconds,
+            idle_transaction_seconds,
+            retire_after_seconds,
+        )
         self.host = host
         self.worker_id = worker_id or default_worker_id()
-        self.lease_seconds = lease_seconds
-        self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 4
-        if not 0 < self.heartbeat_seconds <= lease_seconds / 2:
-            raise ConfigurationError("heartbeat_seconds must be at most half of lease_seconds")
-        self.shutdown_seconds = shutdown_seconds
-        self.idle_transaction_seconds = idle_transaction_seconds or lease_seconds
-        self._projections = _async_projections(host.projections, projections)
+        self.lease_seconds = timings.lease
+        self.heartbeat_seconds = timings.heartbeat_seconds
+        self.shutdown_seconds = timings.shutdown
+        self.idle_transaction_seconds = timings.idle_transaction_seconds
+        self._projections = async_projections(host.projections, projections)
         self._units = {unit: p for p in self._projections for unit in p.units}
         self._builds: dict[str, Projection] = {}
         """Blue/green build units of projections whose stored version is older."""
-        self.retire_after_seconds = retire_after_seconds
+        self.retire_after_seconds = timings.retire_after
         self._superseded: set[str] = set()
         """Units a newer version of the code has taken over."""
         self._owned: dict[str, _Owned] = {}
         self._stop = asyncio.Event()
         self.live_workers: list[str] = []
+        """Every live worker's id, this application's or not (see ``fairshare``)."""
+        self._capabilities: dict[str, frozenset[str]] = {}
+        """The units each live worker can run, as of the last heartbeat."""
+        self._published: dict[str, str] | None = None
+        """The units this worker published at its last heartbeat (unit -> projection)."""
+        self.heartbeats = 0
+        """Heartbeats completed since ``run()`` began (tests and monitors count them)."""
 
     @property
     def owned(self) -> dict[str, RunnerState | str]:
@@ -129,16 +141,18 @@ class Worker:
         for store in {read_models, *map(self.host.read_models_for, self._projections)}:
             store.guard_transactions(self.worker_id, self.idle_transaction_seconds)
         await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
+        url = self.host.store.url  # a store keeps its URL without the password
         logger.info(
-            "worker %s started: %d units",
-            self.worker_id,
-            len(self._units),
-            extra={"action": "worker_start", "worker": self.worker_id},
+            "worker %s started: %d units it can run, store %s",
+            *(self.worker_id, len(self._units), url),
+            extra={"action": "worker_start", "worker": self.worker_id}
+            | {"units": len(self._units), "store": url},
         )
         try:
             while not self._stop.is_set():
                 try:
                     await self._unless_stopped(self._tick())
+                    self.heartbeats += 1
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
@@ -174,24 +188,34 @@ class Worker:
     # -- one heartbeat --------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        read_models = self.host.read_models
-        self.live_workers = await leases.heartbeat(
-            read_models,
-            self.worker_id,
-            socket.gethostname(),
-            os.getpid(),
-            forget_after=self.lease_seconds * 3,
-        )
+        await self._beat()
         await self._find_builds()
         await self._renew()
         await self._leave_old_versions()
-        share = fair_share(len(self._runnable()) + len(self._builds), len(self.live_workers))
-        change = rebalance(len(self._owned), share)
-        if change.hand_back:
-            await self._hand_back(change.hand_back)
-        elif change.take:
+        pools = pools_of(self.worker_id, self._capable(), self._capabilities)
+        change = plan(self._owned, pools, keep_longest=self._builds)
+        for unit in change.hand_back:
+            await self._hand_back_unit(unit, "above its fair share")
+        if change.take:
             await self._take(change.take)
         await self._start_runners()
+
+    async def _beat(self) -> None:
+        """Record the heartbeat with the units this worker can run now; read the others'."""
+        capable = self._capable()
+        me = WorkerEntry(self.worker_id, socket.gethostname(), os.getpid(), self.lease_seconds)
+        live: dict[str, LiveWorker] = await leases.heartbeat(
+            self.host.read_models, me, capable, changed=capable != self._published
+        )
+        self._published = capable
+        self.live_workers = sorted(live)
+        self._capabilities = {worker_id: w.units for worker_id, w in live.items()}
+
+    def _capable(self) -> dict[str, str]:
+        """The units this worker would take now (unit -> projection name): its runnable
+        units and its blue/green builds."""
+        units = {unit: self._units[unit].name for unit in self._runnable()}
+        return units | {unit: p.name for unit, p in self._builds.items()}
 
     async def _find_builds(self) -> None:
         """On PostgreSQL, a projection whose code version is newer than its read model gets
@@ -272,10 +296,6 @@ class Worker:
             extra={"action": "runner_failed", "worker": self.worker_id, "unit": unit},
         )
 
-    async def _hand_back(self, count: int) -> None:
-        for unit in hand_back_order(self._owned, keep_longest=self._builds)[:count]:
-            await self._hand_back_unit(unit, f"rebalancing over {len(self.live_workers)} workers")
-
     async def _hand_back_unit(self, unit: str, why: str) -> None:
         """Stop its runner (after the current batch), then release its lease."""
         owned = self._owned[unit]
@@ -289,15 +309,17 @@ class Worker:
             extra={"action": "lease_released", "worker": self.worker_id, "unit": unit},
         )
 
-    async def _take(self, count: int) -> None:
-        read_models = self.host.read_models
-        free = await leases.free_units(read_models, [*self._runnable(), *self._builds])
+    async def _take(self, wanted: list[tuple[Pool, int]]) -> None:
+        """Take free units: ``count`` of each pool."""
+        units = [unit for pool, _ in wanted for unit in pool.units]
+        free = await leases.free_units(self.host.read_models, units)
         random.shuffle(free)  # workers starting together spread out
-        for unit in free:
-            if count == 0:
-                return
-            if await self._acquire(unit):
-                count -= 1
+        for pool, count in wanted:
+            for unit in (unit for unit in free if unit in pool.units):
+                if count == 0:
+                    break
+                if await self._acquire(unit):
+                    count -= 1
 
     async def _acquire(self, unit: str) -> bool:
         read_models = self.host.read_models
@@ -428,16 +450,3 @@ class Worker:
     @staticmethod
     def _jittered(seconds: float) -> float:
         return seconds * random.uniform(0.8, 1.2)
-
-
-def _async_projections(
-    projections: Mapping[str, Projection], names: Iterable[str] | None
-) -> list[Projection]:
-    """The async projections among ``names`` (all of them if None or empty)."""
-    selected = list(names) if names is not None else []
-    for name in selected:
-        if name not in projections:
-            known = ", ".join(sorted(projections)) or "none"
-            raise ConfigurationError(f"no projection named {name!r} (known: {known})")
-    chosen = [projections[name] for name in selected] or list(projections.values())
-    return [p for p in chosen if p.kind is Kind.ASYNC]

@@ -95,6 +95,8 @@ async def faulted_and_taken_over(application: Application) -> str:
     with pytest.raises(HandlerError, match="event 1 is broken"):
         await application.run_until_caught_up()
     await leases.register_units(application.read_models, {"strict": "strict"})
-    await leases.heartbeat(application.read_models, TAKER, "host-b", 1, forget_after=600)
+    taker = leases.WorkerEntry(TAKER, "host-b", 1, lease_seconds=600)
+    units = {unit: p.name for p in application.projections.values() for unit in p.units}
+    await leases.heartbeat(application.read_models, taker, units, changed=True)
     assert await leases.acquire(application.read_models, "strict", TAKER, 600) is not None
     return "ValueError: event 1 is broken"

@@ -10,9 +10,12 @@ from __future__ import annotations
 import pytest
 
 from projectionist.fairshare import (
+    Pool,
     Rebalance,
     fair_share,
     hand_back_order,
+    plan,
+    pools_of,
     rebalance,
     runnable_units,
 )
@@ -143,3 +146,69 @@ def test_the_units_of_a_leaving_worker_are_taken_by_the_others() -> None:
         owners = _settle(owners, live, UNITS)
         _assert_shared(owners, live, UNITS)
     assert set(owners.values()) == {"c"}
+
+
+# -- pools: units shared only among the workers that can run them --------------------------
+
+
+def _pooled_heartbeat(
+    worker: str, owners: dict[str, str], capabilities: dict[str, list[str]]
+) -> None:
+    """One heartbeat as ``Worker._tick`` does it now: a plan per pool of its units."""
+    mine = [unit for unit, owner in owners.items() if owner == worker]
+    change = plan(mine, pools_of(worker, capabilities[worker], capabilities), set())
+    for unit in change.hand_back:
+        del owners[unit]
+    for pool, count in change.take:
+        for unit in sorted(u for u in pool.units if u not in owners)[:count]:
+            owners[unit] = worker
+
+
+def _pooled_settle(owners: dict[str, str], capabilities: dict[str, list[str]]) -> dict[str, str]:
+    for _ in range(10):
+        before = dict(owners)
+        for worker in capabilities:
+            _pooled_heartbeat(worker, owners, capabilities)
+        if owners == before:
+            return owners
+    raise AssertionError(f"no steady state: {owners}")
+
+
+def test_pools_group_units_by_the_workers_that_can_run_them() -> None:
+    capabilities = {"old": ["a", "b"], "new": ["a", "b", "c"], "other": ["x"]}
+    pools = pools_of("new", capabilities["new"], capabilities)
+    assert pools == [
+        Pool(frozenset({"a", "b"}), frozenset({"old", "new"})),
+        Pool(frozenset({"c"}), frozenset({"new"})),
+    ]
+    assert [pool.share for pool in pools] == [1, 1]
+    # A worker counts itself before its own heartbeat is seen.
+    assert pools_of("me", ["a"], {}) == [Pool(frozenset({"a"}), frozenset({"me"}))]
+
+
+def test_a_share_is_never_summed_across_pools() -> None:
+    """At its total (2) but above its share of one pool and below it in the other, a worker
+    must still hand back in the first and take in the second, or 'c' has no owner."""
+    capabilities = {"w1": ["a", "b", "c"], "w2": ["a", "b"]}
+    change = plan(["a", "b"], pools_of("w1", capabilities["w1"], capabilities), set())
+    assert change.hand_back == ["b"]
+    assert [(sorted(pool.units), count) for pool, count in change.take] == [(["c"], 1)]
+
+
+def test_two_applications_and_a_rolling_deploy_leave_no_unit_without_an_owner() -> None:
+    capabilities = {"a1": ["p", "q", "r"], "a2": ["p", "q", "r"], "b1": ["x", "y"]}
+    owners = _pooled_settle({}, capabilities)
+    assert sorted(owners) == ["p", "q", "r", "x", "y"]
+    assert {owners["x"], owners["y"]} == {"b1"}
+    del capabilities["a2"]  # a2 stops: its leases expire or are handed back
+    owners = {unit: owner for unit, owner in owners.items() if owner != "a2"}
+    owners = _pooled_settle(owners, capabilities)
+    assert owners == {"p": "a1", "q": "a1", "r": "a1", "x": "b1", "y": "b1"}
+
+    rolling = {"old": ["p", "q"], "new": ["p", "q", "r", "s", "t"]}
+    owners = _pooled_settle({"p": "old", "q": "old"}, rolling)
+    assert sorted(owners) == ["p", "q", "r", "s", "t"]
+    assert list(owners.values()).count("old") == 1
+    del rolling["old"]
+    owners = _pooled_settle({u: o for u, o in owners.items() if o != "old"}, rolling)
+    assert set(owners.values()) == {"new"} and len(owners) == 5

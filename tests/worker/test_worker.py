@@ -190,7 +190,9 @@ async def test_status_while_a_worker_runs(apps: Apps) -> None:
 
         await asyncio.sleep(max(0.0, appended_at + 0.5 - time.monotonic()))
         [paused] = [s for s in await app.status() if s.name == "paused"]
-        assert (paused.owner, paused.state, paused.partition) == (None, "stopped", None)
+        # A worker of this application is live, but none can run it (issue 12, item 1).
+        assert (paused.owner, paused.state, paused.partition) == (None, "no worker", None)
+        assert paused.detail == "no live worker can run it; live: status-worker"
         assert paused.lag == len(recorded)
         waited = time.monotonic() - appended_at
         assert paused.lag_seconds is not None

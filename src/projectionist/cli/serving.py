@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ..app import Application
+from ..units import WorkerTimings
 from .base import (
     AppOption,
     AppUrlOption,
@@ -60,6 +62,7 @@ IdleTransactionOption = Annotated[
 
 @app.command("run")
 def run_command(
+    context: typer.Context,
     positional: PositionalApp = None,
     application: OptionalAppOption = None,
     url: AppUrlOption = None,
@@ -72,7 +75,16 @@ def run_command(
     """Run the application's projections as a worker until SIGINT or SIGTERM.
 
     Any number of workers share the projections (and partitions) through leases in the
-    database; on a signal the current batches commit, the leases are handed back, exit 0."""
+    database; on a signal the current batches commit, the leases are handed back, exit 0.
+    It logs at INFO unless --log-level says otherwise: a daemon says when it starts (worker
+    id, units, store) and stops."""
+    # Checked before anything runs: an infinite lease would never expire after a crash.
+    checked(
+        lambda: WorkerTimings(
+            lease_seconds, shutdown=shutdown_seconds, idle_transaction=idle_transaction_seconds
+        )
+    )
+    _log_at_info_by_default(context)
 
     async def use(app: Application) -> None:
         await require_schema(app, create_schema)
@@ -88,6 +100,15 @@ def run_command(
         )
 
     on_app(checked(lambda: application_path(application, positional)), url, use)
+
+
+def _log_at_info_by_default(context: typer.Context) -> None:
+    """``run`` is a daemon: at the default level (no --log-level, no environment variable)
+    it logs at INFO, where the worker says it started and stopped."""
+    source = context.find_root().get_parameter_source("log_level")
+    # By name: typer may bring a click of its own, whose enum is another class.
+    if source is not None and source.name == "DEFAULT":
+        logging.getLogger("projectionist").setLevel(logging.INFO)
 
 
 @app.command()

@@ -29,6 +29,7 @@ OWN_OBJECTS = (
     "projection_checkpoints",
     "projection_leases",
     "projection_workers",
+    "projection_worker_units",
     "projection_faults",
     "projection_dead_letters",
     "append_events",

@@ -24,6 +24,7 @@ OWN_TABLES = (
     "projection_checkpoints",
     "projection_leases",
     "projection_workers",
+    "projection_worker_units",
     "projection_faults",
     "projection_dead_letters",
 )
