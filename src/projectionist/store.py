@@ -1,6 +1,8 @@
-"""The event store contract that every backend implements.
+"""The event store contract that every backend implements: our own store.
 
-The engine and the CLI speak only this module; they never import a backend.
+It extends ``source.EventSource`` (what the engine reads) with what only our store has:
+append, streams, inline hooks, exclusive replay and your own transaction. The engine and
+the CLI speak only these contracts; they never import a backend.
 """
 
 from __future__ import annotations
@@ -8,19 +10,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from .changes import ChangeSignal as ChangeSignal  # re-exported: its old home
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import InvalidInputError
 from .events import (
-    START,
     EncodedEvent,
     NewEvent,
     Position,
@@ -31,6 +28,12 @@ from .events import (
 )
 from .partitions import Partition
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .source import BACKLOG_COUNTED as BACKLOG_COUNTED  # re-exported: their old home
+from .source import Backlog as Backlog
+from .source import EventBatch as EventBatch
+from .source import EventSource
+from .source import HeldBack as HeldBack
+from .source import OpenClose as OpenClose
 
 
 class StreamState(enum.Enum):
@@ -63,57 +66,6 @@ class AppendResult:
     @property
     def position(self) -> Position:
         return self.events[-1].position
-
-
-@dataclass(frozen=True, slots=True)
-class EventBatch:
-    """A page of the global order.
-
-    ``checkpoint`` is where the next read continues from. It may lie beyond the last event of
-    the page when a type filter left out events: those were scanned and need no second look.
-    """
-
-    events: list[RecordedEvent]
-    checkpoint: Position
-
-
-BACKLOG_COUNTED = 10_000
-"""A backlog is counted event by event up to this many, and estimated beyond (status and
-metrics stay cheap however far a projection is behind)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    """The committed events after a position: what a projection there still has to process,
-    including events readers cannot see yet (held back by an older open append)."""
-
-    events: int
-    estimated: bool
-    """True when more than ``BACKLOG_COUNTED`` events wait: ``events`` is then an estimate
-    from positions (rolled-back appends leave gaps in them, so it may read a little high)."""
-    oldest: datetime | None
-    """When the first waiting event was recorded (None when nothing waits)."""
-
-    @staticmethod
-    def measured(
-        counted: int, reached: int | None, last: int | None, oldest: datetime | None, parts: int
-    ) -> Backlog:
-        """From ``counted`` events (at most BACKLOG_COUNTED) ending at position ``reached``,
-        and the store's ``last`` position; ``parts`` partitions share what lies beyond."""
-        if counted < BACKLOG_COUNTED or reached is None or last is None:
-            return Backlog(counted, False, oldest)
-        return Backlog(counted + max(0, last - reached) // parts, True, oldest)
-
-
-@dataclass(frozen=True, slots=True)
-class HeldBack:
-    """Committed events that no reader can see yet, because an older transaction that
-    appended to this store is still open (docs/global-order.md)."""
-
-    seconds: float
-    """How long the first of them has waited."""
-    by: str | None
-    """The open appending transaction (process id, state, age; never its SQL text)."""
 
 
 def expected_version_number(expected: ExpectedVersion) -> int | None:
@@ -225,30 +177,9 @@ class StoreTransaction:
         return await self._sql.fetchval(sql, *args)
 
 
-class OpenClose:
-    """``async with thing:`` opens it and closes it, for classes with open() and close()."""
-
-    async def open(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class EventStore(OpenClose, abc.ABC):
-    """An append-only store of events in streams, with one gap-free global order.
+class EventStore(EventSource):
+    """An append-only store of events in streams, with one gap-free global order: an
+    ``EventSource`` that the engine can also append to and replay exclusively.
 
     Use it as an async context manager, or call ``open()`` and ``close()``.
     """
@@ -257,7 +188,7 @@ class EventStore(OpenClose, abc.ABC):
     """The store's URL with any password removed (safe to log and show)."""
 
     def __init__(self) -> None:
-        self._changes = ChangeSignal()
+        super().__init__()
         self.inline_hooks: list[InlineHook] = []
 
     def add_inline_hook(self, hook: InlineHook) -> None:
@@ -271,11 +202,6 @@ class EventStore(OpenClose, abc.ABC):
     @abc.abstractmethod
     def exclusive_replay(self) -> AbstractAsyncContextManager[ExclusiveReplay]:
         """A transaction that blocks appends and reads every committed event."""
-
-    @abc.abstractmethod
-    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
-        """How many visible events lie after ``after``, only of the streams in ``partition``
-        if given (an exact count: it reads them all; for a projection's lag see backlog)."""
 
     @abc.abstractmethod
     async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
@@ -348,78 +274,3 @@ class EventStore(OpenClose, abc.ABC):
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
         """Events of one stream from ``from_version`` on, oldest first."""
-
-    @abc.abstractmethod
-    async def read_all(
-        self,
-        after: Position = START,
-        limit: int = DEFAULT_BATCH_SIZE,
-        types: Collection[str] | None = None,
-        max_bytes: int | None = None,
-        partition: Partition | None = None,
-    ) -> EventBatch:
-        """At most ``limit`` events after ``after`` in global order, only of ``types`` if given
-        and only of the streams in ``partition`` if given (see ``partitions.partition_of``).
-
-        With ``max_bytes`` the page also ends once its events' stored data and metadata reach
-        that size (it always holds at least one event), so memory stays bounded whatever
-        the events weigh.
-
-        An event is returned only once every event before it in the global order is visible:
-        a reader that continues from ``batch.checkpoint`` never skips or repeats an event.
-        """
-
-    @abc.abstractmethod
-    async def head(self) -> Position:
-        """The position of the last event readers can see (START for an empty store)."""
-
-    async def held_back(self) -> HeldBack | None:
-        """Committed events readers cannot see yet, and what holds them back: on PostgreSQL
-        an older open transaction that appended to this store. None elsewhere."""
-        return None
-
-    async def last_committed(self) -> Position:
-        """The last committed event, even if readers cannot see it yet (PostgreSQL: events
-        held back by an older open transaction). To catch up "to now", aim here and wait."""
-        return await self.head()
-
-    async def wait_for_events(self, after: Position, timeout: float) -> bool:
-        """Wait until an event after ``after`` is visible; False when ``timeout`` passed first.
-
-        Backends wake this in-process or by notification; ``poll_interval`` bounds the wait
-        when a wake-up cannot arrive (another process writing SQLite, a lost notification).
-        """
-        return await self._wait_for_head(lambda head: head > after, timeout)
-
-    async def wait_until_visible(self, position: Position, timeout: float = 5.0) -> bool:
-        """Wait until readers can see ``position`` (e.g. what ``append`` returned).
-
-        On PostgreSQL an append can stay invisible for a moment after it returns, while an
-        older write transaction is still open (docs/global-order.md); elsewhere at once.
-        """
-        return await self._wait_for_head(lambda head: head >= position, timeout)
-
-    async def _wait_for_head(self, reached: Callable[[Position], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        held_back_pause = 0.0005
-        while True:
-            token = self._changes.token
-            head, held_back = await self._head_and_held_back()
-            if reached(head):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            pause = self.poll_interval
-            if held_back:
-                # Committed events wait behind an open transaction. Its end sends no
-                # notification when it appended nothing, so look again soon, backing off.
-                pause = held_back_pause = min(held_back_pause * 2, self.poll_interval)
-            await self._changes.wait(token, min(remaining, pause))
-
-    async def _head_and_held_back(self) -> tuple[Position, bool]:
-        """The head, and whether events exist beyond it that readers cannot see yet."""
-        return await self.head(), False
-
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    """Seconds between checks when no wake-up arrives."""

@@ -1,0 +1,207 @@
+"""The event source contract: what the engine needs to *read* events, whoever stored them.
+
+Runners, rebuilds of async projections, verify, status and ``wait_for`` read through an
+``EventSource`` only; ``store.EventStore`` extends it with what our own store adds (append,
+streams, inline hooks, exclusive replay, your own transaction). A source over events that
+another system wrote implements this class alone (docs/sources.md).
+
+Checkpoints are opaque positions that the engine keeps in the read model's database, in the
+same transaction as its rows, whatever the source.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from .changes import ChangeSignal
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
+from .events import START, Position, RecordedEvent
+from .partitions import Partition
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """A page of the global order.
+
+    ``checkpoint`` is where the next read continues from. It may lie beyond the last event of
+    the page when a type filter left out events: those were scanned and need no second look.
+    """
+
+    events: list[RecordedEvent]
+    checkpoint: Position
+
+
+BACKLOG_COUNTED = 10_000
+"""A backlog is counted event by event up to this many, and estimated beyond (status and
+metrics stay cheap however far a projection is behind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The committed events after a position: what a projection there still has to process,
+    including events readers cannot see yet (held back by an older open append)."""
+
+    events: int
+    estimated: bool
+    """True when more than ``BACKLOG_COUNTED`` events wait: ``events`` is then an estimate
+    from positions (rolled-back appends leave gaps in them, so it may read a little high)."""
+    oldest: datetime | None
+    """When the first waiting event was recorded (None when nothing waits)."""
+
+    @staticmethod
+    def measured(
+        counted: int, reached: int | None, last: int | None, oldest: datetime | None, parts: int
+    ) -> Backlog:
+        """From ``counted`` events (at most BACKLOG_COUNTED) ending at position ``reached``,
+        and the store's ``last`` position; ``parts`` partitions share what lies beyond."""
+        if counted < BACKLOG_COUNTED or reached is None or last is None:
+            return Backlog(counted, False, oldest)
+        return Backlog(counted + max(0, last - reached) // parts, True, oldest)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Committed events that no reader can see yet, because an older transaction that
+    appended to this store is still open (docs/global-order.md)."""
+
+    seconds: float
+    """How long the first of them has waited."""
+    by: str | None
+    """The open appending transaction (process id, state, age; never its SQL text)."""
+
+
+class OpenClose:
+    """``async with thing:`` opens it and closes it, for classes with open() and close()."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class EventSource(OpenClose, abc.ABC):
+    """Events in one global order that readers can page through after a checkpoint.
+
+    The promise a source makes: a reader that continues from ``batch.checkpoint`` never
+    skips or repeats an event, so an event must be returned only once every event before it
+    in the order is visible. Use it as an async context manager, or ``open()``/``close()``.
+    """
+
+    url: str
+    """Where the events come from, with any password removed (safe to log and show)."""
+
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    """Seconds between checks for new events when no wake-up arrives."""
+
+    def __init__(self) -> None:
+        self._changes = ChangeSignal()
+
+    @property
+    def changes(self) -> ChangeSignal:
+        """Notified when new events may exist; ``notify()`` it after writing events in this
+        process to wake readers at once (else they see them within ``poll_interval``)."""
+        return self._changes
+
+    async def open(self) -> None:
+        """Connect (nothing to do by default)."""
+
+    async def close(self) -> None:
+        """Release what ``open()`` took (nothing by default). Safe to call twice."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self,
+        after: Position = START,
+        limit: int = DEFAULT_BATCH_SIZE,
+        types: Collection[str] | None = None,
+        max_bytes: int | None = None,
+        partition: Partition | None = None,
+    ) -> EventBatch:
+        """At most ``limit`` events after ``after`` in global order, only of ``types`` if given
+        and only of the streams in ``partition`` if given (see ``partitions.partition_of``).
+
+        With ``max_bytes`` the page also ends once its events' data and metadata reach that
+        size (it always holds at least one event), so memory stays bounded whatever the
+        events weigh. A source filters on its side where it can; the batch's checkpoint may
+        lie beyond its last event when filtered events were scanned.
+
+        An event is returned only once every event before it in the global order is visible:
+        a reader that continues from ``batch.checkpoint`` never skips or repeats an event.
+        """
+
+    @abc.abstractmethod
+    async def head(self) -> Position:
+        """The position of the last event readers can see (START when there is none)."""
+
+    @abc.abstractmethod
+    async def count_after(self, after: Position, partition: Partition | None = None) -> int:
+        """How many visible events lie after ``after``, only of the streams in ``partition``
+        if given (an exact count; for a projection's lag see ``backlog``)."""
+
+    async def backlog(self, after: Position, partition: Partition | None = None) -> Backlog:
+        """The events after ``after``: a projection's lag, at a bounded cost. By default the
+        exact ``count_after``, with no age; a source that can estimate cheaply overrides it."""
+        return Backlog(await self.count_after(after, partition), False, None)
+
+    async def held_back(self) -> HeldBack | None:
+        """Committed events readers cannot see yet, and what holds them back (None: none,
+        or the source cannot tell)."""
+        return None
+
+    async def last_committed(self) -> Position:
+        """The last committed event, even if readers cannot see it yet. To catch up "to
+        now", aim here and wait. By default the head."""
+        return await self.head()
+
+    async def wait_for_events(self, after: Position, timeout: float) -> bool:
+        """Wait until an event after ``after`` is visible; False when ``timeout`` passed first.
+
+        Woken by ``changes``; ``poll_interval`` bounds the wait when a wake-up cannot arrive
+        (another process writing, a lost notification).
+        """
+        return await self._wait_for_head(lambda head: head > after, timeout)
+
+    async def wait_until_visible(self, position: Position, timeout: float = 5.0) -> bool:
+        """Wait until readers can see ``position``; False when ``timeout`` passed first."""
+        return await self._wait_for_head(lambda head: head >= position, timeout)
+
+    async def _wait_for_head(self, reached: Callable[[Position], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        held_back_pause = 0.0005
+        while True:
+            token = self._changes.token
+            head, held_back = await self._head_and_held_back()
+            if reached(head):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            pause = self.poll_interval
+            if held_back:
+                # Committed events wait behind an open transaction. Its end sends no
+                # notification when it appended nothing, so look again soon, backing off.
+                pause = held_back_pause = min(held_back_pause * 2, self.poll_interval)
+            await self._changes.wait(token, min(remaining, pause))
+
+    async def _head_and_held_back(self) -> tuple[Position, bool]:
+        """The head, and whether events exist beyond it that readers cannot see yet."""
+        return await self.head(), False
