@@ -25,7 +25,13 @@ from .errors import (
     ConfigurationError,
 )
 from .events import Position, RecordedEvent, validate_position
-from .factory import create_store
+from .factory import (
+    create_store,
+    events_given,
+    open_read_models,
+    read_models_url,
+    refuse_inline_over_a_source,
+)
 from .live import LiveProjection
 from .operations import DeadLetter, Fault
 from .partitions import Partition
@@ -36,6 +42,7 @@ from .rebuild import Progress, rebuild
 from .recording import OperationsRecords
 from .remedies import discard_dead_letters, retry_dead_letters, skip_faults
 from .runner import Fence, ProjectionRunner
+from .source import EventSource
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, InlineHook, OpenClose
 from .urls import redact_url
@@ -70,6 +77,17 @@ class Application(OpenClose):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None: ...
 
+    @overload
+    def __init__(
+        self,
+        *,
+        source: EventSource,
+        read_models: str,
+        projections: Iterable[Projection] = (),
+        live: Iterable[LiveProjection[Any]] = (),
+        schema: str | None = None,
+    ) -> None: ...
+
     def __init__(
         self,
         store: str | EventStore | None = None,
@@ -80,15 +98,21 @@ class Application(OpenClose):
         read_model_url: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         url: str | EventStore | None = None,
+        source: EventSource | None = None,
+        read_models: str | None = None,
     ) -> None:
         """``store`` is the event store's URL (``postgresql://...``, ``sqlite:///path.db``,
         ``memory://``), which the application opens and closes, or an ``EventStore``
         object, which it shares: its owner opens and closes it. (``url=`` is its former
-        name, still accepted.)"""
-        store = _the_store(store, url)
-        self._shared_store = store if isinstance(store, EventStore) else None
+        name, still accepted.)
+
+        Or ``source`` is another ``EventSource`` (events that are not in a store of ours),
+        shared as an ``EventStore`` object is, with ``read_models`` the URL of the read
+        models' database (``open_read_models``); inline projections need our own store."""
+        events = events_given(store, url, source)
+        self._shared_store = events if isinstance(events, EventSource) else None
         # The URL to connect with, password and all; ``url`` is the one to show.
-        self._url = store.url if isinstance(store, EventStore) else store
+        self._url = events.url if isinstance(events, EventSource) else events
         self.url = redact_url(self._url)
         """The event store's URL without its password (``open(url)`` may override it)."""
         self.schema = schema
@@ -99,17 +123,18 @@ class Application(OpenClose):
         names = [p.name for p in projections] + [p.name for p in live]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"projection names must be unique, got {sorted(names)}")
-        self.read_model_url = read_model_url
-        if read_model_url and any(p.kind is Kind.INLINE for p in self.projections.values()):
+        self.read_model_url = read_models_url(read_model_url, read_models, source)
+        if source is not None and not isinstance(source, EventStore):
+            refuse_inline_over_a_source(self.projections.values())
+        if self.read_model_url and any(p.kind is Kind.INLINE for p in self.projections.values()):
             raise ConfigurationError(
                 "inline projections write in the append's transaction: their read model must "
                 "live in the event store's database (drop read_model_url or make them async)"
             )
         _refuse_inline_with_own_read_models(self.projections.values())
-        self._store: EventStore | None = None
-        # A read-model database of its own: reached through a store object on that URL,
-        # of which only the read-model side (tables and checkpoints) is used.
-        self._read_model_host: EventStore | None = None
+        self._source: EventSource | None = None
+        # A read-model database of its own (open_read_models).
+        self._own_database: ReadModelStore | None = None
         self._opened: contextlib.AsyncExitStack | None = None
         """What open() opened, closed by close() in reverse order."""
         self._runners: dict[str, ProjectionRunner] = {}
@@ -123,34 +148,38 @@ class Application(OpenClose):
         """Open the store (``url`` overrides the application's), register the inline hooks,
         open the read-model database and projections' own stores. If any of them fails,
         what was opened is closed again and the error raised."""
-        if self._store is not None:
+        if self._source is not None:
             return
         async with contextlib.AsyncExitStack() as opened:
-            store = self._shared_store or create_store(
+            source = self._shared_store or create_store(
                 url or self._url, schema=self.schema, poll_interval=self.poll_interval
             )
-            await store.open()
-            if store is not self._shared_store:
-                opened.push_async_callback(store.close)
-            for projection in self.projections.values():
-                if projection.kind is Kind.INLINE:
-                    hook = _inline_hook(projection)
-                    store.add_inline_hook(hook)
-                    opened.callback(store.inline_hooks.remove, hook)
-            host = None
+            await source.open()
+            if source is not self._shared_store:
+                opened.push_async_callback(source.close)
+            if isinstance(source, EventStore):
+                self._add_inline_hooks(source, opened)
+            database = None
             if self._read_model_url:
-                host = create_store(self._read_model_url, schema=self.schema)
-                await opened.enter_async_context(host)
+                models = open_read_models(self._read_model_url, schema=self.schema)
+                database = await opened.enter_async_context(models)
             for own in self._own_read_models():
                 if isinstance(own, OpenClose):
                     await opened.enter_async_context(own)
             self._opened = opened.pop_all()
-        self._store, self._read_model_host = store, host
+        self._source, self._own_database = source, database
+
+    def _add_inline_hooks(self, store: EventStore, opened: contextlib.AsyncExitStack) -> None:
+        for projection in self.projections.values():
+            if projection.kind is Kind.INLINE:
+                hook = _inline_hook(projection)
+                store.add_inline_hook(hook)
+                opened.callback(store.inline_hooks.remove, hook)
 
     async def close(self) -> None:
         """Close what ``open()`` opened (a shared store stays open); idempotent."""
         opened, self._opened = self._opened, None
-        self._store = self._read_model_host = None
+        self._source = self._own_database = None
         if opened is not None:
             await opened.aclose()
 
@@ -164,15 +193,26 @@ class Application(OpenClose):
         self._read_model_url = url
 
     @property
-    def store(self) -> EventStore:
-        if self._store is None:
+    def source(self) -> EventSource:
+        """Where the projections read their events: our own store, or another source."""
+        if self._source is None:
             raise ConfigurationError("the application is not open: use 'async with app:'")
-        return self._store
+        return self._source
+
+    @property
+    def store(self) -> EventStore:
+        """Our own event store (append, streams); an application over another source has none."""
+        if not isinstance(source := self.source, EventStore):
+            raise ConfigurationError(
+                f"this application reads events from {source.url}, not from an event store "
+                "of ours: it has no app.store (use app.source to read)"
+            )
+        return source
 
     @property
     def read_models(self) -> ReadModelStore:
         """Where the read models and their checkpoints live."""
-        return (self._read_model_host or self.store).read_models()
+        return self._own_database or self.store.read_models()
 
     # -- per-projection read-model stores (e.g. Redis) ------------------------------------
 
@@ -197,7 +237,8 @@ class Application(OpenClose):
     async def prepare_schema(self) -> None:
         """Create or migrate the store's schema, the checkpoint and operations tables
         (leases, workers, faults, dead letters: see ``operations``)."""
-        await self.store.apply_schema()
+        if isinstance(self.source, EventStore):
+            await self.source.apply_schema()
         await self.read_models.apply_schema()
         for own in self._own_read_models():
             await own.apply_schema()
@@ -267,7 +308,7 @@ class Application(OpenClose):
         """
         read_models = self.read_models_for(projection)
         return ProjectionRunner(
-            self.store,
+            self.source,
             read_models,
             projection,
             partition=partition,
@@ -292,7 +333,7 @@ class Application(OpenClose):
         """
         worker = self._worker = self.worker(**worker_options)
         tasks = [asyncio.ensure_future(worker.run())]
-        tasks += [asyncio.ensure_future(live.run(self.store)) for live in self.live.values()]
+        tasks += [asyncio.ensure_future(live.run(self.source)) for live in self.live.values()]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -327,7 +368,7 @@ class Application(OpenClose):
         if projection.kind is not Kind.INLINE:  # inline: written with the events
             read_models = self.read_models_for(projection)
             await wait_until_processed(
-                self.store, read_models, projection, position, timeout, self.progress
+                self.source, read_models, projection, position, timeout, self.progress
             )
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> int:
@@ -335,7 +376,7 @@ class Application(OpenClose):
         are taken first, from any worker holding them, and handed back at the end."""
         projection = self.projection(name)
         return await rebuild(
-            self.store,
+            self.source,
             self.read_models_for(projection),
             projection,
             progress,
@@ -350,7 +391,7 @@ class Application(OpenClose):
         (floats within ``float_tolerance``, relative; ``progress`` as for ``rebuild``)."""
         projection = self.projection(name)
         return await verify(
-            self.store,
+            self.source,
             self.read_models_for(projection),
             projection,
             float_tolerance=float_tolerance,
@@ -381,7 +422,7 @@ class Application(OpenClose):
         read_models = self.read_models_for(projection)
         records = OperationsRecords.choose(read_models, self.read_models)
         return await skip_faults(
-            self.store, read_models, projection, await self.faults(name), records
+            self.source, read_models, projection, await self.faults(name), records
         )
 
     async def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
@@ -425,21 +466,12 @@ class Application(OpenClose):
     async def status(self) -> list[ProjectionStatus]:
         """Every projection (every partition of partitioned ones), as of now."""
         return await projection_statuses(
-            self.store,
+            self.source,
             self.read_models,
             self.projections.values(),
             own_read_models=self._own_read_models(),
             runners=self._runners,
         )
-
-
-def _the_store(store: str | EventStore | None, url: str | EventStore | None) -> str | EventStore:
-    if store is not None and url is not None:
-        raise ConfigurationError("give the event store once: as store (or url=), not both")
-    given = store if store is not None else url
-    if given is None:
-        raise ConfigurationError("an Application needs an event store: a URL or an EventStore")
-    return given
 
 
 def _inline_hook(projection: Projection) -> InlineHook:

@@ -30,7 +30,7 @@ from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction, SideSchemas
 from .recording import OperationsRecords
 from .runner import RunnerState, partition_runners
-from .store import EventStore
+from .source import EventSource
 
 logger = logging.getLogger("projectionist.bluegreen")
 
@@ -87,7 +87,7 @@ class BlueGreenBuild:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventSource,
         read_models: ReadModelStore,
         projection: Projection,
         lease: Lease | None = None,

@@ -9,11 +9,11 @@ from .errors import ProjectionTimeoutError
 from .events import Position
 from .projection import Projection
 from .readmodel import ReadModelStore
-from .store import EventStore
+from .source import EventSource
 
 
 async def wait_until_processed(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     position: Position,

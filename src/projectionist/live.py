@@ -15,6 +15,7 @@ from .defaults import DEFAULT_BATCH_SIZE, STREAM_PAGE_SIZE
 from .events import START, RecordedEvent
 from .identifiers import validate_identifier
 from .runner import sleep_until_new_events
+from .source import EventSource
 from .store import EventStore
 
 S = TypeVar("S")
@@ -54,7 +55,7 @@ class LiveProjection(Evolver[S]):
         self.position = START
         self._stop = asyncio.Event()
 
-    async def run(self, store: EventStore, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    async def run(self, store: EventSource, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self._stop.clear()
         self.state = self._initial()
         self.position = START if self.from_start else await store.head()

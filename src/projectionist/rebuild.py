@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from . import leases
-from .errors import InvalidInputError
+from .errors import ConfigurationError, InvalidInputError
 from .events import Position
 from .leases import Lease, UnitReport
 from .operations import db_now
@@ -30,6 +30,7 @@ from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords
 from .runner import Fence, ProjectionRunner, partition_runners
+from .source import EventSource
 from .store import EventStore
 
 Progress = Callable[[int, int], None]
@@ -44,7 +45,7 @@ _REPORT = UnitReport("catching up", None, None, 0, None)
 
 
 async def rebuild(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     progress: Progress | None = None,
@@ -56,8 +57,15 @@ async def rebuild(
     ``records`` is where the projection's faults and dead letters are (default: the read
     models' own database); the replay applies those events again, so they are dropped.
     ``leases_in`` is where the units' leases are: the rebuild holds them meanwhile.
+    An async projection replays from any ``EventSource``; an inline one needs our own
+    ``EventStore`` (it holds appends back while it replays).
     """
     if projection.kind is Kind.INLINE:
+        if not isinstance(store, EventStore):
+            raise ConfigurationError(
+                f"projection {projection.name!r} is inline: only an EventStore of ours can "
+                "rebuild it (it holds appends back meanwhile), not another event source"
+            )
         return await _rebuild_inline(store, projection, progress)
     if leases_in is None:
         return await _rebuild_async(store, read_models, projection, progress, records, None)
@@ -69,7 +77,7 @@ async def rebuild(
 
 
 async def _rebuild_async(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     progress: Progress | None,

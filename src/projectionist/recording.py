@@ -30,7 +30,7 @@ from .operations import DeadLetter, Failure, Fault
 from .partitions import split_unit
 from .projection import Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
-from .store import EventStore
+from .source import EventSource
 
 
 class OperationsRecords(abc.ABC):
@@ -199,7 +199,7 @@ class _InMemory(OperationsRecords):
 
 
 async def skip_fault(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     fault: Fault,
@@ -235,7 +235,7 @@ async def skip_fault(
 
 
 async def _next_event(
-    store: EventStore, projection: Projection, unit: str, after: Position
+    store: EventSource, projection: Projection, unit: str, after: Position
 ) -> RecordedEvent | None:
     _, partition = split_unit(unit)
     batch = await store.read_all(after, limit=1, types=projection.types, partition=partition)

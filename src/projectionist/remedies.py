@@ -14,11 +14,11 @@ from .operations import DeadLetter, Fault
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords, retry_dead_letter, skip_fault
-from .store import EventStore
+from .source import EventSource
 
 
 async def skip_faults(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     faults: Sequence[Fault],

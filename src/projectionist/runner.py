@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from .changes import ChangeSignal
 from .errors import HandlerError, LeaseLostError
 from .events import Position
 from .operations import Fault
@@ -27,7 +28,7 @@ from .preparation import prepare_read_model
 from .projection import OnError, Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords
-from .store import ChangeSignal, EventBatch, EventStore
+from .source import EventBatch, EventSource
 from .transient import backoff, is_transient
 
 logger = logging.getLogger("projectionist.runner")
@@ -57,7 +58,7 @@ class ProjectionRunner:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventSource,
         read_models: ReadModelStore,
         projection: Projection,
         *,
@@ -375,7 +376,7 @@ class ProjectionRunner:
         self._stop.set()
 
 
-async def sleep_until_new_events(store: EventStore, after: Position, stop: asyncio.Event) -> None:
+async def sleep_until_new_events(store: EventSource, after: Position, stop: asyncio.Event) -> None:
     """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed."""
     waiting = asyncio.ensure_future(store.wait_for_events(after, timeout=store.poll_interval))
     stopping = asyncio.ensure_future(stop.wait())
@@ -391,7 +392,7 @@ async def sleep_until_new_events(store: EventStore, after: Position, stop: async
 
 
 def partition_runners(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     *,

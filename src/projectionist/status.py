@@ -25,7 +25,7 @@ from .partitions import split_unit
 from .projection import Kind, Projection
 from .readmodel import Checkpoint, ReadModelStore
 from .runner import ProjectionRunner, RunnerState
-from .store import Backlog, EventStore, HeldBack
+from .source import Backlog, EventSource, HeldBack
 
 
 class Severity(enum.StrEnum):
@@ -200,7 +200,7 @@ class _Records:
 
 
 async def projection_statuses(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projections: Iterable[Projection],
     *,
@@ -239,7 +239,7 @@ async def projection_statuses(
     return statuses
 
 
-async def _records(store: EventStore, read_models: ReadModelStore, names: set[str]) -> _Records:
+async def _records(store: EventSource, read_models: ReadModelStore, names: set[str]) -> _Records:
     held_back = await store.held_back()
     try:
         live = await leases.live_workers(read_models)
@@ -255,7 +255,7 @@ async def _records(store: EventStore, read_models: ReadModelStore, names: set[st
 
 
 async def _unit_status(
-    store: EventStore,
+    store: EventSource,
     projection: Projection,
     unit: str,
     head: Position,
@@ -356,7 +356,7 @@ def _with_fault(state: UnitState, *, faulted: bool) -> UnitState:
 
 
 async def _build_status(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     head: Position,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from .changes import ChangeSignal
 from .errors import ConfigurationError
 from .leases import DEFAULT_LEASE_SECONDS, UnitReport
 from .operations import Fault
@@ -25,15 +26,15 @@ from .partitions import Partition
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore
 from .runner import Fence, ProjectionRunner, RunnerState
-from .store import ChangeSignal, EventStore
+from .source import EventSource
 
 
 class WorkerHost(Protocol):
     """The opened, set-up application whose async projections a worker runs."""
 
     @property
-    def store(self) -> EventStore:
-        """The event store the runners read."""
+    def source(self) -> EventSource:
+        """The events the runners read (our own event store, or another source)."""
         ...
 
     @property

@@ -29,7 +29,7 @@ from .readmodel import ReadModelStore, ReadModelTransaction
 from .rebuild import PROGRESS_INTERVAL, Progress
 from .recording import OperationsRecords
 from .runner import ProjectionRunner, partition_runners
-from .store import EventStore
+from .source import EventSource
 
 MAX_SHOWN = 10
 ATTEMPTS = 5
@@ -93,7 +93,7 @@ def checked_tolerance(value: object) -> float:
 
 
 async def verify(
-    store: EventStore,
+    store: EventSource,
     read_models: ReadModelStore,
     projection: Projection,
     *,
@@ -147,7 +147,7 @@ async def _live_positions(
 
 
 async def _replay(
-    store: EventStore,
+    store: EventSource,
     runners: Sequence[ProjectionRunner],
     targets: dict[str, Position],
     progress: Progress | None,
@@ -183,7 +183,7 @@ def _reporter(progress: Progress, base: int, total: int) -> Callable[[int], None
 
 
 async def _run_to(
-    store: EventStore, runner: ProjectionRunner, report: Callable[[int], None] | None
+    store: EventSource, runner: ProjectionRunner, report: Callable[[int], None] | None
 ) -> None:
     assert runner.checkpoint is not None and runner.until is not None
     before = await store.count_after(runner.checkpoint) if report is not None else 0

@@ -141,7 +141,7 @@ class Worker:
         for store in {read_models, *map(self.host.read_models_for, self._projections)}:
             store.guard_transactions(self.worker_id, self.idle_transaction_seconds)
         await leases.register_units(read_models, {u: p.name for u, p in self._units.items()})
-        url = self.host.store.url  # a store keeps its URL without the password
+        url = self.host.source.url  # a source keeps its URL without the password
         logger.info(
             "worker %s started: %d units it can run, store %s",
             *(self.worker_id, len(self._units), url),
@@ -378,7 +378,7 @@ class Worker:
     def _runner(self, unit: str, lease: Lease) -> UnitWork:
         if unit in self._builds:
             return BlueGreenBuild(
-                self.host.store,
+                self.host.source,
                 self.host.read_models,
                 self._builds[unit],
                 lease,
