@@ -15,12 +15,13 @@ from .errors import (
     TransactionConflictError,
 )
 from .events import START, NewEvent, Position, RecordedEvent
-from .factory import create_store
+from .factory import create_store, open_read_models
 from .live import Evolver, LiveProjection, fold_stream
 from .operations import DeadLetter, Fault
 from .projection import Kind, OnError, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .search import SearchHit, SearchProjection, SearchQueryError
+from .source import EventSource
 from .state import DELETE, Evolved, State, StateProjection
 from .status import ProjectionStatus, Severity, UnitState
 from .store import (
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetter",
     "EventBatch",
+    "EventSource",
     "EventStore",
     "Evolved",
     "Evolver",
@@ -89,4 +91,5 @@ __all__ = [
     "Worker",
     "create_store",
     "fold_stream",
+    "open_read_models",
 ]

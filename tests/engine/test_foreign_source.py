@@ -20,6 +20,8 @@ import pytest
 from projectionist import (
     Application,
     ConfigurationError,
+    EventBatch,
+    EventSource,
     Projection,
     ReadModelTransaction,
     RecordedEvent,
@@ -27,7 +29,6 @@ from projectionist import (
 from projectionist.defaults import DEFAULT_BATCH_SIZE
 from projectionist.events import START, Position
 from projectionist.partitions import Partition
-from projectionist.source import EventBatch, EventSource
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
 
 ORDERS = ("OrderPlaced", "ItemAdded", "OrderShipped")
