@@ -110,7 +110,7 @@ class Application(OpenClose):
         shared as an ``EventStore`` object is, with ``read_models`` the URL of the read
         models' database (``open_read_models``); inline projections need our own store."""
         events = events_given(store, url, source)
-        self._shared_store = events if isinstance(events, EventSource) else None
+        self._shared_source = events if isinstance(events, EventSource) else None
         # The URL to connect with, password and all; ``url`` is the one to show.
         self._url = events.url if isinstance(events, EventSource) else events
         self.url = redact_url(self._url)
@@ -151,11 +151,11 @@ class Application(OpenClose):
         if self._source is not None:
             return
         async with contextlib.AsyncExitStack() as opened:
-            source = self._shared_store or create_store(
+            source = self._shared_source or create_store(
                 url or self._url, schema=self.schema, poll_interval=self.poll_interval
             )
             await source.open()
-            if source is not self._shared_store:
+            if source is not self._shared_source:
                 opened.push_async_callback(source.close)
             if isinstance(source, EventStore):
                 self._add_inline_hooks(source, opened)

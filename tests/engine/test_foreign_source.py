@@ -9,7 +9,9 @@ skips a row that commits later with a smaller id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -25,11 +27,13 @@ from projectionist import (
     Projection,
     ReadModelTransaction,
     RecordedEvent,
+    open_read_models,
 )
 from projectionist.defaults import DEFAULT_BATCH_SIZE
 from projectionist.events import START, Position
 from projectionist.partitions import Partition
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
+from tests.targets.conftest import REDIS_URL, require_redis
 
 ORDERS = ("OrderPlaced", "ItemAdded", "OrderShipped")
 
@@ -283,3 +287,25 @@ async def test_what_an_application_over_another_source_refuses(orders_log: Order
         assert app.source is orders_log and app.url == orders_log.url
         with pytest.raises(ConfigurationError, match="not from an event store of ours"):
             app.store  # noqa: B018
+
+
+async def test_sqlite_read_models_get_no_event_tables(
+    orders_log: OrdersLog, tmp_path: Path
+) -> None:
+    path = tmp_path / "read_models.db"
+    async with foreign_app(orders_log, f"sqlite:///{path}") as app:
+        await app.setup()
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"projection_checkpoints", "orders_seen", "order_totals"} <= tables
+    assert not tables & {"events", "streams"}
+
+
+async def test_open_read_models_opens_redis_by_url() -> None:
+    await require_redis()
+    async with open_read_models(REDIS_URL) as read_models:
+        assert read_models.dialect == "redis"
+        assert await read_models.checkpoint(f"nothing_{uuid.uuid4().hex}") is None
+    with pytest.raises(ConfigurationError, match="PostgreSQL only"):
+        async with open_read_models(REDIS_URL, schema="x"):
+            pass
