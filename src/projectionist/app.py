@@ -212,7 +212,9 @@ class Application(OpenClose):
     @property
     def read_models(self) -> ReadModelStore:
         """Where the read models and their checkpoints live."""
-        return self._own_database or self.store.read_models()
+        if self._own_database is not None:
+            return self._own_database
+        return self.store.read_models()
 
     # -- per-projection read-model stores (e.g. Redis) ------------------------------------
 
