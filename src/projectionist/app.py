@@ -15,36 +15,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from typing import Any
 
 from . import leases, operations
 from .bluegreen import stale_projections
+from .composition import check_projections, events_given, inline_hook, read_models_url
 from .consistency import wait_until_processed
 from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import (
     ConfigurationError,
 )
-from .events import Position, RecordedEvent, validate_position
-from .factory import (
-    create_store,
-    events_given,
-    open_read_models,
-    read_models_url,
-    refuse_inline_over_a_source,
-)
+from .events import Position, validate_position
+from .factory import create_store, open_read_models
 from .live import LiveProjection
 from .operations import DeadLetter, Fault
 from .partitions import Partition
 from .preparation import prepare_read_model
 from .projection import Kind, Projection
-from .readmodel import ReadModelStore, ReadModelTransaction
+from .readmodel import ReadModelStore
 from .rebuild import Progress, rebuild
 from .recording import OperationsRecords
 from .remedies import discard_dead_letters, retry_dead_letters, skip_faults
 from .runner import Fence, ProjectionRunner
 from .source import EventSource
 from .status import ProjectionStatus, projection_statuses
-from .store import ChangeSignal, EventStore, InlineHook, OpenClose
+from .store import ChangeSignal, EventStore, OpenClose
 from .urls import redact_url
 from .verify import Verification, verify
 from .worker import Worker
@@ -52,41 +47,6 @@ from .worker import Worker
 
 class Application(OpenClose):
     """An event store, the projections over it, and the operations on them."""
-
-    @overload
-    def __init__(
-        self,
-        store: str | EventStore,
-        projections: Iterable[Projection] = (),
-        *,
-        live: Iterable[LiveProjection[Any]] = (),
-        schema: str | None = None,
-        read_model_url: str | None = None,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self,
-        *,
-        url: str | EventStore,
-        projections: Iterable[Projection] = (),
-        live: Iterable[LiveProjection[Any]] = (),
-        schema: str | None = None,
-        read_model_url: str | None = None,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self,
-        *,
-        source: EventSource,
-        read_models: str,
-        projections: Iterable[Projection] = (),
-        live: Iterable[LiveProjection[Any]] = (),
-        schema: str | None = None,
-    ) -> None: ...
 
     def __init__(
         self,
@@ -118,20 +78,10 @@ class Application(OpenClose):
         self.schema = schema
         self.poll_interval = poll_interval
         projections, live = list(projections), list(live)  # a generator is iterated once
+        self.read_model_url = read_models_url(read_model_url, read_models, source)
+        check_projections(projections, live, self.read_model_url is not None, source)
         self.projections = {p.name: p for p in projections}
         self.live = {p.name: p for p in live}
-        names = [p.name for p in projections] + [p.name for p in live]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"projection names must be unique, got {sorted(names)}")
-        self.read_model_url = read_models_url(read_model_url, read_models, source)
-        if source is not None and not isinstance(source, EventStore):
-            refuse_inline_over_a_source(self.projections.values())
-        if self.read_model_url and any(p.kind is Kind.INLINE for p in self.projections.values()):
-            raise ConfigurationError(
-                "inline projections write in the append's transaction: their read model must "
-                "live in the event store's database (drop read_model_url or make them async)"
-            )
-        _refuse_inline_with_own_read_models(self.projections.values())
         self._source: EventSource | None = None
         # A read-model database of its own (open_read_models).
         self._own_database: ReadModelStore | None = None
@@ -172,7 +122,7 @@ class Application(OpenClose):
     def _add_inline_hooks(self, store: EventStore, opened: contextlib.AsyncExitStack) -> None:
         for projection in self.projections.values():
             if projection.kind is Kind.INLINE:
-                hook = _inline_hook(projection)
+                hook = inline_hook(projection)
                 store.add_inline_hook(hook)
                 opened.callback(store.inline_hooks.remove, hook)
 
@@ -474,20 +424,3 @@ class Application(OpenClose):
             own_read_models=self._own_read_models(),
             runners=self._runners,
         )
-
-
-def _inline_hook(projection: Projection) -> InlineHook:
-    async def hook(tx: ReadModelTransaction, events: Sequence[RecordedEvent]) -> None:
-        await projection.apply(events, tx)
-
-    return hook
-
-
-def _refuse_inline_with_own_read_models(projections: Iterable[Projection]) -> None:
-    for projection in projections:
-        if projection.kind is Kind.INLINE and projection.read_models is not None:
-            raise ConfigurationError(
-                f"projection {projection.name!r} is inline, so it writes in the append's own "
-                "transaction: it cannot have a read-model store of its own (such as Redis); "
-                "make it async"
-            )

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from .defaults import DEFAULT_POLL_INTERVAL
 from .errors import ConfigurationError
-from .projection import Kind, Projection
 from .readmodel import ReadModelStore
-from .source import EventSource
 from .store import EventStore
 from .urls import is_key_value_dsn, redact_url
 
@@ -73,46 +71,3 @@ async def open_read_models(url: str, *, schema: str | None = None) -> AsyncItera
         return
     async with create_store(url, schema=schema) as host:
         yield host.read_models()
-
-
-def events_given(
-    store: str | EventStore | None, url: str | EventStore | None, source: EventSource | None
-) -> str | EventSource:
-    """What an Application reads its events from: an event store's URL or object (given as
-    ``store``, or ``url=``, its former name), or another ``source``; given exactly once."""
-    given = [thing for thing in (store, url, source) if thing is not None]
-    if len(given) > 1:
-        raise ConfigurationError(
-            "give the events once: as store (or url=), or as source=, not several"
-        )
-    if not given:
-        raise ConfigurationError(
-            "an Application needs an event store (a URL or an EventStore) or a source="
-        )
-    if source is not None and not isinstance(source, EventSource):
-        raise ConfigurationError(f"source= must be an EventSource, not {type(source).__name__}")
-    return given[0]
-
-
-def read_models_url(
-    read_model_url: str | None, read_models: str | None, source: EventSource | None
-) -> str | None:
-    if read_model_url is not None and read_models is not None:
-        raise ConfigurationError("give the read models' URL once: read_models= or read_model_url=")
-    chosen = read_models if read_models is not None else read_model_url
-    if source is not None and not isinstance(source, EventStore) and chosen is None:
-        raise ConfigurationError(
-            "an application over another event source needs read_models='<URL>' "
-            "(postgresql://, sqlite:///, memory:// or redis://): the source keeps no read models"
-        )
-    return chosen
-
-
-def refuse_inline_over_a_source(projections: Iterable[Projection]) -> None:
-    """Inline projections write in an append's transaction: another source has none."""
-    for projection in projections:
-        if projection.kind is Kind.INLINE:
-            raise ConfigurationError(
-                f"projection {projection.name!r} is inline, so it writes in the append's own "
-                "transaction: an application over another event source has none; make it async"
-            )

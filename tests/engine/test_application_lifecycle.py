@@ -81,6 +81,6 @@ def test_the_store_is_named_store_and_url_still_works() -> None:
     assert Application("memory://").url == "memory://"
     assert Application(url="memory://", projections=[ledger()]).url == "memory://"
     with pytest.raises(ConfigurationError, match="once"):
-        Application("memory://", url="memory://")  # type: ignore[call-overload]
+        Application("memory://", url="memory://")
     with pytest.raises(ConfigurationError, match="needs an event store"):
-        Application()  # type: ignore[call-overload]
+        Application()

@@ -280,9 +280,9 @@ async def test_what_an_application_over_another_source_refuses(orders_log: Order
     with pytest.raises(ConfigurationError, match="inline"):
         Application(source=orders_log, read_models="memory://", projections=[inline])
     with pytest.raises(ConfigurationError, match="read_models="):
-        Application(source=orders_log)  # type: ignore[call-overload]
+        Application(source=orders_log)
     with pytest.raises(ConfigurationError, match="once"):
-        Application("memory://", source=orders_log)  # type: ignore[call-overload]
+        Application("memory://", source=orders_log)
     async with Application(source=orders_log, read_models="memory://") as app:
         assert app.source is orders_log and app.url == orders_log.url
         with pytest.raises(ConfigurationError, match="not from an event store of ours"):

@@ -1,0 +1,96 @@
+"""What an Application is given, checked once: where its events come from, where its read
+models live, and whether its projections can run there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import ConfigurationError
+from .events import RecordedEvent
+from .live import LiveProjection
+from .projection import Kind, Projection
+from .readmodel import ReadModelTransaction
+from .source import EventSource
+from .store import EventStore, InlineHook
+
+
+def events_given(
+    store: str | EventStore | None, url: str | EventStore | None, source: EventSource | None
+) -> str | EventSource:
+    """What an Application reads its events from: an event store's URL or object (given as
+    ``store``, or ``url=``, its former name), or another ``source``; given exactly once."""
+    given = [thing for thing in (store, url, source) if thing is not None]
+    if len(given) > 1:
+        raise ConfigurationError(
+            "give the events once: as store (or url=), or as source=, not several"
+        )
+    if not given:
+        raise ConfigurationError(
+            "an Application needs an event store (a URL or an EventStore) or a source="
+        )
+    if source is not None and not isinstance(source, EventSource):
+        raise ConfigurationError(f"source= must be an EventSource, not {type(source).__name__}")
+    return given[0]
+
+
+def read_models_url(
+    read_model_url: str | None, read_models: str | None, source: EventSource | None
+) -> str | None:
+    if read_model_url is not None and read_models is not None:
+        raise ConfigurationError("give the read models' URL once: read_models= or read_model_url=")
+    chosen = read_models if read_models is not None else read_model_url
+    if source is not None and not isinstance(source, EventStore) and chosen is None:
+        raise ConfigurationError(
+            "an application over another event source needs read_models='<URL>' "
+            "(postgresql://, sqlite:///, memory:// or redis://): the source keeps no read models"
+        )
+    return chosen
+
+
+def refuse_inline_over_a_source(projections: Iterable[Projection]) -> None:
+    """Inline projections write in an append's transaction: another source has none."""
+    for projection in projections:
+        if projection.kind is Kind.INLINE:
+            raise ConfigurationError(
+                f"projection {projection.name!r} is inline, so it writes in the append's own "
+                "transaction: an application over another event source has none; make it async"
+            )
+
+
+def check_projections(
+    projections: Sequence[Projection],
+    live: Sequence[LiveProjection[Any]],
+    own_read_model_database: bool,
+    source: EventSource | None,
+) -> None:
+    """Unique names; inline projections only where they can write in the append's
+    transaction (our own store's database, no read-model store of their own)."""
+    names = [p.name for p in projections] + [p.name for p in live]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"projection names must be unique, got {sorted(names)}")
+    if source is not None and not isinstance(source, EventStore):
+        refuse_inline_over_a_source(projections)
+    if own_read_model_database and any(p.kind is Kind.INLINE for p in projections):
+        raise ConfigurationError(
+            "inline projections write in the append's transaction: their read model must "
+            "live in the event store's database (drop read_model_url or make them async)"
+        )
+    _refuse_inline_with_own_read_models(projections)
+
+
+def inline_hook(projection: Projection) -> InlineHook:
+    async def hook(tx: ReadModelTransaction, events: Sequence[RecordedEvent]) -> None:
+        await projection.apply(events, tx)
+
+    return hook
+
+
+def _refuse_inline_with_own_read_models(projections: Iterable[Projection]) -> None:
+    for projection in projections:
+        if projection.kind is Kind.INLINE and projection.read_models is not None:
+            raise ConfigurationError(
+                f"projection {projection.name!r} is inline, so it writes in the append's own "
+                "transaction: it cannot have a read-model store of its own (such as Redis); "
+                "make it async"
+            )
