@@ -87,6 +87,12 @@ async def insert(connection: asyncpg.Connection, schema: str, stream: str, type_
     return row_id
 
 
+async def all_visible(source: PostgresTableSource) -> None:
+    """Wait until readers see every committed row: the horizon is the whole cluster's, so
+    another session's open transaction (another test's) may hold fresh rows back a while."""
+    assert await source.wait_until_visible(await source.last_committed(), timeout=120)
+
+
 # -- the gap stress ----------------------------------------------------------------------
 
 WRITERS = 8
@@ -195,11 +201,13 @@ async def test_a_row_behind_an_open_transaction_holds_back_the_younger_ones(
             batch = await source.read_all()
             assert (batch.events, batch.checkpoint) == ([], START)
             assert (await source.backlog(START)).events == 1  # committed, waiting
+            assert await source.held_back() is not None
             await opened.commit()
-            assert await source.wait_until_visible(await source.last_committed(), timeout=60)
+            await all_visible(source)
             batch = await source.read_all()
             assert [event.position.seq for event in batch.events] == [older_id, younger_id]
             assert await source.count_after(START) == 2
+            assert await source.held_back() is None
         finally:
             await older.close()
             await younger.close()
@@ -220,6 +228,7 @@ async def test_events_decode_and_filters_apply_on_the_source_side(prepared: str)
     rows = [(f"s{n % 4}", "Kept" if n % 2 else "Other") for n in range(20)]
     ids = await write_rows(prepared, rows)
     async with table_source(prepared) as source:
+        await all_visible(source)
         everything = await source.read_all(limit=100)
         event = everything.events[0]
         assert (event.stream_id, event.type, event.data) == ("s0", "Other", {"stream": "s0"})
@@ -345,6 +354,7 @@ async def test_an_application_projects_the_table_and_a_rebuild_equals_a_fresh_ru
         Application(source=source, read_models=read_models_url, projections=[row_log()]) as app,
     ):
         await app.setup()
+        await all_visible(source)
         [before] = await app.status()
         assert (before.lag, before.head) == (12, Position(before.head.tx, ids[-1]))
         await app.run_until_caught_up()
@@ -390,4 +400,5 @@ async def test_cli_prints_the_migration_and_applies_it(schema: str) -> None:
     assert "pj_tx" in await columns_of(schema)
     await write_rows(schema, [("s", "Kept")])
     async with table_source(schema) as source:
+        await all_visible(source)
         assert len((await source.read_all()).events) == 1

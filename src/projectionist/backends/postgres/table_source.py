@@ -41,7 +41,7 @@ from ...events import (
 )
 from ...identifiers import quote_identifier, validate_identifier
 from ...partitions import PARTITION_SQL, Partition
-from ...source import BACKLOG_COUNTED, Backlog, EventBatch, EventSource
+from ...source import BACKLOG_COUNTED, Backlog, EventBatch, EventSource, HeldBack
 from ...urls import redact_url
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, why_no_connection
@@ -233,6 +233,17 @@ class PostgresTableSource(EventSource):
                 row = await connection.fetchrow(self._sql.head, horizon, not self._ordered_by_tx)
         return START if row is None else Position(row[0], row[1])
 
+    async def held_back(self) -> HeldBack | None:
+        """Committed rows at or above the horizon: an older transaction (of any table of
+        the cluster) is still open. None under the promise, which cannot tell."""
+        if not self._ordered_by_tx:
+            return None
+        async with self.pool.acquire() as connection:
+            horizon = await self._horizon(connection)
+            with self._translated("reading what is held back in"):
+                seconds = await connection.fetchval(self._sql.held_back, horizon)
+        return None if seconds is None else HeldBack(max(0.0, seconds), None)
+
     async def last_committed(self) -> Position:
         with self._translated("reading the last row of"):
             row = await self.pool.fetchrow(self._sql.head, 0, True)
@@ -305,6 +316,11 @@ class _Statements:
         self.head = (
             f"SELECT {self._tx}, {pos}::bigint FROM {table} "
             f"WHERE $2::bool OR {self._below('$1')} ORDER BY {self._order_desc} LIMIT 1"
+        )
+        self.held_back = (
+            f"SELECT extract(epoch FROM clock_timestamp() - {quote_identifier(columns.time)})"
+            f"::float8 FROM {table} WHERE NOT {self._below('$1')} "
+            f"ORDER BY {self._order} LIMIT 1"
         )
         # $4: a bounded count (a backlog) reads past the horizon too: committed rows wait.
         self.count = f"""
