@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from projectionist import ProjectionistError, create_store
@@ -29,10 +30,11 @@ from projectionist.readmodel import (
     CheckpointConflictError,
     ReadModelStore,
     ReadModelTransaction,
+    SideSchemas,
 )
 from projectionist.targets.redis import RedisReadModelStore, as_redis
 from projectionist.transient import is_transient
-from tests.conftest import new_schema_name, require_postgres, store_url
+from tests.conftest import PG_DSN, new_schema_name, require_postgres, store_url
 from tests.targets.conftest import REDIS_URL, delete_prefix, require_redis
 
 KINDS = ["memory", "sqlite", "postgres", "redis"]
@@ -304,6 +306,27 @@ async def _schema_exists(read_models: ReadModelStore, schema: str) -> bool:
     return bool(found)
 
 
+async def _drop_retired_by_two_at_once(sides: SideSchemas, retired: str) -> list[str]:
+    """Two workers' ``drop_retired`` at the same moment: a reader holds the retired table,
+    so both have come as far as they can before either may drop it."""
+    holder = await asyncpg.connect(PG_DSN)
+    try:
+        holder_tx = holder.transaction()
+        await holder_tx.start()
+        await holder.execute(f'LOCK TABLE "{retired}".{TABLE} IN ACCESS SHARE MODE')
+        both = asyncio.gather(*(sides.drop_retired(retired, now=100.0) for _ in range(2)))
+        for _ in range(1500):  # until both wait (on the table, or on each other)
+            waiting = await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if waiting >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await holder_tx.rollback()
+        found = await asyncio.wait_for(both, timeout=60)
+    finally:
+        await holder.close()
+    return sorted(schema for dropped in found for schema in dropped)
+
+
 @pytest.mark.parametrize("kind", ["postgres"])
 async def test_a_side_stores_tables_and_checkpoints_are_swapped_in_in_one_transaction(
     read_models: ReadModelStore, rows: Rows
@@ -327,7 +350,8 @@ async def test_a_side_stores_tables_and_checkpoints_are_swapped_in_in_one_transa
         assert not await _schema_exists(read_models, side_name)
         assert await sides.drop_retired(retired, now=99.0) == []  # its grace period runs
         assert await _schema_exists(read_models, retired)
-        assert await sides.drop_retired(retired, now=100.0) == [retired]
+        # Every worker looks at once: the schema is dropped once, nobody fails.
+        assert await _drop_retired_by_two_at_once(sides, retired) == [retired]
         assert not await _schema_exists(read_models, retired)
     finally:
         async with read_models.transaction() as tx:

@@ -64,6 +64,12 @@ class PostgresSideSchemas(SideSchemas):
         dropped = []
         async with self._store.transaction() as tx:
             base = await tx.fetchval("SELECT current_schema()")
+            # Every worker looks for retired schemas: one at a time per base schema, so a
+            # second one lists after the first dropped (its statements see that commit).
+            await tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('projectionist.retired.' || $1::text))",
+                base,
+            )
             rows = await tx.fetch(
                 "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
                 "WHERE starts_with(nspname, $1)",
@@ -73,7 +79,7 @@ class PostgresSideSchemas(SideSchemas):
                 words = (comment or "").split()
                 ours = words[:2] == ["drop", "after"] and words[3:5] == ["base", str(base)]
                 if ours and float(words[2]) <= now:  # only this base schema's
-                    await tx.execute(f"DROP SCHEMA {quote_identifier(schema)} CASCADE")
+                    await tx.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE")
                     dropped.append(schema)
         return dropped
 
