@@ -5,6 +5,7 @@ from .errors import (
     BackendError,
     ConcurrencyError,
     ConfigurationError,
+    EventDecodingError,
     HandlerError,
     InvalidInputError,
     ProjectionistError,
@@ -21,7 +22,7 @@ from .operations import DeadLetter, Fault
 from .projection import Kind, OnError, Projection
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .search import SearchHit, SearchProjection, SearchQueryError
-from .source import EventSource
+from .source import Decoder, EventSource
 from .state import DELETE, Evolved, State, StateProjection
 from .status import ProjectionStatus, Severity, UnitState
 from .store import (
@@ -52,7 +53,9 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "DeadLetter",
+    "Decoder",
     "EventBatch",
+    "EventDecodingError",
     "EventSource",
     "EventStore",
     "Evolved",

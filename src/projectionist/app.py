@@ -100,6 +100,11 @@ class Application(OpenClose):
         what was opened is closed again and the error raised."""
         if self._source is not None:
             return
+        if url is not None and self._shared_source is not None:
+            raise ConfigurationError(
+                f"this application reads the events of the object it was given "
+                f"({self._shared_source.url}): a store URL cannot replace it (no --url)"
+            )
         async with contextlib.AsyncExitStack() as opened:
             source = self._shared_source or create_store(
                 url or self._url, schema=self.schema, poll_interval=self.poll_interval

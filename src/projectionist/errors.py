@@ -103,3 +103,9 @@ class LeaseLostError(ProjectionistError):
 class ProjectionSupersededError(ProjectionVersionError):
     """The stored read model is of a newer version than this code's: a newer deployment
     has taken over (after a blue/green rebuild). This worker leaves the projection alone."""
+
+
+class EventDecodingError(ProjectionistError):
+    """A source could not turn a stored event's payload into data (its decoder raised, or
+    the payload is not a JSON object). The read stops at that event, so nothing after it is
+    projected; the decoder's exception is the cause."""

@@ -211,9 +211,9 @@ class EncodedEvent:
 class RecordedEvent:
     """An event as stored: immutable, with its stream version and global position."""
 
-    id: uuid.UUID
+    id: uuid.UUID | None
     stream_id: str
-    version: int
+    version: int | None
     type: str
     data: JsonObject
     metadata: JsonObject

@@ -51,7 +51,7 @@ class Fault:
     version: int
     position: Position
     stream_id: str
-    stream_version: int
+    stream_version: int | None
     event_type: str
     error: str
     traceback: str
@@ -102,7 +102,8 @@ async def record_fault(
         "stream_version = excluded.stream_version, event_type = excluded.event_type, "
         "error = excluded.error, traceback = excluded.traceback, "
         "attempts = excluded.attempts, failed_at = excluded.failed_at",
-        unit, projection, version, str(event.position), event.stream_id, event.version,
+        unit, projection, version, str(event.position), event.stream_id,
+        stored_version(event.version),
         event.type, error, trace, attempts,
     )  # fmt: skip
     fault = await load_fault(tx, unit)
@@ -123,7 +124,7 @@ def _fault(row: tuple[Any, ...]) -> Fault:
         version=row[2],
         position=Position.parse(row[3]),
         stream_id=row[4],
-        stream_version=row[5],
+        stream_version=loaded_version(row[5]),
         event_type=row[6],
         error=row[7],
         traceback=row[8],
@@ -189,11 +190,29 @@ class DeadLetter:
             "stream_id": self.event.stream_id,
             "stream_version": self.event.version,
             "event_type": self.event.type,
-            "event_id": str(self.event.id),
+            "event_id": None if self.event.id is None else str(self.event.id),
             "error": self.error,
             "attempts": self.attempts,
             "failed_at": self.failed_at,
         }
+
+
+# A source may leave out an event's id or stream version (docs/sources.md). The operations
+# tables keep their NOT NULL columns, so an absent version is stored as -1 (no stream has a
+# negative version) and an absent id as '' (no UUID prints empty).
+NO_STORED_VERSION = -1
+
+
+def stored_version(version: int | None) -> int:
+    return NO_STORED_VERSION if version is None else version
+
+
+def loaded_version(stored: int) -> int | None:
+    return None if stored == NO_STORED_VERSION else int(stored)
+
+
+def stored_id(event_id: uuid.UUID | None) -> str:
+    return "" if event_id is None else str(event_id)
 
 
 async def add_dead_letter(
@@ -207,10 +226,10 @@ async def add_dead_letter(
         "stream_id, stream_version, event_type, data, metadata, recorded_at, error, traceback, "
         "attempts, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
         f"$14, {db_now(tx)})",
-        unit.partition("#")[0], unit, version, str(event.position), str(event.id),
-        event.stream_id, event.version, event.type, orjson.dumps(event.data).decode(),
-        orjson.dumps(event.metadata).decode(), event.recorded_at.isoformat(), error, trace,
-        attempts,
+        unit.partition("#")[0], unit, version, str(event.position), stored_id(event.id),
+        event.stream_id, stored_version(event.version), event.type,
+        orjson.dumps(event.data).decode(), orjson.dumps(event.metadata).decode(),
+        event.recorded_at.isoformat(), error, trace, attempts,
     )  # fmt: skip
 
 
@@ -222,9 +241,9 @@ _DEAD_LETTER_COLUMNS = (
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     event = RecordedEvent(
-        id=uuid.UUID(row[5]),
+        id=uuid.UUID(row[5]) if row[5] else None,
         stream_id=row[6],
-        version=row[7],
+        version=loaded_version(row[7]),
         type=row[8],
         data=orjson.loads(row[9]),
         metadata=orjson.loads(row[10]),

@@ -349,6 +349,7 @@ class Projection:
 
 def failure(name: str, event: RecordedEvent, exc: BaseException) -> str:
     return (
-        f"projection {name!r} failed on {event.type} (stream {event.stream_id!r} version "
-        f"{event.version}, position {event.position}): {type(exc).__name__}: {exc}"
+        f"projection {name!r} failed on {event.type} (stream {event.stream_id!r}"
+        f"{'' if event.version is None else f' version {event.version}'}, position "
+        f"{event.position}): {type(exc).__name__}: {exc}"
     )

@@ -17,11 +17,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .changes import ChangeSignal
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
-from .events import START, Position, RecordedEvent
+from .errors import EventDecodingError
+from .events import START, JsonObject, Position, RecordedEvent
 from .partitions import Partition
 
 
@@ -35,6 +36,27 @@ class EventBatch:
 
     events: list[RecordedEvent]
     checkpoint: Position
+
+
+Decoder = Callable[[Any], JsonObject]
+"""Turns a stored payload (the column's or message's value as the driver returns it: str,
+bytes, ...) into an event's ``data``, a JSON-like dict. A source takes one as ``decode=``."""
+
+
+def decoded(decode: Decoder, payload: object, where: str) -> JsonObject:
+    """``decode(payload)``, checked to be a dict; any failure is an ``EventDecodingError``
+    naming ``where`` (the event's position or sequence), with the decoder's error as cause."""
+    try:
+        data = decode(payload)
+    except Exception as exc:
+        raise EventDecodingError(
+            f"cannot decode the payload of {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise EventDecodingError(
+            f"the payload of {where} decoded to {type(data).__name__}, not a dict (a JSON object)"
+        )
+    return data
 
 
 BACKLOG_COUNTED = 10_000

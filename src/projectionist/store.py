@@ -61,7 +61,9 @@ class AppendResult:
 
     @property
     def version(self) -> int:
-        return self.events[-1].version
+        version = self.events[-1].version
+        assert version is not None  # our own stores number every stream's events
+        return version
 
     @property
     def position(self) -> Position:

@@ -1,7 +1,7 @@
 """Helpers for testing your own projections.
 
-``assert_idempotent`` runs a projection over events once, cleanly, then again in a fresh
-store with every batch delivered twice and the whole history replayed on top, and fails
+``assert_idempotent`` runs a projection over events once, cleanly, then again in fresh read
+models with every batch delivered twice and the whole history replayed on top, and fails
 when the read model differs: the check that a handler is safe to replay.
 
     rows = await assert_idempotent(
@@ -9,38 +9,44 @@ when the read model differs: the check that a handler is safe to replay.
         [("order-1", [NewEvent("OrderCreated", {...}), NewEvent("ItemAdded", {...})])],
         "SELECT * FROM order_summary ORDER BY order_id",
     )
+
+The events are appends to a fresh store of ours (at ``url``), or any ``EventSource``: then
+its events, read up to its head, go into fresh read models at ``url`` (docs/sources.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from .defaults import DEFAULT_BATCH_SIZE
+from .errors import ConfigurationError
 from .events import START, NewEvent, RecordedEvent
-from .factory import create_store
+from .factory import create_store, open_read_models
 from .preparation import prepare_read_model
 from .projection import Projection
-from .readmodel import ReadModelTransaction
-from .store import EventStore
+from .readmodel import ReadModelStore, ReadModelTransaction
+from .source import EventSource
 
 Query = str | Callable[[ReadModelTransaction], Awaitable[Any]]
 Appends = Iterable[tuple[str, Sequence[NewEvent]]]
+History = Appends | EventSource
+"""Appends to a fresh store of ours, or a source whose events are read as they are."""
 
 
 async def project(
-    projection: Projection, appends: Appends, query: Query, *, url: str = "memory://"
+    projection: Projection, history: History, query: Query, *, url: str = "memory://"
 ) -> Any:
-    """Append ``appends`` to a fresh store, run ``projection`` over them once, return ``query``."""
-    async with create_store(url) as store:
-        events = await _fresh_history(store, projection, appends)
-        await _deliver(store, projection, [events])
-        return await _query(store, query)
+    """Run ``projection`` once over ``history`` in fresh read models, return ``query``."""
+    async with _fresh(projection, history, url, first=True) as (read_models, events):
+        await _deliver(read_models, projection, [events])
+        return await _query(read_models, query)
 
 
 async def assert_idempotent(
     projection: Projection,
-    appends: Appends,
+    history: History,
     query: Query,
     *,
     url: str = "memory://",
@@ -49,17 +55,20 @@ async def assert_idempotent(
     """Fail unless duplicated and replayed deliveries leave the read model unchanged.
 
     Returns the query's result from the clean run. ``url`` must name a fresh store (the
-    default, ``memory://``, keeps read models in an in-memory SQLite database).
+    default, ``memory://``, keeps read models in an in-memory SQLite database); over a
+    source, only its read-model side is used.
     """
-    appends = list(appends)
-    expected = await project(projection, appends, query, url=url)
-    async with create_store(url) as store:
-        events = await _fresh_history(store, projection, appends)
+    if not isinstance(history, EventSource):
+        history = list(history)
+    expected = await project(projection, history, query, url=url)
+    # The same database again (memory:// gives a new one): the projection's tables are
+    # made afresh; a store that kept the clean run's events is read again, not appended to.
+    async with _fresh(projection, history, url, first=False) as (read_models, events):
         batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
         twice = [delivery for batch in batches for delivery in (batch, batch)]
-        await _deliver(store, projection, twice)  # every batch delivered twice
-        await _deliver(store, projection, [events])  # then the whole history replayed
-        actual = await _query(store, query)
+        await _deliver(read_models, projection, twice)  # every batch delivered twice
+        await _deliver(read_models, projection, [events])  # then the whole history replayed
+        actual = await _query(read_models, query)
     if actual != expected:
         raise AssertionError(
             f"projection {projection.name!r} is not idempotent: after duplicated and replayed "
@@ -68,18 +77,42 @@ async def assert_idempotent(
     return expected
 
 
-async def _fresh_history(
-    store: EventStore, projection: Projection, appends: Appends
-) -> list[RecordedEvent]:
-    await store.apply_schema()
-    async with store.read_models().transaction() as tx:
+@contextlib.asynccontextmanager
+async def _fresh(
+    projection: Projection, history: History, url: str, *, first: bool
+) -> AsyncIterator[tuple[ReadModelStore, list[RecordedEvent]]]:
+    """Read models at ``url`` with ``projection``'s tables made afresh, and the history's
+    events (appended to the store at ``url`` unless a ``first`` run there did)."""
+    if isinstance(history, EventSource):
+        async with open_read_models(url) as read_models:
+            await _prepare(read_models, projection)
+            yield read_models, await _read_everything(history)
+        return
+    async with create_store(url) as store:
+        await store.apply_schema()
+        await _prepare(store.read_models(), projection)
+        empty = await store.head() == START
+        if first and not empty:
+            raise ConfigurationError(f"{store.url} holds events: give a fresh store's URL")
+        if empty:  # else the clean run's events, in the same database
+            for stream_id, events in history:
+                await store.append(stream_id, events)
+        yield store.read_models(), await _read_everything(store)
+
+
+async def _prepare(read_models: ReadModelStore, projection: Projection) -> None:
+    await read_models.apply_schema()
+    async with read_models.transaction() as tx:
+        await projection.run_teardown(tx)
+        await tx.delete_checkpoint(projection.name)
         await prepare_read_model(tx, projection)
-    for stream_id, events in appends:
-        await store.append(stream_id, events)
+
+
+async def _read_everything(source: EventSource) -> list[RecordedEvent]:
     recorded: list[RecordedEvent] = []
     checkpoint = START
     while True:
-        batch = await store.read_all(checkpoint, limit=DEFAULT_BATCH_SIZE)
+        batch = await source.read_all(checkpoint, limit=DEFAULT_BATCH_SIZE)
         if not batch.events:
             return recorded
         recorded += batch.events
@@ -87,15 +120,15 @@ async def _fresh_history(
 
 
 async def _deliver(
-    store: EventStore, projection: Projection, deliveries: list[list[RecordedEvent]]
+    read_models: ReadModelStore, projection: Projection, deliveries: list[list[RecordedEvent]]
 ) -> None:
     for events in deliveries:
-        async with store.read_models().transaction() as tx:
+        async with read_models.transaction() as tx:
             await projection.apply(events, tx)
 
 
-async def _query(store: EventStore, query: Query) -> Any:
-    async with store.read_models().transaction() as tx:
+async def _query(read_models: ReadModelStore, query: Query) -> Any:
+    async with read_models.transaction() as tx:
         if isinstance(query, str):
             return await tx.fetch(query)
         return await query(tx)

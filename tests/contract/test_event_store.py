@@ -218,15 +218,15 @@ async def test_follower_sees_each_committed_event_once_under_concurrent_appends(
     writers = [await store_factory.open() for _ in range(4)]
     follower = await store_factory.open(poll_interval=0.05)
     done = asyncio.Event()
-    written: list[uuid.UUID] = []
+    written: list[uuid.UUID | None] = []
 
     async def write(store: EventStore, index: int) -> None:
         for n in range(60):
             result = await store.append(f"w{index}-{n % 7}", events("A", "B"))
             written.extend(e.id for e in result.events)
 
-    async def follow() -> list[uuid.UUID]:
-        seen: list[uuid.UUID] = []
+    async def follow() -> list[uuid.UUID | None]:
+        seen: list[uuid.UUID | None] = []
         checkpoint = START
         while True:
             batch = await follower.read_all(checkpoint, limit=17)
@@ -301,8 +301,8 @@ async def test_partitioned_reads_split_streams_stably_and_keep_stream_order(
         assert {partition_of(e.stream_id, 3) for e in seen} <= {index}
         parts.append(seen)
     # Every event in exactly one partition, each partition in global (so stream) order.
-    assert sorted(e.id for part in parts for e in part) == sorted(
-        e.id  # type: ignore[attr-defined]
+    assert sorted(str(e.id) for part in parts for e in part) == sorted(
+        str(e.id)  # type: ignore[attr-defined]
         for e in everything
     )
     for part in parts:

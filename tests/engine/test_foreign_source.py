@@ -111,9 +111,9 @@ class OrdersLog(EventSource):
 def _event(row: asyncpg.Record) -> RecordedEvent:
     row_id, stream, type_, data, recorded_at = row
     return RecordedEvent(
-        id=uuid.UUID(int=row_id),
+        id=None,  # the table has neither: a source leaves them out, it does not make them up
         stream_id=stream,
-        version=0,
+        version=None,
         type=type_,
         data=json.loads(data),
         metadata={},

@@ -13,8 +13,15 @@ from examples.shop.projections import (
     product_catalogue,
 )
 
-from projectionist import NewEvent, Projection, ReadModelTransaction, RecordedEvent
+from projectionist import (
+    ConfigurationError,
+    NewEvent,
+    Projection,
+    ReadModelTransaction,
+    RecordedEvent,
+)
 from projectionist.testing import assert_idempotent, project
+from tests.conftest import PG_DSN
 
 HISTORY = [(append.stream_id, append.events) for append in generate_orders(60)]
 
@@ -115,3 +122,17 @@ async def test_a_counting_projection_is_caught() -> None:
     assert await project(counter, ticks, "SELECT n FROM counter") == [(10,)]
     with pytest.raises(AssertionError, match="'counter' is not idempotent"):
         await assert_idempotent(counter, ticks, "SELECT n FROM counter")
+
+
+async def test_a_postgres_store_is_used_twice_without_appending_twice(pg_schema: str) -> None:
+    """On a database that outlives a run, the second run makes the projection's tables
+    afresh and reads the clean run's events again: a double append would double the rows."""
+    url = f"{PG_DSN}?schema={pg_schema}"
+    rows = await assert_idempotent(
+        daily_sales, HISTORY, "SELECT * FROM daily_sales ORDER BY day", url=url
+    )
+    assert rows == await project(daily_sales, HISTORY, "SELECT * FROM daily_sales ORDER BY day")
+    with pytest.raises(ConfigurationError, match="holds events: give a fresh store's URL"):
+        await assert_idempotent(
+            daily_sales, HISTORY, "SELECT * FROM daily_sales ORDER BY day", url=url
+        )

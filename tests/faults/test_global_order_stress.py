@@ -60,8 +60,9 @@ class _Rollback(Exception):
 class Run:
     """What the appenders committed, and when they are done."""
 
-    committed: dict[uuid.UUID, Position] = field(default_factory=dict)
-    committed_streams: dict[uuid.UUID, tuple[str, int]] = field(default_factory=dict)
+    # Our own store gives every event an id and a version; a source may leave them None.
+    committed: dict[uuid.UUID | None, Position] = field(default_factory=dict)
+    committed_streams: dict[uuid.UUID | None, tuple[str, int | None]] = field(default_factory=dict)
     rolled_back: int = 0
     conflicts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,9 +74,9 @@ class Run:
 
 @dataclass(frozen=True)
 class Seen:
-    id: uuid.UUID
+    id: uuid.UUID | None
     stream_id: str
-    version: int
+    version: int | None
     position: Position
 
 
@@ -312,7 +313,7 @@ def check_follower(name: str, seen: list[Seen], run: Run) -> None:
         assert event.position == run.committed[event.id], f"{name}: {event.id} moved"
         assert (event.stream_id, event.version) == run.committed_streams[event.id]
     # Each stream comes in version order, without holes from rolled-back appends.
-    versions: dict[str, list[int]] = defaultdict(list)
+    versions: dict[str, list[int | None]] = defaultdict(list)
     for event in seen:
         versions[event.stream_id].append(event.version)
     for stream_id, numbers in versions.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from projectionist import (
     Application,
     ConfigurationError,
+    EventDecodingError,
     InvalidInputError,
     Projection,
     ReadModelTransaction,
@@ -232,7 +234,7 @@ async def test_events_decode_and_filters_apply_on_the_source_side(prepared: str)
         everything = await source.read_all(limit=100)
         event = everything.events[0]
         assert (event.stream_id, event.type, event.data) == ("s0", "Other", {"stream": "s0"})
-        assert (event.version, event.id, event.metadata) == (0, uuid.UUID(int=ids[0]), {})
+        assert (event.version, event.id, event.metadata) == (None, None, {})
         assert await source.head() == everything.checkpoint == everything.events[-1].position
         kept = await source.read_all(types=["Kept"], partition=Partition(1, 2))
         expected = [
@@ -280,6 +282,50 @@ async def test_mapped_versions_ids_and_metadata_are_read(schema: str) -> None:
         event_id, 3, {"a": 1}, {"m": True},
     )  # fmt: skip
     assert event.position == Position(0, 1)
+
+
+async def test_a_bytea_payload_is_decoded_by_the_users_decoder_and_a_bad_one_is_named(
+    schema: str,
+) -> None:
+    """Compressed bytes in a bytea column: the user's decoder makes the data; a row it cannot
+    decode stops the read at that row with an EventDecodingError naming it, nothing after."""
+    connection = await asyncpg.connect(PG_DSN)
+    try:
+        await connection.execute(
+            f'CREATE TABLE "{schema}".packed (id BIGSERIAL PRIMARY KEY, stream TEXT, type TEXT, '
+            "payload BYTEA, recorded_at TIMESTAMPTZ DEFAULT now())"
+        )
+        for payload in (zlib.compress(b'{"n": 1}'), zlib.compress(b'{"n": 2}'), b"not zlib"):
+            await connection.execute(
+                f'INSERT INTO "{schema}".packed (stream, type, payload) VALUES ($1, $2, $3)',
+                *("s", "Packed", payload),
+            )
+    finally:
+        await connection.close()
+
+    def unpack(payload: bytes) -> dict[str, object]:
+        assert isinstance(payload, bytes)  # the driver's value, untouched
+        return dict(orjson.loads(zlib.decompress(payload)))
+
+    source = PostgresTableSource(
+        PG_DSN, "packed", schema=schema, columns=ColumnMap(data="payload"),
+        strategy="commit_order_promised", decode=unpack,
+    )  # fmt: skip
+    async with source:
+        first = await source.read_all(limit=2)
+        assert [event.data for event in first.events] == [{"n": 1}, {"n": 2}]
+        with pytest.raises(EventDecodingError, match=r"packed\" row 3: error: ") as failed:
+            await source.read_all(first.checkpoint)
+        assert isinstance(failed.value.__cause__, zlib.error)
+    listing = PostgresTableSource(
+        PG_DSN, "packed", schema=schema, columns=ColumnMap(data="payload"),
+        strategy="commit_order_promised", decode=lambda payload: [payload],  # type: ignore[arg-type,return-value]
+    )  # fmt: skip
+    async with listing:
+        with pytest.raises(EventDecodingError, match="decoded to list, not a dict"):
+            await listing.read_all()
+    with pytest.raises(ConfigurationError, match="decode must be a function"):
+        PostgresTableSource(PG_DSN, "packed", strategy="commit_order_promised", decode="json")  # type: ignore[arg-type]
 
 
 # -- refusals ------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ async def test_a_raising_handler_leaves_neither_writes_nor_checkpoint(
     async def count(event: RecordedEvent, tx: ReadModelTransaction) -> None:
         redis_tx = as_redis(tx)
         redis_tx.pipeline.hincrby(redis_tx.key("poisoned"), "n", 1)
-        if event.stream_id == "account-0003" and event.version > 20:
+        if event.stream_id == "account-0003" and (event.version or 0) > 20:
             raise RuntimeError("bad event")
 
     async with Application(sqlite_url(tmp_path), [ledger, poison]) as app:

@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from ..app import Application
 from ..errors import ConfigurationError, ProjectionistError, SchemaError
+from ..store import EventStore
 
 T = TypeVar("T")
 
@@ -114,6 +115,10 @@ def on_app(application: str, url: str | None, use: Callable[[Application], Await
         await target.open(url)
         try:
             return await use(target)
+        except SchemaError as exc:
+            if isinstance(target.source, EventStore):
+                raise
+            raise read_models_not_set_up(target) from exc  # not 'schema apply': no store
         finally:
             await target.close()
 
@@ -134,13 +139,36 @@ CreateSchemaOption = Annotated[
 async def require_schema(app: Application, create: bool) -> None:
     """Refuse a store without a projectionist schema unless ``create``: a mistyped URL or
     ``?schema=`` must not quietly start a second, empty store. An existing schema is still
-    migrated by ``setup()``."""
-    if create or await app.store.schema_version() > 0:
+    migrated by ``setup()``. Over another source, the read models' database is checked:
+    a mistyped ``read_models`` URL must not quietly rebuild everything in a new one."""
+    if create:
+        return
+    if not isinstance(app.source, EventStore):
+        await _require_read_model_schema(app)
+        return
+    if await app.store.schema_version() > 0:
         return
     schema = f" (schema {app.schema!r})" if app.schema else ""
     raise SchemaError(
         f"no projectionist schema in {app.store.url}{schema}: is the URL or ?schema= "
         "mistyped? Create it with 'projectionist schema apply' (or run --create-schema)"
+    )
+
+
+async def _require_read_model_schema(app: Application) -> None:
+    try:
+        await app.read_models.checkpoints()
+    except SchemaError as exc:
+        raise read_models_not_set_up(app) from exc
+
+
+def read_models_not_set_up(app: Application) -> SchemaError:
+    """Over another source there is no store schema to apply: the read models' tables are
+    made by the application's setup."""
+    return SchemaError(
+        f"no projectionist tables in the read models' database {app.read_model_url} (this "
+        f"application reads its events from {app.source.url}): is the read_models URL "
+        "mistyped? Create them with 'projectionist run --create-schema' (or app.setup())"
     )
 
 

@@ -103,8 +103,9 @@ def show_fault(fault: Fault) -> None:
     failed_at = datetime.fromtimestamp(fault.failed_at, UTC).isoformat(timespec="seconds")
     plain(f"{fault.unit} (version {fault.version}) faulted at {failed_at}")
     plain(
-        f"  event:     {fault.event_type}, stream {fault.stream_id} version "
-        f"{fault.stream_version}, position {fault.position}"
+        f"  event:     {fault.event_type}, stream {fault.stream_id}"
+        f"{'' if fault.stream_version is None else f' version {fault.stream_version}'}, "
+        f"position {fault.position}"
     )
     plain(f"  error:     {fault.error}")
     plain(f"  attempts:  {fault.attempts}")

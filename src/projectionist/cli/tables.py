@@ -164,7 +164,7 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
                 str(letter.id),
                 letter.unit,
                 str(event.position),
-                f"{event.stream_id} v{event.version}",
+                event.stream_id if event.version is None else f"{event.stream_id} v{event.version}",
                 event.type,
                 letter.error,
                 str(letter.attempts),

@@ -12,8 +12,9 @@ one of two explicit strategies (docs/sources.md):
 - ``"commit_order_promised"``: the writers commit in position order (e.g. under a table
   lock), which the user states; rows are read in position order, checkpoint Position(0, n).
 
-A table without version or id columns gets deterministic stand-ins: version 0 and
-``UUID(int=position)``.
+A table without a version or an id column gives events with ``version`` or ``id`` None:
+nothing is made up. ``data`` is a JSON object in a json, jsonb or text column, or anything
+else (bytea, a custom encoding) that the ``decode=`` function given turns into a dict.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from ...events import (
 )
 from ...identifiers import quote_identifier, validate_identifier
 from ...partitions import PARTITION_SQL, Partition
-from ...source import BACKLOG_COUNTED, Backlog, EventBatch, EventSource, HeldBack
+from ...source import (
+    BACKLOG_COUNTED,
+    Backlog,
+    Decoder,
+    EventBatch,
+    EventSource,
+    HeldBack,
+    decoded,
+)
 from ...urls import redact_url
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, why_no_connection
@@ -124,8 +133,12 @@ class PostgresTableSource(EventSource):
         strategy: Strategy | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         pool_size: int = 4,
+        decode: Decoder | None = None,
     ) -> None:
         super().__init__()
+        if decode is not None and not callable(decode):
+            raise ConfigurationError(f"decode must be a function, not {type(decode).__name__}")
+        self.decode: Decoder = decode or orjson.loads
         self.columns = (columns or ColumnMap()).validated()
         self.strategy = _checked_strategy(strategy, self.columns)
         self.table = _qualified(schema, table)
@@ -135,7 +148,7 @@ class PostgresTableSource(EventSource):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._horizon_floor = 0
-        self._sql = _Statements(self.table, self.columns)
+        self._sql = _Statements(self.table, self.columns, raw_data=decode is not None)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -216,11 +229,11 @@ class PostgresTableSource(EventSource):
         metadata = row["metadata"]
         event_id = row["event_id"]
         return RecordedEvent(
-            id=uuid.UUID(int=position.seq) if event_id is None else uuid.UUID(str(event_id)),
+            id=None if event_id is None else uuid.UUID(str(event_id)),
             stream_id=row["stream"],
-            version=row["version"] or 0,
+            version=row["version"],
             type=row["type"],
-            data=orjson.loads(row["data"]),
+            data=decoded(self.decode, row["data"], f"{self.table} row {position.seq}"),
             metadata={} if metadata is None else orjson.loads(metadata),
             recorded_at=row["recorded_at"],
             position=position,
@@ -303,8 +316,8 @@ class _Statements:
     Without a tx column the tx of every row is 0 and the order is the position alone; the
     horizon parameter is then read but ignored (every committed row is below it)."""
 
-    def __init__(self, table: str, columns: ColumnMap) -> None:
-        self._table, self._columns = table, columns
+    def __init__(self, table: str, columns: ColumnMap, *, raw_data: bool) -> None:
+        self._table, self._columns, self._raw_data = table, columns, raw_data
         q = quote_identifier
         pos, tx_column = q(columns.position), columns.tx and q(columns.tx)
         self._pos = pos
@@ -354,7 +367,9 @@ class _Statements:
         version = f"{q(columns.version)}::bigint" if columns.version else "NULL::bigint"
         event_id = f"{q(columns.id)}::text" if columns.id else "NULL::text"
         metadata = f"{q(columns.metadata)}::text" if columns.metadata else "NULL::text"
-        data = f"{q(columns.data)}::text"
+        # Raw for a decoder of the user's (bytea comes as bytes); as text for orjson.
+        data = q(columns.data) if self._raw_data else f"{q(columns.data)}::text"
+        data_size = f"pg_column_size({data})" if self._raw_data else f"octet_length({data})"
         return f"""
             WITH head AS (
                 SELECT {self._tx} AS head_tx, {self._pos}::bigint AS head_seq FROM {self._table}
@@ -364,7 +379,7 @@ class _Statements:
                        {q(columns.stream)}::text AS stream, {q(columns.type)}::text AS type,
                        {data} AS data, {metadata} AS metadata, {version} AS version,
                        {event_id} AS event_id, {q(columns.time)} AS recorded_at,
-                       octet_length({data}) + coalesce(octet_length({metadata}), 0) AS size
+                       {data_size} + coalesce(octet_length({metadata}), 0) AS size
                 FROM {self._table}
                 WHERE {self._after()} AND {self._below("$4")}
                   AND ($5::text[] IS NULL OR {q(columns.type)}::text = ANY($5::text[]))
