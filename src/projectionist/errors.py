@@ -103,3 +103,15 @@ class LeaseLostError(ProjectionistError):
 class ProjectionSupersededError(ProjectionVersionError):
     """The stored read model is of a newer version than this code's: a newer deployment
     has taken over (after a blue/green rebuild). This worker leaves the projection alone."""
+
+
+class ImportRejectedError(InvalidInputError):
+    """An event of an import was refused: nothing of its batch was written (the batches
+    before it were). ``index`` counts the input events from 0; ``reason`` says why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(
+            f"input event {index} (counting from 0): {reason}; nothing of its batch was written"
+        )
