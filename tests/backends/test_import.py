@@ -323,7 +323,8 @@ async def test_postgres_import_with_concurrent_appenders_keeps_the_order_gap_fre
 
 async def test_postgres_batch_retries_after_a_younger_appender(pg: EventStore) -> None:
     """A batch that announced itself, then waits (here behind another transaction's new
-    stream row) while a younger transaction appends to one of its streams and commits: it
+    stream row, which it locks before "x") while a younger transaction appends to one of its
+    streams and commits: it
     must not sort its version before that one; it retries with a new key."""
     await pg.append("x", [NewEvent("T", {"v": 1})])
     blocker = await asyncpg.connect(PG_DSN)
@@ -332,14 +333,17 @@ async def test_postgres_batch_retries_after_a_younger_appender(pg: EventStore) -
         blocking = blocker.transaction()
         await blocking.start()
         await blocker.execute(
-            f'INSERT INTO "{_schema(pg)}".streams (stream_id, version) VALUES ($1, 0)', "y"
+            f'INSERT INTO "{_schema(pg)}".streams (stream_id, version) VALUES ($1, 0)', "a"
         )
+        blocker_xid = await blocker.fetchval("SELECT xid(pg_current_xact_id())::text")
         task = asyncio.create_task(
-            pg.import_events([ImportedEvent("x", 3, "T", {"v": 3}), ImportedEvent("y", 1, "T", {})])
+            pg.import_events([ImportedEvent("x", 3, "T", {"v": 3}), ImportedEvent("a", 1, "T", {})])
         )
         # progress: the import waits for the blocker (the server's state: no event to await)
         while not await watcher.fetchval(  # noqa: ASYNC110
-            "SELECT count(*) FROM pg_locks l WHERE NOT l.granted AND l.pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_locks l WHERE NOT l.granted "
+            "AND l.locktype = 'transactionid' AND l.transactionid::text = $1",
+            blocker_xid,
         ):
             await asyncio.sleep(0.01)
         await pg.append("x", [NewEvent("T", {"v": 2})])  # younger: announced after the import

@@ -32,14 +32,13 @@ class ImportStatements:
     def __init__(self, q: str, schema: str) -> None:
         self.schema = schema
         self.announce = f"SELECT {q}.order_key($1), now()"
-        # Create missing streams (as append_events does), then lock them all in one order.
-        self.create_streams = (
-            f"INSERT INTO {q}.streams (stream_id, version) "
-            "SELECT s, 0 FROM unnest($1::text[]) AS s ORDER BY s ON CONFLICT (stream_id) DO NOTHING"
-        )
+        # Create missing streams and lock them all, in one order, in one statement (a
+        # no-op update locks an existing row as FOR UPDATE would), reading their versions.
         self.lock_streams = (
-            f"SELECT stream_id, version, last_tx_id FROM {q}.streams "
-            "WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE"
+            f"INSERT INTO {q}.streams AS s (stream_id, version) "
+            "SELECT u, 0 FROM unnest($1::text[]) AS u ORDER BY u "
+            "ON CONFLICT (stream_id) DO UPDATE SET version = s.version "
+            "RETURNING s.stream_id, s.version, s.last_tx_id"
         )
         self.stored = f"SELECT id, stream_id, version FROM {q}.events WHERE id = ANY($1::uuid[])"
         self.set_versions = (
@@ -61,7 +60,6 @@ async def import_batch(
         assert announced is not None
         key, now = announced
         streams = streams_of(rows)
-        await connection.execute(sql.create_streams, streams)
         versions = await _lock_streams(connection, sql, streams, key)
         wanted = [row.id for row in rows] if all_ids else ids_to_look_up(rows, versions)
         stored = await _stored(connection, sql, wanted)
