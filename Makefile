@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
+.PHONY: demo test browser bench bench-projections bench-append bench-inline bench-import services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,10 @@ bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inli
 bench-projections: $(VENV)/.installed-dev  ## the projection suite on EVENTS events (default 1,000,000)
 	$(BIN)/python bench/projections.py --events $(EVENTS)
 
-bench: bench-projections bench-append bench-inline  ## every benchmark
+bench-import: $(VENV)/.installed-dev  ## bulk import vs a bare binary COPY (200,000 events), and SQLite
+	$(BIN)/python bench/import_events.py
+
+bench: bench-projections bench-append bench-inline bench-import  ## every benchmark
 
 services:  ## start local PostgreSQL and Redis if they are down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

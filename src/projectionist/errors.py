@@ -109,3 +109,15 @@ class EventDecodingError(ProjectionistError):
     """A source could not turn a stored event's payload into data (its decoder raised, or
     the payload is not a JSON object). The read stops at that event, so nothing after it is
     projected; the decoder's exception is the cause."""
+
+
+class ImportRejectedError(InvalidInputError):
+    """An event of an import was refused: nothing of its batch was written (the batches
+    before it were). ``index`` counts the input events from 0; ``reason`` says why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(
+            f"input event {index} (counting from 0): {reason}; nothing of its batch was written"
+        )

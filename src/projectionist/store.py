@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .changes import ChangeSignal as ChangeSignal  # re-exported: its old home
-from .errors import InvalidInputError
+from .errors import ConfigurationError, InvalidInputError
 from .events import (
     EncodedEvent,
     NewEvent,
@@ -25,6 +25,15 @@ from .events import (
     encode_events,
     validate_name,
     validate_version,
+)
+from .importing import (
+    DEFAULT_IMPORT_BATCH_SIZE,
+    BatchWritten,
+    ImportEvents,
+    ImportProgress,
+    ImportReport,
+    ImportRow,
+    run_import,
 )
 from .partitions import Partition
 from .readmodel import ReadModelStore, ReadModelTransaction
@@ -276,3 +285,34 @@ class EventStore(EventSource):
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
         """Events of one stream from ``from_version`` on, oldest first."""
+
+    async def import_events(
+        self,
+        events: ImportEvents,
+        *,
+        batch_size: int = DEFAULT_IMPORT_BATCH_SIZE,
+        progress: ImportProgress | None = None,
+    ) -> ImportReport:
+        """Copy existing events (``ImportedEvent``s, or ``RecordedEvent``s of any source)
+        into this store, keeping their streams, versions, ids, times and metadata; they get
+        positions after the head, in input order (docs/importing.md).
+
+        One transaction per ``batch_size`` events, validated and checked against the stored
+        versions before it writes: a refused batch (``ImportRejectedError``) writes nothing,
+        the batches before it stay, and a re-run skips the events already imported. Refused
+        while inline projections are attached: they would not see the imported events.
+        """
+        if self.inline_hooks:
+            raise ConfigurationError(
+                f"import into {self.url} refused: inline projections are attached and would "
+                "not see the imported events; import with a store of its own (as the CLI "
+                "does), then rebuild the inline projections"
+            )
+        return await run_import(events, batch_size, self._import_batch, progress)
+
+    @abc.abstractmethod
+    async def _import_batch(self, rows: list[ImportRow]) -> BatchWritten:
+        """Write one checked batch of an import in one transaction: lock its streams (in
+        ``streams_of`` order), ``plan_batch`` it against their stored versions, write the
+        planned rows after the head in input order, keep the streams' bookkeeping as an
+        append does, and wake readers after the commit."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from ..events import (
     validate_read_stream,
     validate_types,
 )
+from ..importing import BatchWritten, ImportRow, ids_to_look_up, plan_batch, streams_of
 from ..migrations import EVENTS, latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
@@ -194,6 +196,48 @@ class MemoryEventStore(EventStore):
                     await hook(opened.read_model, recorded)
         opened.add(recorded, encoded)
         return AppendResult(recorded)
+
+    async def _import_batch(self, rows: list[ImportRow]) -> BatchWritten:
+        """Plan and publish one batch of an import under the append lock: all or nothing."""
+        async with self._append_lock.held():
+            versions = {s: len(self._streams.get(s, [])) for s in streams_of(rows)}
+            plan = plan_batch(rows, versions, self._stored(rows, versions))
+            now = datetime.now(UTC)
+            start = len(self._events)
+            recorded = [
+                RecordedEvent(
+                    row.id,
+                    row.stream_id,
+                    row.version,
+                    row.type,
+                    orjson.loads(row.data),
+                    orjson.loads(row.metadata),
+                    row.recorded_at or now,
+                    Position(0, start + offset),
+                )
+                for offset, row in enumerate(plan.rows, start=1)
+            ]
+            for event, row in zip(recorded, plan.rows, strict=True):
+                self._events.append(event)
+                self._sizes.append(len(row.data) + len(row.metadata))
+                self._streams.setdefault(event.stream_id, []).append(event)
+                self._ids.add(event.id)
+        if recorded:
+            self._changes.notify()
+        first, last = (recorded[0].position, recorded[-1].position) if recorded else (None, None)
+        return BatchWritten(len(recorded), plan.skipped, frozenset(plan.versions), first, last)
+
+    def _stored(
+        self, rows: list[ImportRow], versions: dict[str, int]
+    ) -> dict[uuid.UUID, tuple[str, int]]:
+        """The stored (stream, version) of the batch's ids that exist: by a scan, only when
+        there are any (a re-run, or a refused duplicate)."""
+        wanted = {row.id for row in rows if row.id in self._ids}
+        wanted.update(i for i in ids_to_look_up(rows, versions) if i in self._ids)
+        if not wanted:
+            return {}
+        # Our own events all have ids and versions (a source may leave them out: not here).
+        return {e.id: (e.stream_id, e.version or 0) for e in self._events if e.id in wanted}
 
     async def _project_inline_and_publish(
         self, recorded: tuple[RecordedEvent, ...], encoded: list[EncodedEvent]

@@ -34,6 +34,7 @@ from ...events import (
     validate_types,
 )
 from ...identifiers import quote_identifier, validate_identifier
+from ...importing import BatchWritten, ImportRow
 from ...migrations import EVENTS, READ_MODELS, applied_version, apply_migrations
 from ...partitions import Partition
 from ...readmodel import ReadModelStore
@@ -53,6 +54,7 @@ from ...urls import pop_query_option, redact_url
 from .appending import insert_events, run_inline_hooks
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, translate_errors, why_no_connection
+from .importing import ImportStatements, import_with_retries
 from .migrating import MigrationSession
 from .notifications import Notifier
 from .read_models import PostgresReadModelStore, PostgresReadModelTransaction
@@ -108,6 +110,7 @@ class PostgresEventStore(EventStore):
         # its schema first (``public`` behind it, for extensions' functions).
         self._search_path = f"{self._q}, public"
         self._sql = event_statements(self._q, self.channel)
+        self._import_sql = ImportStatements(self._q, self.schema)
         self._notifier = Notifier(
             dsn, self.channel, lambda: self.pool, self._changes, self._sql.notify
         )
@@ -271,6 +274,14 @@ class PostgresEventStore(EventStore):
             return await insert_events(
                 connection, self._sql.append, stream_id, expected, encoded, expected_version
             )
+
+    async def _import_batch(self, rows: list[ImportRow]) -> BatchWritten:
+        """One batch of an import: binary COPY in one transaction (docs/importing.md)."""
+        written = await import_with_retries(
+            self._connection, self._import_sql, rows, _APPEND_ATTEMPTS
+        )
+        self.events_committed()
+        return written
 
     # -- reading ----------------------------------------------------------------------------
 

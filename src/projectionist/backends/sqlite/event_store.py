@@ -30,6 +30,7 @@ from ...events import (
     validate_read_stream,
     validate_types,
 )
+from ...importing import BatchWritten, ImportRow
 from ...migrations import EVENTS, READ_MODELS, applied_version, apply_migrations
 from ...partitions import Partition
 from ...readmodel import ReadModelStore
@@ -48,6 +49,7 @@ from ...store import (
     prepare_append,
 )
 from .database import SqliteDatabase, sqlite_path
+from .importing import import_batch
 from .migrating import MigrationSession
 from .read_models import SqliteReadModelStore, SqliteReadModelTransaction
 from .statements import EVENT_COLUMNS, event_from_row, insert_events, read_all_on
@@ -194,6 +196,14 @@ class SqliteEventStore(EventStore):
         for hook in self.inline_hooks:
             await hook(SqliteReadModelTransaction(connection, self.url), recorded)
         return AppendResult(recorded)
+
+    async def _import_batch(self, rows: list[ImportRow]) -> BatchWritten:
+        """One batch of an import in one write transaction (docs/importing.md)."""
+        async with self._transaction("importing events", write=True) as connection:
+            written = await import_batch(connection, rows)
+        if written.written:
+            self._changes.notify()
+        return written
 
     # -- reading ----------------------------------------------------------------------------
 
