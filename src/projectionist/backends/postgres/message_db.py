@@ -18,19 +18,25 @@ Each read computes a horizon H from three statements, in this order:
 - t1: which chosen categories' advisory locks are held now (pg_locks, the bigint key split
   into classid/objid, objsubid 1, computed with ``message_store.hash_64``).
 - t2: the page, in a snapshot taken after t1. For each category c, h_c is its highest
-  visible global_position (or the checkpoint); its horizon is h_c if its lock was held at
-  t1, else max(h_c, L). H is the least of them; only messages up to H are returned.
+  visible global_position (or the checkpoint, if higher). Its floor f_c is L when its lock
+  was free at t1; when held, the L of the last read of this source object that saw it free
+  (0 if none did). c's horizon is max(h_c, f_c); H is the least of them, and only messages
+  up to H are returned.
 
 Why no message can appear at or below H later. Take a message m of category c that is not
 visible at t2. Its writer W held c's lock from before drawing m until it ended, and the
 writer of h_c (committed, visible) held the same lock; the two did not overlap, and W did
-not end before t2, so W drew after h_c was drawn: m > h_c. If c's lock was free at t1, W
-did not hold it then; W has not ended by t2 > t1, so it took the lock after t1, and drew m
-after t0: m > L. (PostgreSQL makes a commit visible before it releases the locks, so a
-lock free at t1 means its last holder is visible to t2's snapshot.) Either way m lies
-beyond c's horizon, so beyond H. A page that is not cut short by ``limit`` or
-``max_bytes`` has therefore seen everything up to H: its checkpoint is H, which may lie past
-its last message (possibly at a message of another category).
+not end before t2, so W drew after h_c was drawn: m > h_c. If c's lock was free at the t1
+of some read k (this one or an earlier one), W did not hold it then; W has not ended by
+t2, which is later, so it took the lock after t1 of k and drew m after t0 of k: m > L_k
+= f_c. (PostgreSQL makes a commit visible before it releases the locks, so a lock free at
+t1 means its last holder is visible to any later snapshot.) Either way m lies beyond c's
+horizon, so beyond H; and messages up to the checkpoint were vouched for by the read that
+returned it. A page that is not cut short by ``limit`` or ``max_bytes`` has therefore seen
+everything up to H: its checkpoint is H, which may lie past its last message (even at a
+message of a category not read). Floors are read and raised in the same step, after t1's
+answer and before t2 is sent, so a floor raised by a concurrent read's t1 is used only by
+snapshots taken after that t1.
 
 The promise rests on the writers: they must write through ``write_message`` (a direct
 INSERT takes no lock), and the sequence must hand out values one at a time (``CACHE 1``,
@@ -92,6 +98,9 @@ class MessageDbSource(EventSource):
         self._dsn = url
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._floors = dict.fromkeys(self.categories, 0)
+        """Per category, a position no message of it that is not visible yet can be at or
+        below (the sequence's last value when its lock was last seen free)."""
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -150,13 +159,20 @@ class MessageDbSource(EventSource):
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{doing} {self.url} failed: {exc}") from exc
 
-    async def _before_reading(self, connection: Connection) -> tuple[int, list[str]]:
+    async def _before_reading(self, connection: Connection) -> tuple[list[int], list[str]]:
         """t0 then t1, each a statement of its own, before the statement that reads (t2):
-        the last position drawn, then the categories whose writer's lock is held."""
+        the last position drawn, then the categories whose writer's lock is held. Returns
+        each category's floor and the held ones."""
         with self._translated("reading the horizon of"):
             drawn: int = await connection.fetchval(sql.LAST_DRAWN)
             held: list[str] = await connection.fetchval(sql.HELD, self.categories)
-        return drawn, held
+        # Between t1's answer and t2's snapshot (no await in between here): a category free
+        # at t1 can get no message at or below ``drawn`` that a later snapshot misses. That
+        # stays true, so a held category keeps the floor of the last read that saw it free.
+        for category in self.categories:
+            if category not in held:
+                self._floors[category] = max(self._floors[category], drawn)
+        return [self._floors[category] for category in self.categories], held
 
     async def read_all(
         self,
@@ -172,11 +188,11 @@ class MessageDbSource(EventSource):
         type_list = validate_types(types)
         part = partition.validate() if partition is not None else Partition(0, 1)
         async with self.pool.acquire() as connection:
-            drawn, held = await self._before_reading(connection)
+            floors, _ = await self._before_reading(connection)
             with self._translated("reading messages from"):
                 rows = await connection.fetch(
                     sql.PAGE,
-                    *(self.categories, held, drawn, after.seq, limit, type_list),
+                    *(self.categories, floors, after.seq, limit, type_list),
                     *(part.count, part.index, budget),
                 )
         events = [_event(row) for row in rows if row["seq"] is not None]
@@ -187,9 +203,9 @@ class MessageDbSource(EventSource):
 
     async def head(self) -> Position:
         async with self.pool.acquire() as connection:
-            drawn, held = await self._before_reading(connection)
+            floors, _ = await self._before_reading(connection)
             with self._translated("reading the head of"):
-                seq = await connection.fetchval(sql.HEAD, self.categories, held, drawn)
+                seq = await connection.fetchval(sql.HEAD, self.categories, floors)
         return START if seq is None else Position(0, seq)
 
     async def last_committed(self) -> Position:
@@ -201,10 +217,10 @@ class MessageDbSource(EventSource):
         after = validate_position(after, "after")
         part = partition.validate() if partition is not None else Partition(0, 1)
         async with self.pool.acquire() as connection:
-            drawn, held = await self._before_reading(connection)
+            floors, _ = await self._before_reading(connection)
             with self._translated("counting the messages of"):
                 counted: int = await connection.fetchval(
-                    sql.COUNT, *(self.categories, held, drawn, after.seq, part.count, part.index)
+                    sql.COUNT, *(self.categories, floors, after.seq, part.count, part.index)
                 )
         return counted
 
@@ -228,9 +244,9 @@ class MessageDbSource(EventSource):
         """Committed messages beyond the horizon, held by an open writer's category lock:
         how long the first has waited, and the lock holder's process id, state and age."""
         async with self.pool.acquire() as connection:
-            drawn, held = await self._before_reading(connection)
+            floors, held = await self._before_reading(connection)
             with self._translated("reading what is held back in"):
-                row = await connection.fetchrow(sql.HELD_BACK, self.categories, held, drawn)
+                row = await connection.fetchrow(sql.HELD_BACK, self.categories, floors, held)
                 if row is None:
                     return None
                 holders = await connection.fetch(sql.HOLDERS, row[1] or [])

@@ -53,21 +53,17 @@ HOLDERS = f"""
     ORDER BY a.xact_start NULLS LAST"""
 
 
-def _horizon(categories: str, held: str, drawn: str, after: str) -> str:
-    """The CTEs ``tops`` (per category its highest visible position, or ``after``) and
-    ``horizon`` (``h``): a held category stops at its top, a free one reaches ``drawn`` too.
-    The statement's snapshot is the one the page is read with."""
+def _horizon(categories: str, floors: str, after: str) -> str:
+    """The CTEs ``tops`` (per category the least position that no later message of it can
+    be at or below: its highest visible one, its floor, or ``after``) and ``horizon``
+    (``h``, the least of them). The statement's snapshot is the one the page is read with."""
     return f"""
         tops AS (
-            SELECT c.category, c.category = ANY({held}::text[]) AS held,
-                   greatest({after}::bigint, (
+            SELECT c.category, greatest({after}::bigint, c.floor, (
                        SELECT max(m.global_position) FROM {MESSAGES} m
                        WHERE {CATEGORY} = c.category)) AS top
-            FROM unnest({categories}::text[]) AS c(category)),
-        horizon AS (
-            SELECT min(CASE WHEN t.held THEN t.top ELSE greatest(t.top, {drawn}::bigint) END)
-                   AS h
-            FROM tops t)"""
+            FROM unnest({categories}::text[], {floors}::bigint[]) AS c(category, floor)),
+        horizon AS (SELECT min(t.top) AS h FROM tops t)"""
 
 
 def _partition(count: str, index: str) -> str:
@@ -75,10 +71,10 @@ def _partition(count: str, index: str) -> str:
     return f"({count}::int = 1 OR {hashed} = {index})"
 
 
-# t2: $1 categories, $2 held ones, $3 last drawn, $4 after, $5 limit, $6 types, $7 $8 the
-# partition, $9 max bytes. The horizon and the page share one snapshot.
+# t2: $1 categories, $2 their floors, $3 after, $4 limit, $5 types, $6 $7 the partition,
+# $8 max bytes. The horizon and the page share one snapshot.
 PAGE = f"""
-    WITH {_horizon("$1", "$2", "$3", "$4")},
+    WITH {_horizon("$1", "$2", "$3")},
     chosen AS (
         SELECT x.* FROM unnest($1::text[]) AS c(category) CROSS JOIN horizon
         CROSS JOIN LATERAL (
@@ -88,39 +84,39 @@ PAGE = f"""
                    + coalesce(octet_length(m.metadata::text), 0) AS size
             FROM {MESSAGES} m
             WHERE {CATEGORY} = c.category
-              AND m.global_position > $4::bigint AND m.global_position <= horizon.h
-              AND ($6::text[] IS NULL OR m.type = ANY($6::text[]))
-              AND {_partition("$7", "$8")}
-            ORDER BY m.global_position LIMIT $5) x
-        ORDER BY x.seq LIMIT $5),
+              AND m.global_position > $3::bigint AND m.global_position <= horizon.h
+              AND ($5::text[] IS NULL OR m.type = ANY($5::text[]))
+              AND {_partition("$6", "$7")}
+            ORDER BY m.global_position LIMIT $4) x
+        ORDER BY x.seq LIMIT $4),
     page AS (
         SELECT c.*, count(*) OVER () AS fetched,
                sum(c.size) OVER (ORDER BY c.seq) - c.size AS before
         FROM chosen c)
     SELECT horizon.h, p.* FROM horizon
-    LEFT JOIN page p ON p.before < $9::bigint
+    LEFT JOIN page p ON p.before < $8::bigint
     ORDER BY p.seq"""
 
-# The last visible message at or below the horizon: $1 categories, $2 held, $3 drawn.
+# The last visible message at or below the horizon: $1 categories, $2 their floors.
 HEAD = f"""
-    WITH {_horizon("$1", "$2", "$3", "0")}
+    WITH {_horizon("$1", "$2", "0")}
     SELECT max(x.seq) FROM unnest($1::text[]) AS c(category) CROSS JOIN horizon
     CROSS JOIN LATERAL (
         SELECT max(m.global_position) AS seq FROM {MESSAGES} m
         WHERE {CATEGORY} = c.category AND m.global_position <= horizon.h) x"""
 
-# The visible messages after $4 up to the horizon, of partition $5 $6 (an exact count).
+# The visible messages after $3 up to the horizon, of partition $4 $5 (an exact count).
 COUNT = f"""
-    WITH {_horizon("$1", "$2", "$3", "$4")}
+    WITH {_horizon("$1", "$2", "$3")}
     SELECT count(*) FROM {MESSAGES} m, horizon
     WHERE {CATEGORY} = ANY($1::text[])
-      AND m.global_position > $4::bigint AND m.global_position <= horizon.h
-      AND {_partition("$5", "$6")}"""
+      AND m.global_position > $3::bigint AND m.global_position <= horizon.h
+      AND {_partition("$4", "$5")}"""
 
 # The first visible message beyond the horizon, how long it has waited, and the held
-# categories that stop the horizon: $1 categories, $2 held, $3 drawn.
+# held categories ($3) that stop the horizon: $1 categories, $2 their floors.
 HELD_BACK = f"""
-    WITH {_horizon("$1", "$2", "$3", "0")},
+    WITH {_horizon("$1", "$2", "0")},
     beyond AS (
         SELECT min(x.time) AS time FROM unnest($1::text[]) AS c(category) CROSS JOIN horizon
         CROSS JOIN LATERAL (
@@ -128,7 +124,8 @@ HELD_BACK = f"""
             WHERE {CATEGORY} = c.category AND m.global_position > horizon.h
             ORDER BY m.global_position LIMIT 1) x)
     SELECT extract(epoch FROM (clock_timestamp() AT TIME ZONE 'utc') - b.time)::float8,
-           (SELECT array_agg(t.category) FROM tops t WHERE t.held AND t.top = horizon.h)
+           (SELECT array_agg(t.category) FROM tops t
+            WHERE t.category = ANY($3::text[]) AND t.top = horizon.h)
     FROM beyond b, horizon WHERE b.time IS NOT NULL"""
 
 # The last committed message of the categories $1, visible or not yet.
