@@ -30,7 +30,7 @@ from projectionist.errors import StoreUnavailableError
 from projectionist.events import START, Position
 from projectionist.partitions import Partition
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name
-from tests.sources.message_db_install import ROOT, empty_database, message_db_database
+from tests.sources.message_db_install import ROOT, empty_database, install, message_db_database
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +86,7 @@ def source(url: str, names: list[str]) -> MessageDbSource:
 # -- the gap stress: concurrent writers in three categories, two followers of two -----------
 
 WRITERS = 8
-TRANSACTIONS_PER_WRITER = 30
+TRANSACTIONS_PER_WRITER = 40
 
 
 @dataclass
@@ -345,11 +345,16 @@ def test_bad_urls_are_refused_without_showing_the_password() -> None:
         assert "secret" not in str(refused.value)
 
 
-async def test_a_database_without_message_db_is_refused_on_open() -> None:
+async def test_a_database_without_message_db_is_refused_and_a_second_install_works() -> None:
+    """The session's database has Message DB already, so this install meets the existing
+    message_store role (created once per server) and must not fail on it."""
     async with empty_database() as url:
         with pytest.raises(ConfigurationError, match="Message DB is not installed") as refused:
             await MessageDbSource(url, ["account"]).open()
-    assert "install.sh" in str(refused.value)
+        assert "install.sh" in str(refused.value)
+        await install(url.rsplit("/", 1)[1])
+        async with MessageDbSource(url, ["account"]) as reader:
+            assert await reader.head() == START
 
 
 async def test_an_unreachable_server_is_said_without_the_password() -> None:
