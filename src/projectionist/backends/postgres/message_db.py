@@ -42,7 +42,7 @@ The promise rests on the writers: they must write through ``write_message`` (a d
 INSERT takes no lock), and the sequence must hand out values one at a time (``CACHE 1``,
 Message DB's default; ``open()`` refuses another cache size, with which a later writer can
 draw a smaller value). A writer that keeps its transaction open holds back the messages
-of every chosen category beyond its category's last visible one; ``held_back()`` names it.
+of every chosen category beyond its category's floor; ``held_back()`` names it.
 """
 
 from __future__ import annotations
@@ -166,9 +166,10 @@ class MessageDbSource(EventSource):
         with self._translated("reading the horizon of"):
             drawn: int = await connection.fetchval(sql.LAST_DRAWN)
             held: list[str] = await connection.fetchval(sql.HELD, self.categories)
-        # Between t1's answer and t2's snapshot (no await in between here): a category free
-        # at t1 can get no message at or below ``drawn`` that a later snapshot misses. That
-        # stays true, so a held category keeps the floor of the last read that saw it free.
+        # A category free at t1 can get no message at or below ``drawn`` that a later
+        # snapshot misses, and that stays true: a held category keeps the floor of the last
+        # read that saw it free. Floors are taken after our own t1 answered, so any raise
+        # in them comes from a t1 that ended before our t2 is even sent.
         for category in self.categories:
             if category not in held:
                 self._floors[category] = max(self._floors[category], drawn)
