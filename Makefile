@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test browser message-db bench bench-projections bench-append bench-inline services clean
+.PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ $(MESSAGE_DB):
 	npm install --silent --no-audit --no-fund --prefix $(MESSAGE_DB_DIR) @eventide/message-db@$(MESSAGE_DB_VERSION)
 	touch $@
 
+.PHONY: message-db
 message-db: $(MESSAGE_DB)  ## Message DB's install scripts (npm) for the Message DB source's tests
 
 test: $(VENV)/.installed-dev browser $(MESSAGE_DB)  ## lint, type-check and run every test (needs PostgreSQL)
