@@ -24,7 +24,19 @@ demo: $(VENV)/.installed  ## install and run the demo on the embedded SQLite def
 browser:  ## Debian's headless Chromium for the dashboard's browser test (if it is missing)
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: $(VENV)/.installed-dev browser  ## lint, type-check and run every test (needs PostgreSQL)
+# Message DB's SQL (npm package), for the tests of MessageDbSource; installed once.
+MESSAGE_DB_VERSION := 1.3.1
+MESSAGE_DB_DIR := .cache/message-db
+MESSAGE_DB := $(MESSAGE_DB_DIR)/node_modules/@eventide/message-db/database/install.sh
+
+$(MESSAGE_DB):
+	npm install --silent --no-audit --no-fund --prefix $(MESSAGE_DB_DIR) @eventide/message-db@$(MESSAGE_DB_VERSION)
+	touch $@
+
+.PHONY: message-db
+message-db: $(MESSAGE_DB)  ## Message DB's install scripts (npm) for the Message DB source's tests
+
+test: $(VENV)/.installed-dev browser $(MESSAGE_DB)  ## lint, type-check and run every test (needs PostgreSQL)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
