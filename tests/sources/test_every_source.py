@@ -23,7 +23,12 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
 
 from projectionist import Application, EventSource, Projection, ReadModelTransaction, RecordedEvent
-from projectionist.backends.postgres import ColumnMap, PostgresTableSource, prepare_sql
+from projectionist.backends.postgres import (
+    ColumnMap,
+    MessageDbSource,
+    PostgresTableSource,
+    prepare_sql,
+)
 from projectionist.sources.eventsourcing import EventsourcingSource
 from projectionist.testing import assert_idempotent
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
@@ -124,15 +129,50 @@ async def eventsourcing_harness(tmp_path: Path) -> AsyncIterator[Harness]:
         harness.tallies.close()
 
 
-HARNESSES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Harness]]] = {
-    "postgres_table": table_harness,
-    "eventsourcing": eventsourcing_harness,
+# -- Message DB ----------------------------------------------------------------------------
+
+
+class MessageDbHarness(Harness):
+    event_type = "Counted"
+
+    def __init__(self, url: str, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self.category = f"tally{uuid.uuid4().hex[:8]}"  # the database is the session's
+        self.source = MessageDbSource(url, [self.category], poll_interval=0.01)
+
+    async def write(self, stream: int, n: int) -> None:
+        await self.connection.fetchval(
+            "SELECT message_store.write_message($1, $2, $3, $4::jsonb)",
+            *(str(uuid.uuid4()), f"{self.category}-{stream}", self.event_type),
+            orjson.dumps({"n": n}).decode(),
+        )
+
+
+@contextlib.asynccontextmanager
+async def message_db_harness(url: str) -> AsyncIterator[Harness]:
+    # Message DB's functions call each other unqualified: its writers put its schema first.
+    connection = await asyncpg.connect(url, server_settings={"search_path": "message_store"})
+    try:
+        harness = MessageDbHarness(url, connection)
+        async with harness.source:
+            yield harness
+    finally:
+        await connection.close()
+
+
+Made = contextlib.AbstractAsyncContextManager[Harness]
+HARNESSES: dict[str, Callable[[Path, str], Made]] = {
+    "postgres_table": lambda tmp_path, message_db: table_harness(tmp_path),
+    "eventsourcing": lambda tmp_path, message_db: eventsourcing_harness(tmp_path),
+    "message_db": lambda tmp_path, message_db: message_db_harness(message_db),
 }
 
 
 @pytest.fixture(params=sorted(HARNESSES))
-async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with HARNESSES[request.param](tmp_path) as made:
+async def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, message_db: str
+) -> AsyncIterator[Harness]:
+    async with HARNESSES[request.param](tmp_path, message_db) as made:
         yield made
 
 

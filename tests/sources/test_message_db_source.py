@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +21,7 @@ import pytest
 from projectionist import (
     Application,
     ConfigurationError,
+    EventDecodingError,
     Projection,
     ReadModelTransaction,
     RecordedEvent,
@@ -30,14 +31,7 @@ from projectionist.errors import StoreUnavailableError
 from projectionist.events import START, Position
 from projectionist.partitions import Partition
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name
-from tests.sources.message_db_install import ROOT, empty_database, install, message_db_database
-
-
-@pytest.fixture(scope="session")
-def message_db() -> Iterator[str]:
-    """The URL of a database with Message DB installed, for the whole session."""
-    with message_db_database() as url:
-        yield url
+from tests.sources.message_db_install import ROOT, empty_database, install
 
 
 def categories(*names: str) -> list[str]:
@@ -289,6 +283,30 @@ async def test_messages_carry_message_db_fields(message_db: str) -> None:
     assert events[0].recorded_at == recorded.replace(tzinfo=UTC)  # stored as UTC, zone-less
     assert abs(events[0].recorded_at - datetime.now(UTC)) < timedelta(minutes=5)
     assert events[0].position < events[1].position and events[0].position.tx == 0
+
+
+async def test_a_decoder_of_the_users_unwraps_data_and_a_bad_payload_is_named(
+    message_db: str,
+) -> None:
+    [a] = categories("a")
+    connection = await writer(message_db)
+    try:
+        await write(connection, f"{a}-1", "Wrapped", {"payload": {"n": 1}})
+        bad = await write(connection, f"{a}-1", "Wrapped", {"other": 2})
+    finally:
+        await connection.close()
+
+    def unwrap(text: str) -> dict[str, object]:
+        return dict(orjson.loads(text)["payload"])
+
+    async with MessageDbSource(message_db, [a], decode=unwrap) as reader:
+        first = await reader.read_all(limit=1)
+        assert [event.data for event in first.events] == [{"n": 1}]
+        with pytest.raises(EventDecodingError, match=f"the data of message {bad} at ") as failed:
+            await reader.read_all(first.checkpoint)
+        assert isinstance(failed.value.__cause__, KeyError)
+    with pytest.raises(ConfigurationError, match="decode must be a function"):
+        MessageDbSource(message_db, [a], decode="json")  # type: ignore[arg-type]
 
 
 async def test_types_and_partitions_are_filtered_and_the_checkpoint_covers_the_scan(

@@ -68,7 +68,15 @@ from ...events import (
     validate_types,
 )
 from ...partitions import Partition
-from ...source import BACKLOG_COUNTED, Backlog, EventBatch, EventSource, HeldBack
+from ...source import (
+    BACKLOG_COUNTED,
+    Backlog,
+    Decoder,
+    EventBatch,
+    EventSource,
+    HeldBack,
+    decoded,
+)
 from ...urls import redact_url
 from . import message_db_sql as sql
 from .connections import Connection
@@ -90,8 +98,14 @@ class MessageDbSource(EventSource):
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         pool_size: int = 4,
+        decode: Decoder | None = None,
     ) -> None:
         super().__init__()
+        if decode is not None and not callable(decode):
+            raise ConfigurationError(f"decode must be a function, not {type(decode).__name__}")
+        self.decode: Decoder = decode or orjson.loads
+        """Turns a message's data (its jsonb as text) into a dict: e.g. to unwrap an
+        envelope, or to decrypt fields."""
         self.url = redact_url(_checked_url(url))
         self.categories = validate_categories(categories)
         self.poll_interval = poll_interval
@@ -196,7 +210,7 @@ class MessageDbSource(EventSource):
                     *(self.categories, floors, after.seq, limit, type_list),
                     *(part.count, part.index, budget),
                 )
-        events = [_event(row) for row in rows if row["seq"] is not None]
+        events = [_event(row, self.decode) for row in rows if row["seq"] is not None]
         if len(events) == limit or (events and rows[0]["fetched"] > len(events)):
             return EventBatch(events, events[-1].position)  # cut by count or by bytes
         # Everything up to the horizon was scanned: no message can appear below it.
@@ -266,29 +280,24 @@ def _holder(holders: list[asyncpg.Record]) -> str | None:
     )
 
 
-def _event(row: asyncpg.Record) -> RecordedEvent:
+def _event(row: asyncpg.Record, decode: Decoder) -> RecordedEvent:
     return RecordedEvent(
         id=uuid.UUID(str(row["id"])),
         stream_id=row["stream_name"],
         version=row["version"],
         type=row["type"],
-        data=_json_object(row["data"], "data", row),
-        metadata=_json_object(row["metadata"], "metadata", row),
+        data=_json_object(row["data"], "data", row, decode),
+        metadata=_json_object(row["metadata"], "metadata", row, orjson.loads),
         recorded_at=row["time"].replace(tzinfo=UTC),  # Message DB stores UTC, zone-less
         position=Position(0, row["seq"]),
     )
 
 
-def _json_object(text: str | None, what: str, row: asyncpg.Record) -> JsonObject:
+def _json_object(text: str | None, what: str, row: asyncpg.Record, decode: Decoder) -> JsonObject:
+    """A message's jsonb (NULL: empty) as a dict; anything else is an EventDecodingError."""
     if text is None:
         return {}
-    value = orjson.loads(text)
-    if not isinstance(value, dict):
-        raise BackendError(
-            f"message {row['id']} at global position {row['seq']} has {what} that is not a "
-            f"JSON object ({type(value).__name__}): events carry JSON objects"
-        )
-    return value
+    return decoded(decode, text, f"the {what} of message {row['id']} at {row['seq']}")
 
 
 def validate_categories(categories: object) -> list[str]:
