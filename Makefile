@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
+# SCALE=1 also runs the state projection on 5 x EVENTS (memory and cost per event vs length)
+SCALE ?=
 
 .PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
 
@@ -37,8 +39,8 @@ bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs
 bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inline projection
 	$(BIN)/python bench/inline_latency.py
 
-bench-projections: $(VENV)/.installed-dev  ## the projection suite on EVENTS events (default 1,000,000)
-	$(BIN)/python bench/projections.py --events $(EVENTS)
+bench-projections: $(VENV)/.installed-dev  ## the suite and issue 14's references on EVENTS events
+	$(BIN)/python bench/projections.py --events $(EVENTS) $(if $(SCALE),--scale)
 
 bench: bench-projections bench-append bench-inline  ## every benchmark
 
