@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 EVENTS ?= 1000000
 # SCALE=1 also runs the state projection on 5 x EVENTS (memory and cost per event vs length)
 SCALE ?=
+# PROFILE=file also runs the state projection under cProfile (after the measured runs)
+PROFILE ?=
 
 .PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
 
@@ -40,7 +42,7 @@ bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inli
 	$(BIN)/python bench/inline_latency.py
 
 bench-projections: $(VENV)/.installed-dev  ## the suite and issue 14's references on EVENTS events
-	$(BIN)/python bench/projections.py --events $(EVENTS) $(if $(SCALE),--scale)
+	$(BIN)/python bench/projections.py --events $(EVENTS) $(if $(SCALE),--scale) $(if $(PROFILE),--profile $(PROFILE))
 
 bench: bench-projections bench-append bench-inline  ## every benchmark
 

@@ -17,6 +17,7 @@ import asyncio
 import cProfile
 import json
 import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,7 @@ async def run_scenario(name: str, options: argparse.Namespace) -> Result:
         "reads": lambda: s.scenario_reads(DSN, schema),
         "read_limit": lambda: s.scenario_read_limit(DSN, schema),
         "state_coalesced": lambda: s.scenario_projection(DSN, schema, "state"),
+        "state_profiled": lambda: s.scenario_projection(DSN, schema, "profiled"),
         "hand_written_coalesced": lambda: hand_written_coalesced(DSN, schema, "order_summary_hand"),
         "handler_batched": lambda: s.scenario_projection(DSN, schema, "handler"),
         "handler_per_event": lambda: s.scenario_projection(DSN, schema, "per_event"),
@@ -94,7 +96,7 @@ def child(name: str, options: argparse.Namespace, schema: str, label: str | None
                "--sqlite", options.sqlite, "--naive-events", str(options.naive_events),
                "--live-rate", str(options.live_rate), "--live-seconds", str(options.live_seconds),
                "--inline-appends", str(options.inline_appends)]  # fmt: skip
-    if options.profile and name == "state_coalesced" and label is None:
+    if name == "state_profiled":
         command += ["--profile", options.profile]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -128,9 +130,12 @@ def main(options: argparse.Namespace) -> None:
     directory = tempfile.mkdtemp(prefix="bench_sqlite_")
     options.sqlite = str(Path(directory) / "store.db")
     results: list[Result] = []
+    load_before = os.getloadavg()  # the machine's load, noted with the ratios (issue 14)
     try:
         load(schema, options.events, options.sqlite)
         results += [child(name, options, schema) for name in SCENARIOS]
+        if options.profile:  # after the measured runs, apart: cProfile slows what it watches
+            profiled = child("state_profiled", options, schema)
         checks = asyncio.run(check_read_models(DSN, schema, options.sqlite, results))
         if options.scale:
             load(scaled, options.events * 5, None)
@@ -140,7 +145,13 @@ def main(options: argparse.Namespace) -> None:
         shutil.rmtree(directory, ignore_errors=True)
     ratios = ratios_of(results)
     print_tables(results, ratios)
-    for line in [*results, {"scenario": "ratios", **ratios, **checks}]:
+    if options.profile:
+        print(f"profiled state projection (not in the ratios): {profiled['seconds']} s")
+        pstats.Stats(options.profile).sort_stats("cumulative").print_stats(15)
+    machine = {"cpus": os.cpu_count(), "loadavg_before": load_before,
+               "loadavg_after": os.getloadavg()}  # fmt: skip
+    print(f"machine: {machine}")
+    for line in [*results, {"scenario": "ratios", **ratios, **checks, **machine}]:
         print(json.dumps(line))
     if not all(checks.values()):
         raise SystemExit(f"read models differ: {checks}")
@@ -173,7 +184,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--live-rate", type=int, default=100, help="appends/s for live_latency")
     parser.add_argument("--live-seconds", type=float, default=10.0)
     parser.add_argument("--inline-appends", type=int, default=1000, help="per round and kind")
-    parser.add_argument("--profile", help="write a cProfile of the state projection here")
+    parser.add_argument(
+        "--profile", help="also run the state projection under cProfile, stats to this file"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     parser.add_argument("--sqlite", default="", help=argparse.SUPPRESS)

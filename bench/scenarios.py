@@ -65,6 +65,8 @@ async def scenario_projection(dsn: str, schema: str, style: str) -> Result:
     projection: Projection
     if style == "state":
         projection = state_projection()
+    elif style == "profiled":  # the same, under cProfile, into a table of its own
+        projection = state_projection(table="order_summary_profiled")
     elif style == "handler":
         projection = handler_projection(table="order_summary_handler")
     else:  # per-event SQL, one statement at a time (the tutorial handler)

@@ -27,6 +27,7 @@ POSTGRES_TABLES = {
     "worker_equals_state": "order_summary_worker",
     "partitioned_equals_state": "order_summary_partitioned",
 }
+PROFILED = "order_summary_profiled"
 SQLITE_TABLES = {
     "sqlite_state_equals_state": "order_summary",
     "sqlite_hand_written_equals_state": "order_summary_hand",
@@ -45,6 +46,8 @@ async def check_read_models(
         rare: int = await connection.fetchval(
             "SELECT count(*) FROM events WHERE type = $1", RARE_TYPE
         )
+        if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", PROFILED):
+            tables["profiled_equals_state"] = sorted(await summary_rows(connection, PROFILED))
     finally:
         await connection.close()
     checks = {name: rows == state for name, rows in tables.items()}
