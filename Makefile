@@ -3,10 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
-# SCALE=1 also runs the state projection on 5 x EVENTS (memory and cost per event vs length)
-SCALE ?=
-# PROFILE=file also runs the state projection under cProfile (after the measured runs)
-PROFILE ?=
 
 .PHONY: demo test browser bench bench-projections bench-append bench-inline services clean
 
@@ -41,10 +37,18 @@ bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs
 bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inline projection
 	$(BIN)/python bench/inline_latency.py
 
+# SCALE=1 also runs the state projection on 5 x EVENTS (memory and cost per event vs length)
+SCALE ?=
+# PROFILE=file also runs the state projection under cProfile (after the measured runs)
+PROFILE ?=
 bench-projections: $(VENV)/.installed-dev  ## the suite and issue 14's references on EVENTS events
 	$(BIN)/python bench/projections.py --events $(EVENTS) $(if $(SCALE),--scale) $(if $(PROFILE),--profile $(PROFILE))
 
 bench: bench-projections bench-append bench-inline  ## every benchmark
+
+.PHONY: bench-check
+bench-check: $(VENV)/.installed-dev  ## the suite's own test: a small whole run, every read model equal
+	$(BIN)/pytest bench/test_bench.py -q
 
 services:  ## start local PostgreSQL and Redis if they are down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
