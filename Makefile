@@ -49,13 +49,21 @@ bench-append: $(VENV)/.installed-dev  ## append concurrency: 1 vs 8 appenders vs
 bench-inline: $(VENV)/.installed-dev  ## append latency with and without an inline projection
 	$(BIN)/python bench/inline_latency.py
 
-bench-projections: $(VENV)/.installed-dev  ## the projection suite on EVENTS events (default 1,000,000)
-	$(BIN)/python bench/projections.py --events $(EVENTS)
+# SCALE=1 also runs the state projection on 5 x EVENTS (memory and cost per event vs length)
+SCALE ?=
+# PROFILE=file also runs the state projection under cProfile (after the measured runs)
+PROFILE ?=
+bench-projections: $(VENV)/.installed-dev  ## the suite and issue 14's references on EVENTS events
+	$(BIN)/python bench/projections.py --events $(EVENTS) $(if $(SCALE),--scale) $(if $(PROFILE),--profile $(PROFILE))
 
 bench-import: $(VENV)/.installed-dev  ## bulk import vs a bare binary COPY (200,000 events), and SQLite
 	$(BIN)/python bench/import_events.py
 
 bench: bench-projections bench-append bench-inline bench-import  ## every benchmark
+
+.PHONY: bench-check
+bench-check: $(VENV)/.installed-dev  ## the suite's own test: a small whole run, every read model equal
+	$(BIN)/pytest bench/test_bench.py -q
 
 services:  ## start local PostgreSQL and Redis if they are down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

@@ -6,8 +6,8 @@ cents (integers, so every way of summing gives the same answer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -24,7 +24,27 @@ ORDER_TYPES = ["OrderCreated", "ItemAdded", "ItemRemoved", *STATUS]
 SUMMARY_COLUMNS = "order_id, customer_id, day, status, items, total_cents"
 
 
-def cents(event: RecordedEvent) -> int:
+class OrderEvent(Protocol):
+    """What the handler statements read of an event (a RecordedEvent, or a reference's row)."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+class PlainEvent:
+    """A reference's event: the three fields it reads, nothing decoded that it does not read."""
+
+    __slots__ = ("data", "stream_id", "type")
+
+    def __init__(self, stream_id: str, type_: str, data: dict[str, Any]) -> None:
+        self.stream_id, self.type, self.data = stream_id, type_, data
+
+
+def cents(event: OrderEvent) -> int:
     return int(event.data["quantity"]) * round(float(event.data["unit_price"]) * 100)
 
 
@@ -77,6 +97,34 @@ def state_projection(
     return projection
 
 
+# -- hand-written: the same evolve logic on plain dicts (the references' fold) ---------------
+
+
+def initial_plain() -> dict[str, Any]:
+    return {"customer_id": "", "day": "", "status": "open", "items": 0, "total_cents": 0,
+            "lines": {}}  # fmt: skip
+
+
+def fold_plain(state: dict[str, Any], type_: str, data: dict[str, Any]) -> None:
+    """``state_projection``'s evolve functions as a hand-written projector writes them: the
+    decoded ``data`` only, the state changed in place (it is the fold's own)."""
+    if type_ == "OrderCreated":
+        state["customer_id"], state["day"] = data["customer_id"], data["day"]
+    elif type_ == "ItemAdded" or type_ == "ItemRemoved":
+        lines = state["lines"]
+        if type_ == "ItemAdded":
+            lines[data["sku"]] = [
+                data["quantity"],
+                int(data["quantity"]) * round(float(data["unit_price"]) * 100),
+            ]
+        else:
+            lines.pop(data["sku"], None)
+        state["items"] = sum(q for q, _ in lines.values())
+        state["total_cents"] = sum(c for _, c in lines.values())
+    else:
+        state["status"] = STATUS[type_]
+
+
 # -- ours, handler style: batch handlers with executemany -------------------------------------
 
 
@@ -103,7 +151,7 @@ TOTALS = (
 STATUS_SQL = "UPDATE {t} SET status = $2 WHERE order_id = $1"
 
 
-def statement_for(event: RecordedEvent, table: str) -> list[tuple[str, tuple[Any, ...]]]:
+def statement_for(event: OrderEvent, table: str) -> list[tuple[str, tuple[Any, ...]]]:
     """The statements a tutorial handler runs for one event."""
     order = event.stream_id
     if event.type == "OrderCreated":
@@ -162,6 +210,24 @@ def handler_projection(table: str = "order_summary", batch_size: int = 1000) -> 
             "WHERE s.order_id = l.id",
             touched,
         )
+
+    return projection
+
+
+def per_event_projection(table: str, batch_size: int = 1000) -> Projection:
+    """The tutorial handler: each event's statements (``statement_for``), one at a time."""
+    projection = Projection(f"{table}_per_event", tables=[table, f"{table}_lines"],
+                            batch_size=batch_size)  # fmt: skip
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        for sql in SETUP:
+            await tx.execute(sql.format(t=table))
+
+    @projection.on(*ORDER_TYPES)
+    async def apply(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        for sql, args in statement_for(event, table):
+            await tx.execute(sql.format(t=table), *args)
 
     return projection
 
