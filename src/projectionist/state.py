@@ -48,6 +48,9 @@ from .readmodel import ReadModelTransaction
 
 State = dict[str, Any]
 Row = tuple[Any, ...]
+_MISSING = object()
+# Values that cannot change in place: one that passed its column's check passes again.
+_IMMUTABLE = frozenset({int, float, str, bool, type(None), bytes})
 
 
 class _Delete:
@@ -130,8 +133,13 @@ class StateProjection(Projection):
             except Exception as exc:
                 raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
             # Every state is checked, not only a batch's last: the outcome must not depend on
-            # how the events were batched.
-            rows[key] = evolved if isinstance(evolved, _Delete) else self._row(key, evolved, event)
+            # how the events were batched. What the previous state of the batch already
+            # passed need not pass again (see _row).
+            rows[key] = (
+                evolved
+                if isinstance(evolved, _Delete)
+                else self._row(key, evolved, event, state, rows.get(key))
+            )
         async with self._as_handler_error(handled[0]):
             await self._write(tx, rows)
 
@@ -213,9 +221,22 @@ class StateProjection(Projection):
             self.table, [self.key_column], self._value_columns(), written, shape=f"v{self.version}"
         )
 
-    def _row(self, key: str, state: object, event: RecordedEvent) -> Row:
+    def _row(
+        self,
+        key: str,
+        state: object,
+        event: RecordedEvent,
+        before: object = None,
+        before_row: object = None,
+    ) -> Row:
         """The row to write for ``state``: each value checked against its column's declared
-        type (and converted where that is exact), so that every backend stores the same."""
+        type (and converted where that is exact), so that every backend stores the same.
+
+        ``before`` is the state ``state`` was evolved from and ``before_row`` its row, if
+        this batch made one: a column whose value is the very same immutable object as
+        before (an int, a str...: evolve left it alone) takes the checked value of that row
+        instead of being checked again. Mutable values (lists, dicts) are always checked:
+        an evolve function may have changed them in place."""
         try:
             if not isinstance(state, dict):
                 raise ColumnValueError(
@@ -223,9 +244,21 @@ class StateProjection(Projection):
                 )
             if self.columns is None:
                 return (key, _fit(key, "state", "JSON", _to_json, state))
-            return (key, *(self._fitted(key, state, column) for column in self._fits))
+            if isinstance(before_row, tuple) and isinstance(before, dict):
+                return self._changed_row(key, state, before, before_row)
+            return (key, *[self._fitted(key, state, column) for column in self._fits])
         except ColumnValueError as exc:
             raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+
+    def _changed_row(self, key: str, state: State, before: State, before_row: Row) -> Row:
+        row: list[object] = [key]
+        for index, column in enumerate(self._fits, 1):
+            value = state.get(column, _MISSING)
+            if value is before.get(column, _MISSING) and type(value) in _IMMUTABLE:
+                row.append(before_row[index])
+            else:
+                row.append(self._fitted(key, state, column))
+        return tuple(row)
 
     def _fitted(self, key: str, state: State, column: str) -> object:
         sql_type, fits = self._fits[column]

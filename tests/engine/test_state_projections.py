@@ -326,3 +326,39 @@ def test_what_fits_each_declared_type() -> None:
     for sql_type, value in misfits:
         with pytest.raises(ColumnValueError):
             fitting(sql_type)(value)
+
+
+async def test_values_changed_in_place_are_written_and_unchanged_ones_still_checked(
+    app_url: str,
+) -> None:
+    """A column an evolve leaves alone keeps its checked value; a list it changes in place
+    (impure, but it happens) is still written as it ends up, and an int it sets out of range
+    later in the same batch is still refused."""
+    projection = StateProjection(
+        "tags",
+        table="tags",
+        key_column="item",
+        columns={"tags": "JSON", "count": "SMALLINT", "label": "TEXT"},
+        initial=lambda: {"tags": [], "count": 0, "label": "item"},
+    )
+
+    @projection.evolve("Tagged")
+    def tagged(state: State, event: RecordedEvent) -> State:
+        state["tags"].append(event.data["tag"])  # in place: the same list object
+        return {**state, "count": state["count"] + event.data.get("step", 1)}
+
+    tags = [NewEvent("Tagged", {"tag": f"t{n}"}) for n in range(5)]
+    async with Application(app_url, [projection]) as app:
+        await app.setup()
+        await app.store.append("item-1", tags)
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            [row] = await tx.fetch("SELECT tags, count, label FROM tags")
+        assert (row[1], row[2]) == (5, "item")
+        assert "t0" in str(row[0]) and "t4" in str(row[0])
+        await app.store.append(
+            "item-2",
+            [NewEvent("Tagged", {"tag": "a"}), NewEvent("Tagged", {"tag": "x", "step": 40_000})],
+        )
+        with pytest.raises(HandlerError, match="out of SMALLINT's range"):
+            await app.run_until_caught_up()
