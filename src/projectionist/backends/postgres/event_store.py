@@ -327,9 +327,11 @@ class PostgresEventStore(EventStore):
         validate_batch_size(limit)
         wanted = validate_types(types)
         part = (partition or Partition(0, 1)).validate()
-        args: list[object] = [after.tx, after.seq, limit, validate_max_bytes(max_bytes)]
+        budget = validate_max_bytes(max_bytes)
+        args: list[object] = [after.tx, after.seq, limit, budget]
         # In an exclusive replay appends are locked out: every committed event is final.
-        args.append(NO_HORIZON if exclusive else await self._horizon(connection))
+        horizon = NO_HORIZON if exclusive else await self._horizon(connection)
+        args.append(horizon)
         if exclusive or part.count > 1:
             sql = self._sql.read_all_partition
             args += [wanted, part.index, part.count]
@@ -340,13 +342,21 @@ class PostgresEventStore(EventStore):
             args.append(wanted)
         with self._translate_errors("reading all events"):
             rows = await connection.fetch(sql, *args)
-        if not rows:  # the store is empty (or nothing is visible yet)
-            return EventBatch([], after)
-        events = [event_from_row(row, 2) for row in rows if row[2] is not None]
-        if len(events) == limit or (events and rows[0]["fetched"] > len(events)):
+        events = [event_from_row(row, 2) for row in rows]
+        if len(events) == limit or (events and rows[-1]["reached"] >= budget):
             return EventBatch(events, events[-1].position)  # cut by count or by bytes
-        head = Position(rows[0]["head_tx"], rows[0]["head_position"])
+        if rows:
+            head = Position(rows[0]["head_tx"], rows[0]["head_position"])
+        elif sql is self._sql.read_all:
+            return EventBatch([], after)  # nothing after it below the horizon at all
+        else:  # a filtered read that found nothing may still have scanned past events
+            head = await self._head_below(connection, horizon)
         return EventBatch(events, max(after, head))
+
+    async def _head_below(self, connection: Connection, horizon: int) -> Position:
+        with self._translate_errors("reading the head"):
+            row = await connection.fetchrow(self._sql.head, horizon)
+        return START if row is None else Position(row[0], row[1])
 
     async def _horizon(self, connection: Connection) -> int:
         """This store's horizon, in a statement of its own: a later statement's snapshot sees
@@ -408,9 +418,7 @@ class PostgresEventStore(EventStore):
 
     async def head(self) -> Position:
         async with self._connection("reading the head") as connection:
-            horizon = await self._horizon(connection)
-            row = await connection.fetchrow(self._sql.head, horizon)
-        return START if row is None else Position(row["tx_id"], row["position"])
+            return await self._head_below(connection, await self._horizon(connection))
 
     async def last_committed(self) -> Position:
         async with self._connection("reading the last committed event") as connection:

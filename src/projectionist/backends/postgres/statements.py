@@ -137,47 +137,47 @@ def _oldest_appender_sql(q: str) -> str:
 
 
 def _read_all_sql(q: str, *, filtered: bool, partitioned: bool = False) -> str:
-    # One statement, one snapshot: the page and the head it was read against. The head
-    # lets a filtered read move its checkpoint past events of other types it scanned.
+    # Only events below the horizon $5 (read by an earlier statement) are read: every
+    # transaction below it has ended, so what lies below it is final, and the head below it
+    # (read here once, as an InitPlan) cannot move whatever the snapshot. The head lets a
+    # filtered read move its checkpoint past events of other types it scanned.
     # The page stops at $3 events or once $4 bytes of payload are reached (at least one
-    # event); "fetched" tells the caller whether bytes cut it short. $5 is the horizon,
-    # read by an earlier statement (only events below it are final). A partitioned read
-    # ($7 of $8) keeps the streams whose hash falls in its partition.
+    # event): a running sum that streams in index order, no window over the whole page and
+    # no re-sort, so PostgreSQL sends the first row before it has built the page; "reached"
+    # (the payload up to and including a row) tells the caller whether bytes cut it short.
+    # A partitioned read ($7 of $8) keeps the streams whose hash falls in its partition.
     type_filter = "AND e.type = ANY($6::text[])" if filtered else ""
     if partitioned:  # types optional: NULL for all
         type_filter = "AND ($6::text[] IS NULL OR e.type = ANY($6))"
         part = PARTITION_SQL.format(column="e.stream_id", count="$8::bigint")
         type_filter += f" AND ($8::bigint = 1 OR {part} = $7::bigint)"
+    head = (
+        f"SELECT h.{{column}} FROM {q}.events h WHERE h.tx_id < $5::bigint "
+        "ORDER BY h.tx_id DESC, h.position DESC LIMIT 1"
+    )
     return f"""
-        WITH horizon AS (SELECT $5::bigint AS xmin),
-        head AS (
-            SELECT h.tx_id, h.position FROM {q}.events h
-            WHERE h.tx_id < (SELECT xmin FROM horizon)
-            ORDER BY h.tx_id DESC, h.position DESC LIMIT 1
-        )
-        SELECT head.tx_id AS head_tx, head.position AS head_position, page.*
-        FROM head LEFT JOIN LATERAL (
-            SELECT w.position, w.tx_id, w.id, w.stream_id, w.version, w.type,
-                   w.data::text AS data, w.metadata::text AS metadata, w.recorded_at,
-                   w.fetched
+        SELECT ({head.format(column="tx_id")}) AS head_tx,
+               ({head.format(column="position")}) AS head_position,
+               w.position, w.tx_id, w.id, w.stream_id, w.version, w.type,
+               w.data::text AS data, w.metadata::text AS metadata, w.recorded_at,
+               w.before + w.size AS reached
+        FROM (
+            SELECT c.*, sum(c.size) OVER (
+                       ORDER BY c.tx_id, c.position ROWS UNBOUNDED PRECEDING) - c.size AS before
             FROM (
-                SELECT c.*, count(*) OVER () AS fetched,
-                       sum(c.size) OVER (ORDER BY c.tx_id, c.position) - c.size AS before
-                FROM (
-                    SELECT e.position, e.tx_id, e.id, e.stream_id, e.version, e.type,
-                           e.data, e.metadata, e.recorded_at,
-                           pg_column_size(e.data) + pg_column_size(e.metadata) AS size
-                    FROM {q}.events e
-                    WHERE e.tx_id < (SELECT xmin FROM horizon)
-                      AND (e.tx_id, e.position) > ($1::bigint, $2::bigint)
-                      {type_filter}
-                    ORDER BY e.tx_id, e.position
-                    LIMIT $3
-                ) c
-            ) w
-            WHERE w.before < $4::bigint
-        ) page ON true
-        ORDER BY page.tx_id, page.position
+                SELECT e.position, e.tx_id, e.id, e.stream_id, e.version, e.type,
+                       e.data, e.metadata, e.recorded_at,
+                       pg_column_size(e.data) + pg_column_size(e.metadata) AS size
+                FROM {q}.events e
+                WHERE e.tx_id < $5::bigint
+                  AND (e.tx_id, e.position) > ($1::bigint, $2::bigint)
+                  {type_filter}
+                ORDER BY e.tx_id, e.position
+                LIMIT $3
+            ) c
+        ) w
+        WHERE w.before < $4::bigint
+        ORDER BY w.tx_id, w.position
     """
 
 
