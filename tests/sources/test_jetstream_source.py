@@ -32,6 +32,7 @@ from projectionist.backends.nats import (
     MessageMap,
 )
 from projectionist.events import START, Position
+from projectionist.factory import open_read_models
 from projectionist.partitions import Partition
 from projectionist.targets.redis import RedisProjection, RedisReadModelStore, as_redis
 from tests.conftest import PG_DSN
@@ -41,8 +42,8 @@ from tests.sources.jetstream_child import BATCH_SIZE
 from tests.sources.jetstream_support import (
     NATS_URL,
     SIGNED,
-    StreamMaker,
     NatsStream,
+    StreamMaker,
     expected_of,
     ledger_projection,
     read_ledger,
@@ -174,7 +175,9 @@ async def test_projectors_sigkilled_while_messages_arrive_apply_each_message_onc
     rng = random.Random(3)
     read_models = f"{PG_DSN}?schema={pg_schema}"
     await jet_stream.publish_money(rng, 600)
+    moved: list[int] = []  # messages the checkpoint moved in each killed child's life
     for kill in range(KILLS):
+        before = await checkpoint_of(read_models)
         process = await spawn(jet_stream.name, read_models, "--step")
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
@@ -186,6 +189,12 @@ async def test_projectors_sigkilled_while_messages_arrive_apply_each_message_onc
         await finish(process, f"child {kill + 1}")
         await publishing
         assert process.returncode == -signal.SIGKILL
+        after = await checkpoint_of(read_models)
+        assert before <= after < Position(0, max(jet_stream.ledger.applied)), (
+            "caught up: kill sooner"
+        )
+        moved.append(after.seq - before.seq)
+    assert sum(1 for m in moved if m > 0) >= KILLS // 2, f"most kills hit no progress: {moved}"
 
     last = await spawn(jet_stream.name, read_models)
     out = await finish(last, "the last child")
@@ -205,6 +214,13 @@ async def test_projectors_sigkilled_while_messages_arrive_apply_each_message_onc
         assert await app.rebuild(ledger.name) == len(jet_stream.ledger.applied)
         async with app.read_models.transaction() as tx:
             assert await read_ledger(tx) == crashed, "differs from a clean rebuild"
+
+
+async def checkpoint_of(read_models_url: str) -> Position:
+    async with open_read_models(read_models_url) as read_models:
+        await read_models.apply_schema()  # (idempotent: the children apply it too)
+        checkpoint = await read_models.checkpoint("jet_ledger")
+    return START if checkpoint is None else checkpoint.position
 
 
 # -- partitions -------------------------------------------------------------------------------
