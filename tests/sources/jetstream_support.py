@@ -55,6 +55,7 @@ class Ledger:
 
     applied: dict[int, tuple[str, int]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
 
     def balances(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -91,7 +92,9 @@ class NatsStream:
             data = orjson.dumps({"amount": amount})
             for _ in range(2 if rng.random() < 0.2 else 1):
                 ack = await self.js.publish(subject, data, headers=headers)
-                if not ack.duplicate:
+                if ack.duplicate:
+                    self.ledger.duplicates += 1
+                else:
                     self.ledger.applied[ack.seq] = (stream_id, SIGNED[type_] * amount)
             self.ledger.versions[stream_id] = version
 

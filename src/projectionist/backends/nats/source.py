@@ -15,13 +15,16 @@ sequence, so a jump into that range raises ``JetStreamHistoryLostError`` instead
 silently (unless ``accept_truncated_history``).
 
 Waking: a core NATS subscription to the source's subjects notifies ``changes`` on every
-publish, so followers see new messages at once; ``poll_interval`` bounds the wait when a
-wake-up is missed (a publish seen before the stream stored it, a reconnect).
+publish, so followers see new messages at once. The subscriber may hear of a publish before
+the stream has stored it, so for a moment after each one a waiting reader looks again soon,
+backing off (as behind an open transaction); ``poll_interval`` bounds the wait when no
+wake-up arrives (another account publishing, a reconnect).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -57,6 +60,8 @@ logger = logging.getLogger("projectionist.nats")
 CURSORS_KEPT = 16
 """Idle cursors kept for reuse (one per reader that goes on where it stopped)."""
 _COUNT_PAGE = 1_000
+_STORING = 1.0
+"""Seconds after a publish was heard during which the stream may still be storing it."""
 
 
 class JetStreamSource(EventSource):
@@ -89,6 +94,7 @@ class JetStreamSource(EventSource):
         self._client: Client | None = None
         self._wakers: list[Subscription] = []
         self._cursors: list[PullCursor] = []
+        self._heard = float("-inf")  # when a publish on the source's subjects was last heard
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -126,7 +132,13 @@ class JetStreamSource(EventSource):
         return client
 
     async def _woken(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
         self.changes.notify()
+
+    async def _head_and_held_back(self) -> tuple[Position, bool]:
+        """The head; and, just after a publish was heard, that a message may be on its way
+        into the stream (the waiting loop then looks again soon, backing off)."""
+        return await self.head(), time.monotonic() - self._heard < _STORING
 
     async def close(self) -> None:
         client, self._client = self._client, None
