@@ -99,7 +99,8 @@ class PullCursor:
         return messages
 
     def _accepted(self, msg: Msg) -> Message:
-        sequence = msg.metadata.sequence
+        metadata = msg.metadata  # (parsed from the reply subject at each access)
+        sequence = metadata.sequence
         if sequence.consumer != self._consumer_seq + 1:
             raise Broken(f"delivery {self._consumer_seq + 1} was lost (got {sequence.consumer})")
         self._consumer_seq = sequence.consumer
@@ -108,7 +109,7 @@ class PullCursor:
             subject=msg.subject,
             headers={str(k): str(v) for k, v in (msg.headers or {}).items()},
             data=msg.data,
-            time=stamp_of(msg.metadata.timestamp),  # when the stream stored it
+            time=stamp_of(metadata.timestamp),  # when the stream stored it
         )
 
     def idle_for(self) -> float:
