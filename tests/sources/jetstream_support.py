@@ -49,6 +49,12 @@ async def connect_nats() -> Client:
     return client
 
 
+async def require_nats() -> None:
+    """Fail, saying how to start it, unless NATS with JetStream answers."""
+    client = await connect_nats()
+    await client.close()
+
+
 @dataclass
 class Ledger:
     """What was published (stored, not deduplicated away): seq -> (stream id, signed amount)."""

@@ -49,6 +49,7 @@ from tests.sources.jetstream_support import (
     expected_of,
     ledger_projection,
     read_ledger,
+    require_nats,
 )
 from tests.targets.conftest import REDIS_URL
 
@@ -421,6 +422,7 @@ async def test_bad_urls_missing_streams_and_arguments_are_refused() -> None:
     with pytest.raises(StoreUnavailableError, match="cannot connect") as refused:
         await unreachable.open()
     assert "s3cret" not in str(refused.value)
+    await require_nats()
     missing = JetStreamSource(NATS_URL, f"MISSING_{uuid.uuid4().hex[:8]}")
     with pytest.raises(StoreUnavailableError, match="has no stream"):
         await missing.open()
@@ -459,6 +461,7 @@ async def test_a_message_that_does_not_decode_is_named(jet_stream: NatsStream) -
 async def test_the_example_runs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    await require_nats()
     stream_name = f"EXAMPLE_{uuid.uuid4().hex[:8]}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NATS_URL", NATS_URL)
