@@ -357,7 +357,7 @@ async def test_a_reader_that_goes_on_reuses_its_consumer_and_close_removes_them(
 async def test_a_consumer_removed_on_the_server_is_replaced(jet_stream: NatsStream) -> None:
     for n in range(20):
         await publish(jet_stream, "e.x", orjson.dumps({"n": n}))
-    async with source_of(jet_stream, request_timeout=1.0) as source:
+    async with source_of(jet_stream, request_timeout=2.0) as source:
         first = await source.read_all(limit=10)
         [info] = [c async for c in consumer_infos(jet_stream)]
         await jet_stream.js.delete_consumer(jet_stream.name, info.name)  # as inactivity would
