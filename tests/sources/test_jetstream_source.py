@@ -4,18 +4,22 @@ SIGKILLed projectors, partitions, lost history, the mapping, bad input and the e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import runpy
+import shutil
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from nats.js.api import ConsumerInfo
+from nats.js.api import ConsumerInfo, StreamConfig
 
 from projectionist import (
     Application,
@@ -368,6 +372,62 @@ async def test_a_consumer_removed_on_the_server_is_replaced(jet_stream: NatsStre
 async def consumer_infos(jet_stream: NatsStream) -> AsyncIterator[ConsumerInfo]:
     for info in await jet_stream.js.consumers_info(jet_stream.name):
         yield info
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def start_server(port: int, store: Path) -> asyncio.subprocess.Process:
+    """A NATS server of this test's own (so it can be killed), answering on ``port``."""
+    if shutil.which("nats-server") is None:
+        pytest.fail("nats-server is not installed (apt-get install nats-server)", pytrace=False)
+    process = await asyncio.create_subprocess_exec(
+        *("nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return process
+        await asyncio.sleep(0.05)
+    process.kill()
+    pytest.fail(f"nats-server on port {port} did not answer", pytrace=False)
+
+
+async def test_a_server_restart_fails_reads_clearly_then_they_go_on(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    server = await start_server(port, tmp_path)
+    try:
+        client = await nats.connect(url)
+        await client.jetstream().add_stream(StreamConfig(name="RESTART", subjects=["r.>"]))
+        for n in range(20):
+            await client.jetstream().publish("r.x", orjson.dumps({"n": n}))
+        await client.close()
+        source = JetStreamSource(url, "RESTART", request_timeout=1.0)
+        async with source:
+            first = await source.read_all(limit=10)
+            server.kill()  # on progress: after the first page
+            await server.wait()
+            with pytest.raises(StoreUnavailableError, match="RESTART"):
+                await source.read_all(first.checkpoint)
+            server = await start_server(port, tmp_path)  # the stream is on disk
+            rest = None
+            for _ in range(50):  # until the client has reconnected
+                with contextlib.suppress(StoreUnavailableError):
+                    rest = await source.read_all(first.checkpoint, limit=100)
+                    break
+            assert rest is not None, "reads did not recover after the restart"
+        assert [e.data["n"] for e in first.events + rest.events] == list(range(20))
+    finally:
+        server.kill()
+        await server.wait()
 
 
 # -- lost history -----------------------------------------------------------------------------
