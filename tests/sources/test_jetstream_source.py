@@ -369,6 +369,18 @@ async def test_a_consumer_removed_on_the_server_is_replaced(jet_stream: NatsStre
     assert [e.data["n"] for e in first.events + rest.events] == list(range(20))
 
 
+async def test_a_cursor_idle_for_long_is_replaced_before_the_server_drops_it(
+    jet_stream: NatsStream,
+) -> None:
+    for n in range(10):
+        await publish(jet_stream, "e.x", orjson.dumps({"n": n}))
+    async with source_of(jet_stream, consumer_idle=0.5) as source:
+        first = await source.read_all(limit=4)
+        await asyncio.sleep(0.6)  # past half the inactivity limit: the server may drop it
+        rest = await source.read_all(first.checkpoint, limit=100)
+    assert [e.data["n"] for e in first.events + rest.events] == list(range(10))
+
+
 async def consumer_infos(jet_stream: NatsStream) -> AsyncIterator[ConsumerInfo]:
     for info in await jet_stream.js.consumers_info(jet_stream.name):
         yield info

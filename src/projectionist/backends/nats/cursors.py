@@ -15,6 +15,7 @@ and the cursor is ``Broken``: the caller drops it and reads again from its check
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -118,13 +119,20 @@ class PullCursor:
     async def delete(self, timeout: float) -> None:
         """Unsubscribe and remove the consumer (best effort: the server removes it anyway
         once it has been inactive long enough)."""
-        subscription, self._subscription = self._subscription, None
+        await self.discard()
         try:
-            if subscription is not None:
-                await subscription.unsubscribe()
-            await self._client.jetstream().delete_consumer(self._stream, self.name)
+            js = self._client.jetstream(timeout=timeout)
+            await js.delete_consumer(self._stream, self.name)
         except (nats.errors.Error, OSError):
             pass  # gone already, or the connection is: the server's inactivity removes it
+
+    async def discard(self) -> None:
+        """Stop listening, waiting for no answer (after a failure, which may be the
+        server's): the consumer is left to the server's inactivity limit."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await subscription.unsubscribe()  # (only queues UNSUB for the server)
 
 
 def stamp_of(value: datetime | None) -> datetime:

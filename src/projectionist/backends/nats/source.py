@@ -146,8 +146,8 @@ class JetStreamSource(EventSource):
         self._wakers.clear()
         if client is None:
             return
-        for cursor in cursors:
-            await cursor.delete(self._timeout)
+        for cursor in cursors:  # (with the server away, each would wait for its timeout)
+            await (cursor.delete(self._timeout) if client.is_connected else cursor.discard())
         await client.close()
 
     @property
@@ -189,7 +189,7 @@ class JetStreamSource(EventSource):
             await self._check_history(after.seq, messages)
             events, checkpoint, rest = self._page(after.seq, messages, wanted, part, budget)
         except BaseException:
-            await cursor.delete(self._timeout)
+            await cursor.discard()
             raise
         cursor.position, cursor.buffer = checkpoint, rest + cursor.buffer
         await self._park(cursor)
@@ -204,12 +204,12 @@ class JetStreamSource(EventSource):
                 with translated("reading", self.url):
                     return cursor, await self._next(cursor, limit)
             except Broken as exc:
-                await cursor.delete(self._timeout)
+                await cursor.discard()
                 if attempt == 2:
                     raise StoreUnavailableError(f"reading {self.url} failed: {exc}") from exc
                 cursor = await self._new_cursor(after)
             except BaseException:
-                await cursor.delete(self._timeout)
+                await cursor.discard()
                 raise
         raise AssertionError("unreachable")
 
