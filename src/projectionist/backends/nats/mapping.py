@@ -217,3 +217,14 @@ def subjects_overlap(first: str, second: str) -> bool:
         if x != y and "*" not in (x, y):
             return False
     return len(a) == len(b)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether ``subject`` (no wildcards) matches ``pattern``."""
+    tokens = subject.split(".")
+    for index, want in enumerate(pattern.split(".")):
+        if want == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (want != "*" and want != tokens[index]):
+            return False
+    return len(tokens) == len(pattern.split("."))

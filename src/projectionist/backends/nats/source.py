@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -50,10 +49,16 @@ from ...events import (
 )
 from ...partitions import Partition
 from ...source import Backlog, EventBatch, EventSource
-from ...urls import redact_url
 from .cursors import Broken, PullCursor, stamp_of
 from .errors import JetStreamHistoryLostError, translated
-from .mapping import Message, MessageMap, validate_stream_name, validate_subjects
+from .mapping import (
+    Message,
+    MessageMap,
+    subject_matches,
+    validate_stream_name,
+    validate_subjects,
+)
+from .options import checked_url, positive, redacted
 
 logger = logging.getLogger("projectionist.nats")
 
@@ -81,16 +86,16 @@ class JetStreamSource(EventSource):
         consumer_idle: float = 300.0,
     ) -> None:
         super().__init__()
-        self._server = _checked_url(url)
-        self.url = f"{_redacted(url)}#{validate_stream_name(stream)}"
+        self._server = checked_url(url)
+        self.url = f"{redacted(url)}#{validate_stream_name(stream)}"
         self.stream = stream
         self.subjects = validate_subjects(subjects)
         self.mapping = (mapping or MessageMap()).validated()
         self.accept_truncated_history = bool(accept_truncated_history)
-        self.poll_interval = _positive(poll_interval, "poll_interval")
+        self.poll_interval = positive(poll_interval, "poll_interval")
         self.wake_on_publish = bool(wake_on_publish)
-        self._timeout = _positive(request_timeout, "request_timeout")
-        self._idle = _positive(consumer_idle, "consumer_idle")
+        self._timeout = positive(request_timeout, "request_timeout")
+        self._idle = positive(consumer_idle, "consumer_idle")
         self._client: Client | None = None
         self._wakers: list[Subscription] = []
         self._cursors: list[PullCursor] = []
@@ -126,7 +131,7 @@ class JetStreamSource(EventSource):
             )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise StoreUnavailableError(
-                f"cannot connect to NATS at {_redacted(self._server)}: {exc or type(exc).__name__}"
+                f"cannot connect to NATS at {redacted(self._server)}: {exc or type(exc).__name__}"
             ) from exc
         client.options["max_reconnect_attempts"] = -1
         return client
@@ -164,7 +169,7 @@ class JetStreamSource(EventSource):
         except BackendError as exc:
             if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                 raise StoreUnavailableError(
-                    f"JetStream has no stream {self.stream!r} at {_redacted(self._server)}: "
+                    f"JetStream has no stream {self.stream!r} at {redacted(self._server)}: "
                     "create it, or fix the name"
                 ) from exc.__cause__
             raise
@@ -270,7 +275,7 @@ class JetStreamSource(EventSource):
     def _event_if_wanted(
         self, message: Message, wanted: list[str] | None, part: Partition
     ) -> RecordedEvent | None:
-        if self.subjects and not any(_matches(s, message.subject) for s in self.subjects):
+        if self.subjects and not any(subject_matches(s, message.subject) for s in self.subjects):
             return None
         stream_id = self.mapping.stream_of(message)
         type_ = self.mapping.type_of(message)
@@ -377,50 +382,6 @@ class JetStreamSource(EventSource):
             if (found := await self._message_by_subject(subject, after.seq)) is not None
         ]
         return Backlog(pending // parts, parts > 1, min(oldest, default=None))
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    """Whether ``subject`` (no wildcards) matches ``pattern``."""
-    tokens = subject.split(".")
-    for index, want in enumerate(pattern.split(".")):
-        if want == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (want != "*" and want != tokens[index]):
-            return False
-    return len(tokens) == len(pattern.split("."))
-
-
-def _checked_url(url: object) -> str:
-    if not isinstance(url, str) or not url:
-        raise ConfigurationError(f"the NATS URL must be a string, got {url!r}")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port validates it
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid NATS URL {_redacted(url)}: {exc}") from exc
-    if parts.scheme not in ("nats", "tls") or not parts.hostname:
-        raise ConfigurationError(
-            f"invalid NATS URL {_redacted(url)}: use nats://host:port (or tls://host:port)"
-        )
-    return url
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, nor a token given as the user (nats://TOKEN@host)."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(shown)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.username and parts.password is None:
-        return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
-    return shown
-
-
-def _positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigurationError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 async def _quiet(exc: Exception) -> None:
