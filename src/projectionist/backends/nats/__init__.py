@@ -1,8 +1,8 @@
 """NATS JetStream as an event source (nats-py): ``pip install projectionist[nats]``.
 
 ``source`` holds ``JetStreamSource``, ``cursors`` the ephemeral pull consumers it reads
-through, ``mapping`` how a message becomes an event (and subjects checked), ``options`` its URL and
-durations checked, ``errors`` the errors only it raises.
+through, ``mapping`` how a message becomes an event (and subjects checked), ``options`` its
+URL and durations checked, ``errors`` the errors only it raises.
 """
 
 from .errors import JetStreamDecodeError, JetStreamHistoryLostError
