@@ -52,26 +52,15 @@ class PullCursor:
         self._subscription: Subscription | None = None
         self._pulls = 0
         self._consumer_seq = 0
-        self.pending = 0
-        """How many messages the consumer had to deliver when it was created."""
 
     @staticmethod
     async def create(
-        client: Client, stream: str, subject: str | None, after: int, timeout: float, idle: float
+        client: Client, stream: str, after: int, timeout: float, idle: float
     ) -> PullCursor:
         """A new consumer delivering the messages after stream sequence ``after``."""
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=idle,
-            mem_storage=True,
-            num_replicas=1,
-        )
-        info = await client.jetstream().add_consumer(stream, config, timeout=timeout)
+        js = client.jetstream(timeout=timeout)
+        info = await js.add_consumer(stream, _config(None, after, idle), timeout=timeout)
         cursor = PullCursor(client, stream, info.name, after)
-        cursor.pending = info.num_pending or 0
         cursor._subscription = await client.subscribe(f"{cursor._inbox}.*")
         return cursor
 
@@ -133,6 +122,30 @@ class PullCursor:
         if subscription is not None:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await subscription.unsubscribe()  # (only queues UNSUB for the server)
+
+
+async def pending_after(
+    client: Client, stream: str, subject: str | None, after: int, timeout: float, idle: float
+) -> int:
+    """How many messages (on ``subject``) lie after stream sequence ``after``: a consumer
+    made for the question says, and is deleted."""
+    js = client.jetstream(timeout=timeout)
+    info = await js.add_consumer(stream, _config(subject, after, idle), timeout=timeout)
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await js.delete_consumer(stream, info.name)
+    return info.num_pending or 0
+
+
+def _config(subject: str | None, after: int, idle: float) -> ConsumerConfig:
+    return ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after + 1,
+        ack_policy=AckPolicy.NONE,
+        filter_subject=subject,
+        inactive_threshold=idle,
+        mem_storage=True,
+        num_replicas=1,
+    )
 
 
 def stamp_of(value: datetime | None) -> datetime:

@@ -49,7 +49,7 @@ from ...events import (
 )
 from ...partitions import Partition
 from ...source import Backlog, EventBatch, EventSource
-from .cursors import Broken, PullCursor, stamp_of
+from .cursors import Broken, PullCursor, pending_after, stamp_of
 from .errors import JetStreamHistoryLostError, translated
 from .mapping import (
     Message,
@@ -239,7 +239,7 @@ class JetStreamSource(EventSource):
     async def _new_cursor(self, after: int) -> PullCursor:
         with translated("creating a consumer on", self.url):
             return await PullCursor.create(
-                self.client, self.stream, None, after, self._timeout, self._idle
+                self.client, self.stream, after, self._timeout, self._idle
             )
 
     async def _park(self, cursor: PullCursor) -> None:
@@ -352,11 +352,9 @@ class JetStreamSource(EventSource):
         counted = 0
         for subject in self.subjects or (None,):
             with translated("counting the messages of", self.url):
-                cursor = await PullCursor.create(
+                counted += await pending_after(
                     self.client, self.stream, subject, after, self._timeout, self._idle
                 )
-            counted += cursor.pending
-            await cursor.delete(self._timeout)
         return counted
 
     async def _count_by_reading(self, after: Position, partition: Partition) -> int:
