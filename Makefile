@@ -65,9 +65,11 @@ bench: bench-projections bench-append bench-inline bench-import  ## every benchm
 bench-check: $(VENV)/.installed-dev  ## the suite's own test: a small whole run, every read model equal
 	$(BIN)/pytest bench/test_bench.py -q
 
-services:  ## start local PostgreSQL and Redis if they are down (what .ci/run does)
+services:  ## start local PostgreSQL, Redis and NATS (JetStream) if they are down (what .ci/run does)
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	command -v nats-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server)
+	bash -c '(exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null' || (mkdir -p /tmp/projectionist-nats && (nohup nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/projectionist-nats >/tmp/projectionist-nats.log 2>&1 &) && for i in $$(seq 30); do bash -c '(exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null' && break; sleep 1; done)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""Fixtures shared by the sources' tests."""
+"""Fixtures shared by the sources' tests: a Message DB database, NATS streams
+(jetstream_support.py) and Redis prefixes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.sources.jetstream_support import jet_stream, make_jet_stream
 from tests.sources.message_db_install import message_db_database
+from tests.targets.conftest import redis_prefix
+
+__all__ = ["jet_stream", "make_jet_stream", "message_db", "redis_prefix"]
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
 
 from projectionist import Application, EventSource, Projection, ReadModelTransaction, RecordedEvent
+from projectionist.backends.nats import JetStreamSource
 from projectionist.backends.postgres import (
     ColumnMap,
     MessageDbSource,
@@ -32,6 +33,7 @@ from projectionist.backends.postgres import (
 from projectionist.sources.eventsourcing import EventsourcingSource
 from projectionist.testing import assert_idempotent
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
+from tests.sources.jetstream_support import NATS_URL, NatsStream, StreamMaker, connect_nats
 
 STREAMS = 3
 
@@ -160,11 +162,42 @@ async def message_db_harness(url: str) -> AsyncIterator[Harness]:
         await connection.close()
 
 
+# -- NATS JetStream -------------------------------------------------------------------------
+
+
+class JetStreamHarness(Harness):
+    event_type = "Counted"
+
+    def __init__(self, stream: NatsStream) -> None:
+        self.stream = stream
+        self.source = JetStreamSource(NATS_URL, stream.name, poll_interval=0.01)
+
+    async def write(self, stream: int, n: int) -> None:
+        await self.stream.js.publish(
+            f"{self.stream.name}.tally-{stream}.{self.event_type}", orjson.dumps({"n": n})
+        )
+
+
+@contextlib.asynccontextmanager
+async def jet_stream_harness() -> AsyncIterator[Harness]:
+    client = await connect_nats()
+    maker = StreamMaker(client)
+    try:
+        harness = JetStreamHarness(await maker())
+        async with harness.source:
+            yield harness
+    finally:
+        for name in maker.made:
+            await client.jetstream().delete_stream(name)
+        await client.close()
+
+
 Made = contextlib.AbstractAsyncContextManager[Harness]
 HARNESSES: dict[str, Callable[[Path, str], Made]] = {
     "postgres_table": lambda tmp_path, message_db: table_harness(tmp_path),
     "eventsourcing": lambda tmp_path, message_db: eventsourcing_harness(tmp_path),
     "message_db": lambda tmp_path, message_db: message_db_harness(message_db),
+    "nats_jetstream": lambda tmp_path, message_db: jet_stream_harness(),
 }
 
 
