@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from .allocation import fewer_collections
 from .changes import ChangeSignal
 from .errors import HandlerError, LeaseLostError
 from .events import Position
@@ -113,6 +114,10 @@ class ProjectionRunner:
         """Apply the next batch. False when there was nothing new to read."""
         if self.checkpoint is None:
             await self.prepare()
+        with fewer_collections():
+            return await self._step()
+
+    async def _step(self) -> bool:
         assert self.checkpoint is not None
         batch = await self._read_from(self.checkpoint)
         if self.until is not None and batch.checkpoint > self.until:

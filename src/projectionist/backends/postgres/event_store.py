@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ...allocation import fewer_collections
 from ...defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ...errors import (
     ConfigurationError,
@@ -340,9 +341,9 @@ class PostgresEventStore(EventStore):
         else:
             sql = self._sql.read_all_types
             args.append(wanted)
-        with self._translate_errors("reading all events"):
+        with self._translate_errors("reading all events"), fewer_collections():
             rows = await connection.fetch(sql, *args)
-        events = [event_from_row(row, 2) for row in rows]
+            events = [event_from_row(row, 2) for row in rows]
         if len(events) == limit or (events and rows[-1]["reached"] >= budget):
             return EventBatch(events, events[-1].position)  # cut by count or by bytes
         if rows:

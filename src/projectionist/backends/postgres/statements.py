@@ -13,7 +13,7 @@ import dataclasses
 import asyncpg
 from orjson import loads
 
-from ...events import Position, RecordedEvent
+from ...events import RecordedEvent, new_position, new_recorded_event
 from ...partitions import PARTITION_SQL
 
 # The first half of every store's advisory lock key (migration 0002): appenders hold it.
@@ -184,15 +184,18 @@ def _read_all_sql(q: str, *, filtered: bool, partitioned: bool = False) -> str:
 def event_from_row(row: asyncpg.Record, at: int = 0) -> RecordedEvent:
     """Columns position, tx_id, id, stream_id, version, type, data, metadata, recorded_at,
     from index ``at`` on (by index: on the hot path of every read, names cost a lookup)."""
-    return RecordedEvent(
-        row[at + 2],
-        row[at + 3],
-        row[at + 4],
-        row[at + 5],
-        loads(row[at + 6]),
-        loads(row[at + 7]),
-        row[at + 8],
-        Position(row[at + 1], row[at]),
+    metadata = row[at + 7]
+    return new_recorded_event(
+        (
+            row[at + 2],
+            row[at + 3],
+            row[at + 4],
+            row[at + 5],
+            loads(row[at + 6]),
+            {} if metadata == "{}" else loads(metadata),  # most events carry none
+            row[at + 8],
+            new_position((row[at + 1], row[at])),
+        )
     )
 
 
