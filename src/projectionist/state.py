@@ -244,31 +244,33 @@ class StateProjection(Projection):
                 )
             if self.columns is None:
                 return (key, _fit(key, "state", "JSON", _to_json, state))
-            if isinstance(before_row, tuple) and isinstance(before, dict):
-                return self._changed_row(key, state, before, before_row)
-            return (key, *[self._fitted(key, state, column) for column in self._fits])
+            if not (isinstance(before_row, tuple) and isinstance(before, dict)):
+                before, before_row = {}, ()
+            return self._columns_row(key, state, before, before_row)
         except ColumnValueError as exc:
             raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
 
-    def _changed_row(self, key: str, state: State, before: State, before_row: Row) -> Row:
+    def _columns_row(self, key: str, state: State, before: State, before_row: Row) -> Row:
+        """The hot loop of a state projection (every column of every event's state): no
+        call per value but its check, one handler for every misfit."""
         row: list[object] = [key]
-        for index, column in enumerate(self._fits, 1):
-            value = state.get(column, _MISSING)
-            if value is before.get(column, _MISSING) and type(value) in _IMMUTABLE:
-                row.append(before_row[index])
-            else:
-                row.append(self._fitted(key, state, column))
-        return tuple(row)
-
-    def _fitted(self, key: str, state: State, column: str) -> object:
-        sql_type, fits = self._fits[column]
+        append = row.append
+        column = ""
         try:
-            value = state[column]
-        except KeyError:
-            raise ColumnValueError(
-                f"key {key!r}: the state lacks column {column!r}: {state!r}"
-            ) from None
-        return _fit(key, column, sql_type, fits, value)
+            for index, (column, (_, fits)) in enumerate(self._fits.items(), 1):
+                value = state.get(column, _MISSING)
+                if value is before.get(column, _MISSING) and type(value) in _IMMUTABLE:
+                    append(before_row[index])
+                elif value is _MISSING:
+                    raise ColumnValueError(
+                        f"key {key!r}: the state lacks column {column!r}: {state!r}"
+                    )
+                else:
+                    append(fits(value))
+        except _Misfit as exc:
+            sql_type = self._fits[column][0]
+            raise ColumnValueError(f"key {key!r}, column {column!r} ({sql_type}): {exc}") from None
+        return tuple(row)
 
 
 def key_function(key: str | KeyOf) -> KeyOf:
@@ -377,6 +379,8 @@ def _integer(name: str, bits: int) -> Fits:
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
     def fits(value: object) -> int:
+        if type(value) is int and low <= value <= high:
+            return value  # the common case, without a call
         number = _number(value, "an integer")
         if isinstance(number, float):
             if not number.is_integer():
@@ -390,6 +394,8 @@ def _integer(name: str, bits: int) -> Fits:
 
 
 def _double(value: object) -> float:
+    if type(value) is float and value == value:  # not NaN: the common case
+        return value
     number = _number(value, "a number")
     if isinstance(number, int) and float(number) != number:
         raise _Misfit(f"{number} has more digits than a DOUBLE PRECISION keeps")
