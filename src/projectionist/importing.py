@@ -222,6 +222,16 @@ def streams_of(rows: Sequence[ImportRow]) -> list[str]:
     return sorted({row.stream_id for row in rows})
 
 
+def stream_spans(rows: Sequence[ImportRow]) -> list[tuple[str, int, int]]:
+    """Each stream of a checked batch with its first and last version there, sorted by
+    stream (the lock order of ``streams_of``)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        first = spans.get(row.stream_id, (row.version, 0))[0]
+        spans[row.stream_id] = (first, row.version)
+    return [(stream, first, last) for stream, (first, last) in sorted(spans.items())]
+
+
 def ids_to_look_up(rows: Sequence[ImportRow], versions: Mapping[str, int]) -> list[uuid.UUID]:
     """The ids whose stored copy the plan needs: events at or below their stream's stored
     version (imported before, or a duplicate)."""
