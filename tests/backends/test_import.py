@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
@@ -155,6 +155,26 @@ async def test_duplicates_are_refused(store: EventStore) -> None:
         with pytest.raises(ImportRejectedError, match=says):
             await store.import_events(events)
     assert len(await read_everything(store)) == 1
+
+
+async def test_reading_ahead_stops_with_a_refused_write(store: EventStore) -> None:
+    """The next batch is read while one is written: a batch refused at write time (against
+    the store) stops the import with the input read at most one batch further."""
+    await store.append("s-0", [NewEvent("T", {})])
+    pulled: list[int] = []
+
+    def source() -> Iterator[ImportedEvent]:
+        for n, event in enumerate(history(100, 3, prefix="r")):
+            pulled.append(n)
+            yield event
+            if n == 14:  # in the second batch: the version taken by the append above
+                yield ImportedEvent("s-0", 1, "T", {})
+
+    with pytest.raises(ImportRejectedError, match="already has version 1") as refused:
+        await store.import_events(source(), batch_size=10)
+    assert refused.value.index == 15
+    assert 19 <= len(pulled) <= 29  # two batches read, the third perhaps
+    assert len(await read_everything(store)) == 11  # the append and the first batch
 
 
 async def test_a_rerun_resumes_skipping_what_was_imported(store: EventStore) -> None:

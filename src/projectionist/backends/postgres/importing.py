@@ -114,7 +114,7 @@ async def import_batch(
             "events",
             schema_name=sql.schema,
             columns=_COLUMNS,
-            records=[_record(row, key, now) for row in plan.rows],
+            records=(_record(row, key, now) for row in plan.rows),  # made as sent, not kept
         )
         span = await connection.fetchrow(sql.written, key)
         assert span is not None
