@@ -37,7 +37,7 @@ import asyncpg
 import orjson
 
 from projectionist import create_store
-from projectionist.importing import ImportedEvent
+from projectionist.importing import DEFAULT_IMPORT_BATCH_SIZE, ImportedEvent
 
 DSN = os.environ.get("PROJECTIONIST_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -194,7 +194,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--streams", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH_SIZE)
     parser.add_argument("--repeat", type=int, default=1, help="runs; each figure's best is kept")
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()

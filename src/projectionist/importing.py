@@ -53,8 +53,10 @@ if TYPE_CHECKING:  # the store's contract imports this module for its method's t
     from .source import EventSource
     from .store import EventStore
 
-DEFAULT_IMPORT_BATCH_SIZE = 10_000
-"""Events per transaction of an import (see docs/importing.md for the figures)."""
+DEFAULT_IMPORT_BATCH_SIZE = 20_000
+"""Events per transaction of an import: measured faster than 5,000 or 10,000, nearly as
+fast as 50,000, a batch holding its stream locks about 0.2 s on the bench machine
+(docs/importing.md)."""
 
 IMPORT_NAMESPACE = uuid.UUID("5f0c4d8e-2b1a-4f6e-9c3d-7a8b9c0d1e2f")
 """The namespace of the ids derived for input events that bring none (``derived_id``)."""
@@ -253,14 +255,16 @@ def streams_of(rows: Sequence[ImportRow]) -> list[str]:
     return sorted({row.stream_id for row in rows})
 
 
-def stream_spans(rows: Sequence[ImportRow]) -> list[tuple[str, int, int]]:
-    """Each stream of a checked batch with its first and last version there, sorted by
-    stream (the lock order of ``streams_of``)."""
-    spans: dict[str, tuple[int, int]] = {}
+def stream_spans(rows: Sequence[ImportRow]) -> tuple[list[str], list[int], list[int]]:
+    """The streams of a checked batch, sorted (the lock order of ``streams_of``), with the
+    first and the last version each has there."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
     for row in rows:
-        first = spans.get(row.stream_id, (row.version, 0))[0]
-        spans[row.stream_id] = (first, row.version)
-    return [(stream, first, last) for stream, (first, last) in sorted(spans.items())]
+        first.setdefault(row.stream_id, row.version)
+        last[row.stream_id] = row.version
+    names = sorted(last)
+    return names, [first[name] for name in names], [last[name] for name in names]
 
 
 def ids_to_look_up(rows: Sequence[ImportRow], versions: Mapping[str, int]) -> list[uuid.UUID]:

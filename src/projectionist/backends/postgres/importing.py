@@ -132,10 +132,7 @@ async def _advance_streams(
     connection: Connection, sql: ImportStatements, rows: list[ImportRow], key: int
 ) -> ImportPlan:
     """The fast plan: every row written, every stream advanced to its last version."""
-    spans = stream_spans(rows)
-    names = [name for name, _, _ in spans]
-    firsts = [first for _, first, _ in spans]
-    lasts = [last for _, _, last in spans]
+    names, firsts, lasts = stream_spans(rows)
     odd = await connection.fetch(sql.advance_streams, names, firsts, lasts, key)
     _refuse_younger(odd, key)
     if odd:
