@@ -54,9 +54,9 @@ if TYPE_CHECKING:  # the store's contract imports this module for its method's t
     from .store import EventStore
 
 DEFAULT_IMPORT_BATCH_SIZE = 20_000
-"""Events per transaction of an import: measured faster than 5,000 or 10,000, nearly as
-fast as 50,000, a batch holding its stream locks about 0.2 s on the bench machine
-(docs/importing.md)."""
+"""Events per transaction of an import: measured faster than 5,000 or 10,000 and as fast
+as 50,000 within the noise, a batch holding its stream locks about a quarter of a second on
+the bench machine (docs/importing.md)."""
 
 IMPORT_NAMESPACE = uuid.UUID("5f0c4d8e-2b1a-4f6e-9c3d-7a8b9c0d1e2f")
 """The namespace of the ids derived for input events that bring none (``derived_id``)."""
