@@ -82,6 +82,22 @@ async def test_a_bad_line_is_named_and_its_batch_not_written(url: str, tmp_path:
     assert "a gap" in gap.stderr and len(await stored(url)) == 20
 
 
+async def test_a_line_the_store_refuses_is_named_after_the_next_batch_was_read(
+    url: str, tmp_path: Path
+) -> None:
+    """Refused when its batch is written (against the stored events), while the import has
+    read the next batch already: still named by its line."""
+    source = tmp_path / "events.jsonl"
+    source.write_text(lines(20))
+    args = ["import", "--url", url, "--from-jsonl", str(source), "--batch-size", "10"]
+    assert (await invoke([*args, "--create-schema"])).exit_code == 0
+    source.write_text(lines(50).replace(str(uuid.UUID(int=14)), str(uuid.UUID(int=999))))
+    done = await invoke(args)
+    assert done.exit_code == 1
+    assert "line 14: stream 'order-3' already has version 3" in done.stderr, done.stderr
+    assert len(await stored(url)) == 20
+
+
 def test_refusals_before_anything(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'none.db'}"
     runner = CliRunner()

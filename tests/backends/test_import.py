@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
@@ -157,6 +157,26 @@ async def test_duplicates_are_refused(store: EventStore) -> None:
     assert len(await read_everything(store)) == 1
 
 
+async def test_reading_ahead_stops_with_a_refused_write(store: EventStore) -> None:
+    """The next batch is read while one is written: a batch refused at write time (against
+    the store) stops the import with the input read at most one batch further."""
+    await store.append("s-0", [NewEvent("T", {})])
+    pulled: list[int] = []
+
+    def source() -> Iterator[ImportedEvent]:
+        for n, event in enumerate(history(100, 3, prefix="r")):
+            pulled.append(n)
+            yield event
+            if n == 14:  # in the second batch: the version taken by the append above
+                yield ImportedEvent("s-0", 1, "T", {})
+
+    with pytest.raises(ImportRejectedError, match="already has version 1") as refused:
+        await store.import_events(source(), batch_size=10)
+    assert refused.value.index == 15
+    assert 19 <= len(pulled) <= 29  # two batches read, the third perhaps
+    assert len(await read_everything(store)) == 11  # the append and the first batch
+
+
 async def test_a_rerun_resumes_skipping_what_was_imported(store: EventStore) -> None:
     wanted = history(120, 9)
     broken = list(wanted)
@@ -253,10 +273,7 @@ async def _rows(store: EventStore) -> tuple[list[tuple[object, ...]], list[tuple
     return [(*tuple(r)[:6], r["tx_id"] > 0) for r in events], [tuple(r) for r in streams]
 
 
-async def test_postgres_rows_match_the_append_path(pg: EventStore) -> None:
-    wanted = history(60, 5)
-    report = await pg.import_events(wanted, batch_size=16)
-    assert report.events == 60
+async def _assert_rows_match_the_append_path(pg: EventStore, wanted: list[ImportedEvent]) -> None:
     appended = create_store(f"{PG_DSN}?schema={_schema(pg)}_a")
     try:
         async with appended:
@@ -270,6 +287,28 @@ async def test_postgres_rows_match_the_append_path(pg: EventStore) -> None:
         connection = await asyncpg.connect(PG_DSN)
         await connection.execute(f'DROP SCHEMA IF EXISTS "{_schema(pg)}_a" CASCADE')
         await connection.close()
+
+
+async def test_postgres_rows_match_the_append_path(pg: EventStore) -> None:
+    wanted = history(60, 5)
+    report = await pg.import_events(wanted, batch_size=16)
+    assert report.events == 60
+    await _assert_rows_match_the_append_path(pg, wanted)
+
+
+async def test_postgres_resumed_rows_match_the_append_path(pg: EventStore) -> None:
+    """A re-run in other batches: one all skipped, one partly (with a stream all skipped in
+    it), one of new streams; every stream's version and last_tx_id as if appended."""
+    names = [f"s-{n % 5}" for n in range(20)] + ["solo"] * 2 + [f"s-{n % 5}" for n in range(18)]
+    versions: dict[str, int] = {}
+    wanted: list[ImportedEvent] = []
+    for name in [*names, "late-0", "late-1", "late-0"]:
+        versions[name] = versions.get(name, 0) + 1
+        wanted.append(ImportedEvent(name, versions[name], "T", {"n": len(wanted)}, id=uuid.uuid4()))
+    assert (await pg.import_events(wanted[:25], batch_size=10)).events == 25
+    report = await pg.import_events(wanted, batch_size=20)
+    assert (report.events, report.skipped, report.batches) == (18, 25, 3)
+    await _assert_rows_match_the_append_path(pg, wanted)
 
 
 async def test_postgres_import_with_concurrent_appenders_keeps_the_order_gap_free(

@@ -32,12 +32,13 @@ _FIELDS = frozenset((*_REQUIRED, "metadata", "id", "recorded_at"))
 
 
 class JsonLines:
-    """The events of a JSON-lines file, remembering the line numbers of the latest batch's
-    events so that a refused event is named by its line."""
+    """The events of a JSON-lines file, remembering the line numbers of the latest two
+    batches' events (the import reads one batch ahead of the one it writes) so that a
+    refused event is named by its line."""
 
     def __init__(self, source: IO[bytes], batch_size: int) -> None:
         self._source = source
-        self._lines: collections.deque[int] = collections.deque(maxlen=batch_size + 1)
+        self._lines: collections.deque[int] = collections.deque(maxlen=2 * batch_size + 1)
         self._count = 0
 
     def __iter__(self) -> Iterator[ImportedEvent]:
@@ -50,7 +51,7 @@ class JsonLines:
             yield event
 
     def line_of(self, index: int) -> int | None:
-        """The line of input event ``index``, if it was among the latest batch's."""
+        """The line of input event ``index``, if it was among the latest two batches'."""
         back = self._count - 1 - index
         return self._lines[-1 - back] if 0 <= back < len(self._lines) else None
 
