@@ -161,6 +161,11 @@ def encode_row(item: object, index: int, names: set[str] | None = None) -> Impor
 def _encode(item: ImportInput, index: int, names: set[str]) -> ImportRow:
     stream_id = _name(item.stream_id, "stream id", names)
     version = item.version
+    if version is None:  # a RecordedEvent of a source that keeps no stream versions
+        raise InvalidInputError(
+            f"event of stream {stream_id!r} has no stream version (its source keeps none): "
+            "give ImportedEvent(stream_id, version, ...) with each stream numbered 1, 2, 3..."
+        )
     if type(version) is not int or not 0 < version <= MAX_BIGINT:  # the usual case: skip
         version = validate_version(version, "version", minimum=1)
     event_type = _name(item.type, "event type", names)

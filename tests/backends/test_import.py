@@ -18,6 +18,7 @@ from projectionist import (
     EventStore,
     InvalidInputError,
     NewEvent,
+    Position,
     RecordedEvent,
     create_store,
 )
@@ -393,3 +394,12 @@ async def test_postgres_batch_retries_after_a_younger_appender(pg: EventStore) -
         await watcher.close()
     order = [e for e in await read_everything(pg) if e.stream_id == "x"]
     assert [e.data["v"] for e in order] == [1, 2, 3] and [e.version for e in order] == [1, 2, 3]
+
+
+async def test_events_of_a_source_without_versions_are_refused_saying_why(
+    store: EventStore,
+) -> None:
+    unnumbered = RecordedEvent(None, "s", None, "T", {}, {}, datetime.now(UTC), Position(0, 1))
+    with pytest.raises(ImportRejectedError, match=r"has no stream version \(its source keeps none\)"):
+        await store.import_events([unnumbered])
+    assert await read_everything(store) == []
