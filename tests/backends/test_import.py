@@ -400,6 +400,8 @@ async def test_events_of_a_source_without_versions_are_refused_saying_why(
     store: EventStore,
 ) -> None:
     unnumbered = RecordedEvent(None, "s", None, "T", {}, {}, datetime.now(UTC), Position(0, 1))
-    with pytest.raises(ImportRejectedError, match=r"has no stream version \(its source keeps none\)"):
+    with pytest.raises(
+        ImportRejectedError, match=r"has no stream version \(its source keeps none\)"
+    ):
         await store.import_events([unnumbered])
     assert await read_everything(store) == []
