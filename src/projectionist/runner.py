@@ -302,10 +302,15 @@ class ProjectionRunner:
             )
             while not self._stop.is_set():
                 try:
+                    # Taken before the read: a wake-up after it sends the runner straight
+                    # back to reading, with no look at the head in between.
+                    token = self.store.changes.token
                     if not await self.step():
                         self.state = RunnerState.LIVE
                         assert self.checkpoint is not None
-                        await sleep_until_new_events(self.store, self.checkpoint, self._stop)
+                        await sleep_until_new_events(
+                            self.store, self.checkpoint, self._stop, since=token
+                        )
                     failures = 0
                 except Exception as exc:
                     if not is_transient(exc):
@@ -381,9 +386,14 @@ class ProjectionRunner:
         self._stop.set()
 
 
-async def sleep_until_new_events(store: EventSource, after: Position, stop: asyncio.Event) -> None:
-    """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed."""
-    waiting = asyncio.ensure_future(store.wait_for_events(after, timeout=store.poll_interval))
+async def sleep_until_new_events(
+    store: EventSource, after: Position, stop: asyncio.Event, since: int | None = None
+) -> None:
+    """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed
+    (with ``since``, a token taken before the caller's empty read: on a change after it)."""
+    waiting = asyncio.ensure_future(
+        store.wait_for_events(after, timeout=store.poll_interval, since=since)
+    )
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
