@@ -302,10 +302,7 @@ class ProjectionRunner:
             )
             while not self._stop.is_set():
                 try:
-                    if not await self.step():
-                        self.state = RunnerState.LIVE
-                        assert self.checkpoint is not None
-                        await sleep_until_new_events(self.store, self.checkpoint, self._stop)
+                    await self._follow()
                     failures = 0
                 except Exception as exc:
                     if not is_transient(exc):
@@ -329,6 +326,21 @@ class ProjectionRunner:
                 self.checkpoint,
                 extra={"action": "runner_stop", "projection": self.unit},
             )
+
+    async def _follow(self) -> None:
+        """Apply the next batch; when it was the last one there is (nothing, or a short
+        batch), wait for the next change.
+
+        The token is taken before the read: a change after it sends the runner straight back
+        to reading, with no look at the head in between, and a short batch is not followed
+        by a read that would find nothing (the wait's own look at the head catches what
+        arrived unannounced). Two round trips fewer on the way of a live event."""
+        token = self.store.changes.token
+        if await self.step() and self.state is not RunnerState.LIVE:
+            return  # a full batch: more history follows
+        self.state = RunnerState.LIVE
+        assert self.checkpoint is not None
+        await sleep_until_new_events(self.store, self.checkpoint, self._stop, since=token)
 
     async def _prepare_retrying(self) -> None:
         failures = 0
@@ -381,9 +393,14 @@ class ProjectionRunner:
         self._stop.set()
 
 
-async def sleep_until_new_events(store: EventSource, after: Position, stop: asyncio.Event) -> None:
-    """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed."""
-    waiting = asyncio.ensure_future(store.wait_for_events(after, timeout=store.poll_interval))
+async def sleep_until_new_events(
+    store: EventSource, after: Position, stop: asyncio.Event, since: int | None = None
+) -> None:
+    """Return when an event after ``after`` is visible, ``stop`` is set, or a poll passed
+    (with ``since``, a token taken before the caller's empty read: on a change after it)."""
+    waiting = asyncio.ensure_future(
+        store.wait_for_events(after, timeout=store.poll_interval, since=since)
+    )
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)

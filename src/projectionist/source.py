@@ -194,23 +194,33 @@ class EventSource(OpenClose, abc.ABC):
         now", aim here and wait. By default the head."""
         return await self.head()
 
-    async def wait_for_events(self, after: Position, timeout: float) -> bool:
+    async def wait_for_events(
+        self, after: Position, timeout: float, *, since: int | None = None
+    ) -> bool:
         """Wait until an event after ``after`` is visible; False when ``timeout`` passed first.
 
         Woken by ``changes``; ``poll_interval`` bounds the wait when a wake-up cannot arrive
         (another process writing, a lost notification).
+
+        ``since`` is a ``changes.token`` the caller took before its own read found nothing:
+        a change after it returns True at once, without looking again (the caller's next
+        read is that look), so True then means an event *may* be visible.
         """
-        return await self._wait_for_head(lambda head: head > after, timeout)
+        return await self._wait_for_head(lambda head: head > after, timeout, since)
 
     async def wait_until_visible(self, position: Position, timeout: float = 5.0) -> bool:
         """Wait until readers can see ``position``; False when ``timeout`` passed first."""
         return await self._wait_for_head(lambda head: head >= position, timeout)
 
-    async def _wait_for_head(self, reached: Callable[[Position], bool], timeout: float) -> bool:
+    async def _wait_for_head(
+        self, reached: Callable[[Position], bool], timeout: float, since: int | None = None
+    ) -> bool:
         deadline = time.monotonic() + timeout
         held_back_pause = 0.0005
+        if since is not None and self._changes.token != since:
+            return True  # changed during the caller's read: its next read looks
+        token = self._changes.token if since is None else since
         while True:
-            token = self._changes.token
             head, held_back = await self._head_and_held_back()
             if reached(head):
                 return True
@@ -222,7 +232,10 @@ class EventSource(OpenClose, abc.ABC):
                 # Committed events wait behind an open transaction. Its end sends no
                 # notification when it appended nothing, so look again soon, backing off.
                 pause = held_back_pause = min(held_back_pause * 2, self.poll_interval)
-            await self._changes.wait(token, min(remaining, pause))
+            woken = await self._changes.wait(token, min(remaining, pause))
+            if woken and since is not None:
+                return True  # the caller reads at once: a look here would be a second one
+            token = self._changes.token
 
     async def _head_and_held_back(self) -> tuple[Position, bool]:
         """The head, and whether events exist beyond it that readers cannot see yet."""

@@ -212,6 +212,28 @@ async def test_wait_for_events_wakes_on_append(store_factory: StoreFactory) -> N
     await task
 
 
+async def test_wait_for_events_since_a_token_returns_on_a_change_after_it(
+    store_factory: StoreFactory,
+) -> None:
+    """The live runner's wait: a change after the token taken before its (empty) read
+    returns at once, even one that landed before the wait began (True then means "may be
+    visible": a late wake-up may come for nothing). Without ``since``, True means visible."""
+    reader = await store_factory.open(poll_interval=60)
+    writer = await store_factory.open()
+    head = await reader.head()
+    token = reader.changes.token
+    assert await reader.wait_for_events(head, timeout=0.05, since=token) is False
+    await writer.append("s", events("A"))
+    assert await reader.wait_until_visible(await writer.head(), timeout=20)
+    # Woken (in this process or by a notification) after the token: True without a wait.
+    started = time.monotonic()
+    assert await reader.wait_for_events(head, timeout=20, since=token) is True
+    assert time.monotonic() - started < 5
+    moved = (await reader.read_all(head)).checkpoint
+    assert moved > head
+    assert await reader.wait_for_events(moved, timeout=0.05) is False
+
+
 async def test_follower_sees_each_committed_event_once_under_concurrent_appends(
     store_factory: StoreFactory,
 ) -> None:
