@@ -67,8 +67,9 @@ class SqliteReadModelTransaction(ReadModelTransaction):
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         with translated("a query", self._url):
-            cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
-            return [tuple(row) for row in await cursor.fetchall()]
+            # One hop to the connection's thread for the statement and its rows.
+            rows = await self.connection.execute_fetchall(to_sqlite_placeholders(sql), args)
+        return [tuple(row) for row in rows]
 
     async def load_checkpoint(self, name: str, *, lock: bool = False) -> Checkpoint | None:
         # Write transactions are exclusive on SQLite: the lock is implied.

@@ -30,12 +30,16 @@ from ...events import (
 from ...partitions import Partition
 from ...store import EventBatch
 
+_new_object = object.__new__
+_set_slot = object.__setattr__  # what UUID.__init__ uses itself: its slots are read-only
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 EVENT_COLUMNS = (
     "e.position, e.id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at"
 )
 _SQLITE_MAX_VARIABLES = 32766
 _APPEND_COLUMNS = 7
+_FIRST_ROWS = 500  # a page's first chunk of rows, before their size is known
 
 
 @functools.lru_cache(maxsize=512)
@@ -52,7 +56,7 @@ def event_from_row(row: Sequence[Any], at: int = 0) -> RecordedEvent:
     metadata = row[at + 6]
     return new_recorded_event(
         (
-            uuid.UUID(row[at + 1]),
+            uuid_from_text(row[at + 1]),
             row[at + 2],
             row[at + 3],
             row[at + 4],
@@ -62,6 +66,47 @@ def event_from_row(row: Sequence[Any], at: int = 0) -> RecordedEvent:
             new_position((0, row[at])),
         )
     )
+
+
+def events_from_page(rows: Sequence[Any]) -> list[RecordedEvent]:
+    """``read_all_on``'s rows (head, the event columns, size) as events: ``event_from_row``
+    in one loop, its rows unpacked, and each recorded_at parsed once per run of equal
+    stamps (the events of one append share theirs; datetimes are immutable)."""
+    events: list[RecordedEvent] = []
+    append, loads, make, position = events.append, orjson.loads, new_recorded_event, new_position
+    stamp, when = None, None
+    for _, seq, id_, stream_id, version, type_, data, metadata, recorded_at, _ in rows:
+        if recorded_at != stamp:
+            stamp, when = recorded_at, datetime.fromisoformat(recorded_at)
+        append(
+            make(
+                (
+                    uuid_from_text(id_),
+                    stream_id,
+                    version,
+                    type_,
+                    loads(data),
+                    {} if metadata == "{}" else loads(metadata),
+                    when,
+                    position((0, seq)),
+                )
+            )
+        )
+    return events
+
+
+def uuid_from_text(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)`` for the hex forms the store writes, at half its cost: the same
+    parse of the same digits (``UUID.__init__`` also drops the dashes and reads 32 hex
+    digits with ``int(..., 16)``), without its keyword dispatch. Other forms (braces,
+    ``urn:uuid:``) and errors are ``uuid.UUID``'s own."""
+    digits = text.replace("-", "")
+    if len(digits) != 32:
+        return uuid.UUID(text)
+    value = _new_object(uuid.UUID)
+    _set_slot(value, "int", int(digits, 16))
+    _set_slot(value, "is_safe", _SAFE_UNKNOWN)
+    return value
 
 
 async def insert_events(
@@ -113,6 +158,12 @@ async def read_all_on(
     max_bytes: int | None = None,
     partition: Partition | None = None,
 ) -> EventBatch:
+    """The page after ``after``, on a connection inside a transaction (its one snapshot).
+
+    One plain keyset statement in index order, no window and no re-sort; the head it was
+    read against comes in the same statement (an uncorrelated subquery, evaluated once).
+    The page ends at ``limit`` events or once ``max_bytes`` of payload are reached, counted
+    here while its rows stream (the statement stops stepping there)."""
     type_filter = ""
     params: list[object] = [after.seq]
     if wanted is not None:
@@ -122,22 +173,50 @@ async def read_all_on(
     if part.count > 1:  # pj_partition is partition_of, registered on every connection
         type_filter += " AND pj_partition(e.stream_id, ?) = ?"
         params += [part.count, part.index]
-    params += [limit, validate_max_bytes(max_bytes)]
-    # One statement: the page and the head it was read against, from one snapshot. The page
-    # ends at ``limit`` events or once ``max_bytes`` of payload are reached.
+    params.append(limit)
+    budget = validate_max_bytes(max_bytes)
     sql = (
-        f"SELECT h.head, page.* FROM (SELECT max(position) AS head FROM events) h "
-        "LEFT JOIN (SELECT w.* FROM (SELECT c.*, count(*) OVER () AS fetched, "
-        "sum(c.size) OVER (ORDER BY c.position) - c.size AS before FROM ("
-        f"SELECT {EVENT_COLUMNS}, length(e.data) + length(e.metadata) AS size FROM events e "
-        f"WHERE e.position > ? {type_filter} ORDER BY e.position LIMIT ?) c) w "
-        "WHERE w.before < ?) page ON 1 ORDER BY page.position"
+        f"SELECT (SELECT max(position) FROM events), {EVENT_COLUMNS}, "
+        "length(e.data) + length(e.metadata) FROM events e "
+        f"WHERE e.position > ? {type_filter} ORDER BY e.position LIMIT ?"
     )
     with fewer_collections():
-        cursor = await connection.execute(sql, params)
-        rows = list(await cursor.fetchall())
-        events = [event_from_row(row, 1) for row in rows if row[1] is not None]
-    if len(events) == limit or (events and rows[0][10] > len(events)):
+        rows, cut = await _page_rows(connection, sql, params, limit, budget)
+        events = events_from_page(rows)
+    if cut or len(events) == limit:
         return EventBatch(events, events[-1].position)  # cut by count or by bytes
-    head = rows[0][0] if rows and rows[0][0] is not None else 0
-    return EventBatch(events, max(after, Position(0, head)))
+    if rows:
+        return EventBatch(events, max(after, Position(0, rows[0][0])))
+    if not type_filter:
+        return EventBatch([], after)  # nothing at all after it
+    # A filtered read that found nothing may have scanned past events: the head, read in
+    # the same transaction, is of the same snapshot (SQLite has no horizon to lean on).
+    cursor = await connection.execute("SELECT max(position) FROM events")
+    row = await cursor.fetchone()
+    head = row[0] if row is not None and row[0] is not None else 0
+    return EventBatch([], max(after, Position(0, head)))
+
+
+async def _page_rows(
+    connection: aiosqlite.Connection, sql: str, params: list[object], limit: int, budget: int
+) -> tuple[list[Any], bool]:
+    """The page's rows (payload size last) and whether ``budget`` cut it short: a row is
+    kept while the payload before it is under the budget. Fetched in a few chunks sized
+    from the rows seen so far, so that the rows held past the budget stay few (each chunk
+    is one hop to the connection's thread, not one per row)."""
+    rows: list[Any] = []
+    size = 0
+    want = min(limit, _FIRST_ROWS)
+    cursor = await connection.execute(sql, params)
+    while True:
+        chunk = list(await cursor.fetchmany(want))
+        for row in chunk:
+            if size >= budget:
+                await cursor.close()  # the statement stops stepping here
+                return rows, True
+            rows.append(row)
+            size += row[-1]
+        if len(chunk) < want or len(rows) == limit:
+            return rows, False  # the statement is done (or its LIMIT is reached)
+        left = budget - size
+        want = min(limit - len(rows), max(_FIRST_ROWS, left * len(rows) // max(size, 1) + 1))
