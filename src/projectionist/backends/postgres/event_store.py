@@ -52,7 +52,7 @@ from ...store import (
     prepare_append,
 )
 from ...urls import pop_query_option, redact_url
-from .appending import insert_events, run_inline_hooks
+from .appending import insert_events, insert_events_reading_path, run_inline_hooks
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, translate_errors, why_no_connection
 from .importing import ImportStatements, import_with_retries
@@ -252,16 +252,27 @@ class PostgresEventStore(EventStore):
                 connection, stream_id, expected, encoded, expected_version
             )
         # Inline projections run in the append's transaction (a savepoint inside yours).
+        nested = connection.is_in_transaction()
         async with connection.transaction():
-            result = await self._append_rows(
-                connection, stream_id, expected, encoded, expected_version
+            with self._translate_errors(f"appending to stream {stream_id!r}"):
+                result, callers_path = await insert_events_reading_path(
+                    connection,
+                    self._sql.append_reading_path,
+                    stream_id,
+                    expected,
+                    encoded,
+                    expected_version,
+                )
+            read_model = PostgresReadModelTransaction(connection, self._q)
+            await run_inline_hooks(
+                connection,
+                (self._search_path, callers_path),
+                read_model,
+                self.inline_hooks,
+                result,
+                restore=nested,
             )
-            await self._run_inline_hooks(connection, result)
         return result
-
-    async def _run_inline_hooks(self, connection: Connection, result: AppendResult) -> None:
-        read_model = PostgresReadModelTransaction(connection, self._q)
-        await run_inline_hooks(connection, self._search_path, read_model, self.inline_hooks, result)
 
     async def _append_rows(
         self,
