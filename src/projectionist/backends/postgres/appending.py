@@ -24,10 +24,12 @@ async def insert_events(
     expected: int | None,
     encoded: list[EncodedEvent],
     expected_version: ExpectedVersion,
-) -> AppendResult:
-    """Insert validated events with the store's append function; the recorded events."""
+) -> tuple[AppendResult, asyncpg.Record]:
+    """Insert validated events with the store's append function (``statements.append``, or
+    ``append_reading_path``, whose rows also carry the caller's ``search_path``, read in
+    the same round trip); the recorded events and the statement's first row."""
     rows = await _insert_rows(connection, append_sql, stream_id, expected, encoded)
-    return _recorded(stream_id, encoded, expected_version, rows)
+    return _recorded(stream_id, encoded, expected_version, rows), rows[0]
 
 
 async def _insert_rows(
@@ -84,27 +86,12 @@ def _recorded(
     )
 
 
-async def insert_events_reading_path(
-    connection: Connection,
-    append_sql: str,
-    stream_id: str,
-    expected: int | None,
-    encoded: list[EncodedEvent],
-    expected_version: ExpectedVersion,
-) -> tuple[AppendResult, str]:
-    """``insert_events`` with ``statements.append_reading_path``: also the search path
-    the caller's connection had, read in the same round trip."""
-    rows = await _insert_rows(connection, append_sql, stream_id, expected, encoded)
-    return _recorded(stream_id, encoded, expected_version, rows), rows[0]["search_path"]
-
-
 async def run_inline_hooks(
     connection: Connection,
+    quoted_schema: str,
     paths: tuple[str, str],
-    read_model: PostgresReadModelTransaction,
     hooks: Sequence[InlineHook],
     result: AppendResult,
-    *,
     restore: bool,
 ) -> None:
     """Run the inline projections on ``connection`` with the store's schema first on the
@@ -121,6 +108,7 @@ async def run_inline_hooks(
     ours, callers = paths
     if callers != ours:
         await connection.execute(_SET_LOCAL_PATH, ours)
+    read_model = PostgresReadModelTransaction(connection, quoted_schema)
     for hook in hooks:
         await hook(read_model, result.events)
     if restore and callers != ours:
