@@ -24,10 +24,23 @@ async def insert_events(
     expected: int | None,
     encoded: list[EncodedEvent],
     expected_version: ExpectedVersion,
-) -> AppendResult:
-    """Insert validated events with the store's append function; the recorded events."""
+) -> tuple[AppendResult, asyncpg.Record]:
+    """Insert validated events with the store's append function (``statements.append``, or
+    ``append_reading_path``, whose rows also carry the caller's ``search_path``, read in
+    the same round trip); the recorded events and the statement's first row."""
+    rows = await _insert_rows(connection, append_sql, stream_id, expected, encoded)
+    return _recorded(stream_id, encoded, expected_version, rows), rows[0]
+
+
+async def _insert_rows(
+    connection: Connection,
+    append_sql: str,
+    stream_id: str,
+    expected: int | None,
+    encoded: list[EncodedEvent],
+) -> list[asyncpg.Record]:
     try:
-        rows = await connection.fetch(
+        return await connection.fetch(
             append_sql,
             stream_id,
             expected,
@@ -45,6 +58,14 @@ async def insert_events(
             f"append to stream {stream_id!r} conflicts with a younger transaction that "
             "appended to it first: roll back and retry the whole transaction"
         ) from exc
+
+
+def _recorded(
+    stream_id: str,
+    encoded: list[EncodedEvent],
+    expected_version: ExpectedVersion,
+    rows: list[asyncpg.Record],
+) -> AppendResult:
     if rows[0]["position"] is None:
         raise ConcurrencyError(stream_id, expected_version, rows[0]["version"])
     rows = sorted(rows, key=lambda row: row["version"])
@@ -67,23 +88,28 @@ async def insert_events(
 
 async def run_inline_hooks(
     connection: Connection,
-    search_path: str,
-    read_model: PostgresReadModelTransaction,
+    quoted_schema: str,
+    paths: tuple[str, str],
     hooks: Sequence[InlineHook],
     result: AppendResult,
+    restore: bool,
 ) -> None:
     """Run the inline projections on ``connection`` with the store's schema first on the
-    path, whatever the caller's connection resolves names to, and put its path back.
+    path, whatever the caller's connection resolves names to (``paths``: the store's, the
+    caller's), and put the caller's back if ``restore``.
 
     A transaction-local setting made in a savepoint outlives it until the caller's
     transaction ends, so the caller's own later statements would resolve in our schema:
-    hence the explicit restore. A failing hook rolls the savepoint back, which undoes
-    the setting by itself.
+    hence the restore when the append is a savepoint in the caller's transaction. In a
+    transaction of the append's own the commit ends the setting: no restore, no trip.
+    A failing hook rolls the savepoint (or the transaction) back, which undoes the
+    setting by itself.
     """
-    callers_path = await connection.fetchval("SELECT current_setting('search_path')")
-    if callers_path != search_path:
-        await connection.execute(_SET_LOCAL_PATH, search_path)
+    ours, callers = paths
+    if callers != ours:
+        await connection.execute(_SET_LOCAL_PATH, ours)
+    read_model = PostgresReadModelTransaction(connection, quoted_schema)
     for hook in hooks:
         await hook(read_model, result.events)
-    if callers_path != search_path:
-        await connection.execute(_SET_LOCAL_PATH, callers_path)
+    if restore and callers != ours:
+        await connection.execute(_SET_LOCAL_PATH, callers)

@@ -58,7 +58,7 @@ from .errors import CONNECTION_ERRORS, translate_errors, why_no_connection
 from .importing import ImportStatements, import_with_retries
 from .migrating import MigrationSession
 from .notifications import Notifier
-from .read_models import PostgresReadModelStore, PostgresReadModelTransaction
+from .read_models import PostgresReadModelStore
 from .statements import NO_HORIZON, describe_holder, event_from_row, event_statements
 from .transactions import PostgresReplay, PostgresTransaction
 
@@ -247,33 +247,30 @@ class PostgresEventStore(EventStore):
                 f"store.transaction()), not {connection!r}"
             )
         expected, encoded = prepare_append(stream_id, events, expected_version)
+        args = (stream_id, expected, encoded, expected_version)
         if not self.inline_hooks:
-            return await self._append_rows(
-                connection, stream_id, expected, encoded, expected_version
-            )
+            return (await self._append_rows(connection, self._sql.append, *args))[0]
         # Inline projections run in the append's transaction (a savepoint inside yours).
+        nested = connection.is_in_transaction()
         async with connection.transaction():
-            result = await self._append_rows(
-                connection, stream_id, expected, encoded, expected_version
-            )
-            await self._run_inline_hooks(connection, result)
+            sql = self._sql.append_reading_path
+            result, first = await self._append_rows(connection, sql, *args)
+            paths = (self._search_path, first["search_path"])
+            await run_inline_hooks(connection, self._q, paths, self.inline_hooks, result, nested)
         return result
-
-    async def _run_inline_hooks(self, connection: Connection, result: AppendResult) -> None:
-        read_model = PostgresReadModelTransaction(connection, self._q)
-        await run_inline_hooks(connection, self._search_path, read_model, self.inline_hooks, result)
 
     async def _append_rows(
         self,
         connection: Connection,
+        sql: str,
         stream_id: str,
         expected: int | None,
         encoded: list[EncodedEvent],
         expected_version: ExpectedVersion,
-    ) -> AppendResult:
+    ) -> tuple[AppendResult, asyncpg.Record]:
         with self._translate_errors(f"appending to stream {stream_id!r}"):
             return await insert_events(
-                connection, self._sql.append, stream_id, expected, encoded, expected_version
+                connection, sql, stream_id, expected, encoded, expected_version
             )
 
     async def _import_batch(self, rows: list[ImportRow]) -> BatchWritten:

@@ -32,6 +32,7 @@ class EventStatements:
 
     notify: str
     append: str
+    append_reading_path: str
     horizon: str
     head: str
     last_committed: str
@@ -58,6 +59,11 @@ def event_statements(q: str, channel: str) -> EventStatements:
             f"BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('{channel}', ''); COMMIT"
         ),
         append=f"SELECT * FROM {q}.append_events($1, $2, $3, $4, $5, $6)",
+        # An append with inline projections also reads the caller's path, in the same trip.
+        append_reading_path=(
+            f"SELECT *, current_setting('search_path') AS search_path "
+            f"FROM {q}.append_events($1, $2, $3, $4, $5, $6)"
+        ),
         horizon=f"SELECT {q}.horizon()",
         head=(
             f"SELECT e.tx_id, e.position FROM {q}.events e WHERE e.tx_id < $1 "
