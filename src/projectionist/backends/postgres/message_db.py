@@ -47,16 +47,15 @@ of every chosen category beyond its category's floor; ``held_back()`` names it.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from datetime import UTC
 
 import asyncpg
 import orjson
 
 from ...defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
-from ...errors import BackendError, ConfigurationError, StoreUnavailableError
+from ...errors import ConfigurationError
 from ...events import (
     START,
     JsonObject,
@@ -73,14 +72,13 @@ from ...source import (
     Backlog,
     Decoder,
     EventBatch,
-    EventSource,
     HeldBack,
     decoded,
 )
 from ...urls import redact_url
 from . import message_db_sql as sql
 from .connections import Connection
-from .errors import CONNECTION_ERRORS, why_no_connection
+from .pooled_source import PooledPostgresSource
 
 INSTALL_HINT = (
     "install Message DB there first (its database/install.sh, from the npm package "
@@ -88,7 +86,7 @@ INSTALL_HINT = (
 )
 
 
-class MessageDbSource(EventSource):
+class MessageDbSource(PooledPostgresSource):
     """The messages of ``categories`` of a Message DB, in a gap-safe global order."""
 
     def __init__(
@@ -100,41 +98,17 @@ class MessageDbSource(EventSource):
         pool_size: int = 4,
         decode: Decoder | None = None,
     ) -> None:
-        super().__init__()
-        if decode is not None and not callable(decode):
-            raise ConfigurationError(f"decode must be a function, not {type(decode).__name__}")
-        self.decode: Decoder = decode or orjson.loads
-        """Turns a message's data (its jsonb as text) into a dict: e.g. to unwrap an
-        envelope, or to decrypt fields."""
-        self.url = redact_url(_checked_url(url))
+        # decode gets a message's data (its jsonb as text): e.g. to unwrap an envelope.
+        super().__init__(
+            _checked_url(url), poll_interval=poll_interval, pool_size=pool_size, decode=decode
+        )
         self.categories = validate_categories(categories)
-        self.poll_interval = poll_interval
-        self._dsn = url
-        self._pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self.what = f"the Message DB categories {', '.join(self.categories)}"
         self._floors = dict.fromkeys(self.categories, 0)
         """Per category, a position no message of it that is not visible yet can be at or
         below (the sequence's last value when its lock was last seen free)."""
 
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        try:
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to {self.url}: {why_no_connection(exc)}"
-            ) from exc
-        except ValueError as exc:  # asyncpg's parsing of the URL
-            raise ConfigurationError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
-        try:
-            await self._check_installed(pool)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
-
-    async def _check_installed(self, pool: asyncpg.Pool) -> None:
+    async def check_opened(self, pool: asyncpg.Pool) -> None:
         with self._translated("checking Message DB in"):
             [row] = await pool.fetch(sql.INSTALLED)
         missing = [
@@ -152,26 +126,6 @@ class MessageDbSource(EventSource):
                 "smaller global position, and no reader can order such messages safely. "
                 "Set it back with ALTER SEQUENCE ... CACHE 1 (Message DB's default)"
             )
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise ConfigurationError(f"the Message DB source at {self.url} is not open: open() it")
-        return self._pool
-
-    @contextlib.contextmanager
-    def _translated(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except CONNECTION_ERRORS as exc:
-            raise StoreUnavailableError(f"{doing} {self.url} failed: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise BackendError(f"{doing} {self.url} failed: {exc}") from exc
 
     async def _before_reading(self, connection: Connection) -> tuple[list[int], list[str]]:
         """t0 then t1, each a statement of its own, before the statement that reads (t2):

@@ -19,9 +19,8 @@ else (bytea, a custom encoding) that the ``decode=`` function given turns into a
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -47,13 +46,13 @@ from ...source import (
     Backlog,
     Decoder,
     EventBatch,
-    EventSource,
     HeldBack,
     decoded,
 )
 from ...urls import redact_url
 from .connections import Connection
 from .errors import CONNECTION_ERRORS, why_no_connection
+from .pooled_source import PooledPostgresSource
 
 Strategy = Literal["transaction_id", "commit_order_promised"]
 STRATEGIES: tuple[Strategy, ...] = ("transaction_id", "commit_order_promised")
@@ -120,7 +119,7 @@ def _qualified(schema: str | None, table: str) -> str:
     return f"{quote_identifier(validate_identifier(schema, 'schema name'))}.{name}"
 
 
-class PostgresTableSource(EventSource):
+class PostgresTableSource(PooledPostgresSource):
     """The rows of one PostgreSQL table as events in a gap-safe global order."""
 
     def __init__(
@@ -135,52 +134,12 @@ class PostgresTableSource(EventSource):
         pool_size: int = 4,
         decode: Decoder | None = None,
     ) -> None:
-        super().__init__()
-        if decode is not None and not callable(decode):
-            raise ConfigurationError(f"decode must be a function, not {type(decode).__name__}")
-        self.decode: Decoder = decode or orjson.loads
+        super().__init__(url, poll_interval=poll_interval, pool_size=pool_size, decode=decode)
         self.columns = (columns or ColumnMap()).validated()
         self.strategy = _checked_strategy(strategy, self.columns)
-        self.table = _qualified(schema, table)
-        self.url = redact_url(url)
-        self.poll_interval = poll_interval
-        self._dsn = url
-        self._pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self.table = self.what = _qualified(schema, table)
         self._horizon_floor = 0
         self._sql = _Statements(self.table, self.columns, raw_data=decode is not None)
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to {self.url}: {why_no_connection(exc)}"
-            ) from exc
-        except ValueError as exc:  # asyncpg's parsing of the URL
-            raise ConfigurationError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise ConfigurationError(f"the table source {self.table} is not open: open() it")
-        return self._pool
-
-    @contextlib.contextmanager
-    def _translated(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except CONNECTION_ERRORS as exc:
-            raise StoreUnavailableError(f"{doing} {self.table} failed, {self.url}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise BackendError(f"{doing} {self.table} failed: {exc}") from exc
 
     @property
     def _ordered_by_tx(self) -> bool:
