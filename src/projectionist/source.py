@@ -17,12 +17,21 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from .changes import ChangeSignal
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import EventDecodingError
-from .events import START, JsonObject, Position, RecordedEvent
+from .events import (
+    START,
+    JsonObject,
+    Position,
+    RecordedEvent,
+    validate_batch_size,
+    validate_max_bytes,
+    validate_position,
+    validate_types,
+)
 from .partitions import Partition
 
 
@@ -57,6 +66,33 @@ def decoded(decode: Decoder, payload: object, where: str) -> JsonObject:
             f"the payload of {where} decoded to {type(data).__name__}, not a dict (a JSON object)"
         )
     return data
+
+
+class ReadRequest(NamedTuple):
+    """``read_all``'s arguments, checked (``validated_read``): what every source does first."""
+
+    after: Position
+    limit: int
+    budget: int
+    """``max_bytes``, or a bound no page reaches when it was None."""
+    types: list[str] | None
+    """Sorted, unrepeated; None: every type."""
+    partition: Partition
+    """Partition(0, 1) when none was given: every stream."""
+
+
+def validated_read(
+    after: object, limit: object, types: Collection[str] | None, max_bytes: object,
+    partition: Partition | None,
+) -> ReadRequest:  # fmt: skip
+    """Check ``read_all``'s arguments as every source must (InvalidInputError if not)."""
+    return ReadRequest(
+        validate_position(after, "after"),
+        validate_batch_size(limit),
+        validate_max_bytes(max_bytes),
+        validate_types(types),
+        partition.validate() if partition is not None else Partition(0, 1),
+    )
 
 
 BACKLOG_COUNTED = 10_000

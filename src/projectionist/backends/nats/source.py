@@ -42,13 +42,10 @@ from ...events import (
     START,
     Position,
     RecordedEvent,
-    validate_batch_size,
-    validate_max_bytes,
     validate_position,
-    validate_types,
 )
 from ...partitions import Partition
-from ...source import Backlog, EventBatch, EventSource
+from ...source import Backlog, EventBatch, EventSource, validated_read
 from .cursors import Broken, PullCursor, pending_after, stamp_of
 from .errors import JetStreamHistoryLostError, translated
 from .mapping import (
@@ -184,11 +181,9 @@ class JetStreamSource(EventSource):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        after = validate_position(after, "after")
-        limit = validate_batch_size(limit)
-        budget = validate_max_bytes(max_bytes)
-        wanted = validate_types(types)
-        part = partition.validate() if partition is not None else Partition(0, 1)
+        after, limit, budget, wanted, part = validated_read(
+            after, limit, types, max_bytes, partition
+        )
         cursor, messages = await self._messages(after.seq, limit)
         try:
             await self._check_history(after.seq, messages)

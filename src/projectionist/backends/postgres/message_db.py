@@ -61,10 +61,7 @@ from ...events import (
     JsonObject,
     Position,
     RecordedEvent,
-    validate_batch_size,
-    validate_max_bytes,
     validate_position,
-    validate_types,
 )
 from ...partitions import Partition
 from ...source import (
@@ -74,6 +71,7 @@ from ...source import (
     EventBatch,
     HeldBack,
     decoded,
+    validated_read,
 )
 from ...urls import redact_url
 from . import message_db_sql as sql
@@ -151,11 +149,9 @@ class MessageDbSource(PooledPostgresSource):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        after = validate_position(after, "after")
-        limit = validate_batch_size(limit)
-        budget = validate_max_bytes(max_bytes)
-        type_list = validate_types(types)
-        part = partition.validate() if partition is not None else Partition(0, 1)
+        after, limit, budget, type_list, part = validated_read(
+            after, limit, types, max_bytes, partition
+        )
         async with self.pool.acquire() as connection:
             floors, _ = await self._before_reading(connection)
             with self._translated("reading messages from"):

@@ -34,10 +34,7 @@ from ...events import (
     START,
     Position,
     RecordedEvent,
-    validate_batch_size,
-    validate_max_bytes,
     validate_position,
-    validate_types,
 )
 from ...identifiers import quote_identifier, validate_identifier
 from ...partitions import PARTITION_SQL, Partition
@@ -48,6 +45,7 @@ from ...source import (
     EventBatch,
     HeldBack,
     decoded,
+    validated_read,
 )
 from ...urls import redact_url
 from .connections import Connection
@@ -164,11 +162,9 @@ class PostgresTableSource(PooledPostgresSource):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        after = validate_position(after, "after")
-        limit = validate_batch_size(limit)
-        budget = validate_max_bytes(max_bytes)
-        type_list = validate_types(types)
-        part = partition.validate() if partition is not None else Partition(0, 1)
+        after, limit, budget, type_list, part = validated_read(
+            after, limit, types, max_bytes, partition
+        )
         async with self.pool.acquire() as connection:
             horizon = await self._horizon(connection)
             with self._translated("reading"):
