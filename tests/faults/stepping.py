@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 
 from projectionist import ReadModelStore, ReadModelTransaction
 
@@ -47,3 +51,34 @@ async def kill_after_batches(
             process.stdin.write(b"\n")
             await process.stdin.drain()
     process.kill()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT = 60.0
+
+
+async def spawn_child(module: str, *arguments: str) -> asyncio.subprocess.Process:
+    """``python -m module arguments...`` from the repository's root, its pipes ours."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *arguments,
+        cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish_child(process: asyncio.subprocess.Process, what: str) -> str:
+    """Its output once it ends (by itself, or by our SIGKILL); a failure otherwise."""
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), CHILD_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"{what} did not end within {CHILD_TIMEOUT}s")
+    if process.returncode not in (0, -signal.SIGKILL):
+        pytest.fail(f"{what} exited with {process.returncode}:\n{err.decode()}")
+    return out.decode()

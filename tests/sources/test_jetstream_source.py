@@ -10,7 +10,6 @@ import runpy
 import shutil
 import signal
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,7 +42,7 @@ from projectionist.partitions import Partition
 from projectionist.targets.redis import RedisProjection, RedisReadModelStore, as_redis
 from tests.conftest import PG_DSN
 from tests.faults.projector_child import DONE, READY
-from tests.faults.stepping import kill_after_batches
+from tests.faults.stepping import finish_child, kill_after_batches, spawn_child
 from tests.sources.jetstream_child import BATCH_SIZE
 from tests.sources.jetstream_support import (
     NATS_URL,
@@ -150,30 +149,10 @@ KILLS = 6
 
 
 async def spawn(jet_stream: str, read_models: str, *options: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.sources.jetstream_child",
-        jet_stream,
-        read_models,
-        *options,
-        cwd=REPO_ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_child("tests.sources.jetstream_child", jet_stream, read_models, *options)
 
 
-async def finish(process: asyncio.subprocess.Process, what: str) -> str:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"{what} did not end within {TIMEOUT}s")
-    if process.returncode not in (0, -signal.SIGKILL):
-        pytest.fail(f"{what} exited with {process.returncode}:\n{err.decode()}")
-    return out.decode()
+finish = finish_child
 
 
 async def test_projectors_sigkilled_while_messages_arrive_apply_each_message_once(

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,7 +24,7 @@ from projectionist import Application
 from projectionist.targets.redis import RedisReadModelStore
 from tests.conftest import PG_DSN
 from tests.faults.projector_child import DONE, READY
-from tests.faults.stepping import kill_after_batches
+from tests.faults.stepping import finish_child, kill_after_batches, spawn_child
 from tests.targets.conftest import REDIS_URL
 from tests.targets.redis_ledger import expected_of, history, make_ledger, read_ledger
 from tests.targets.redis_projector_child import BATCH_SIZE
@@ -36,34 +34,13 @@ OUTSIDE_KILLS = 12  # kills from outside that land mid catch-up
 COMMIT_KILLS = 4  # children that kill themselves right after a commit
 MAX_CHILDREN = 60
 TIMEOUT = 60.0
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 async def spawn(url: str, prefix: str, *options: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.targets.redis_projector_child",
-        url,
-        prefix,
-        *options,
-        cwd=REPO_ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_child("tests.targets.redis_projector_child", url, prefix, *options)
 
 
-async def finish(process: asyncio.subprocess.Process, what: str) -> str:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"{what} did not end within {TIMEOUT}s")
-    if process.returncode not in (0, -signal.SIGKILL):
-        pytest.fail(f"{what} exited with {process.returncode}:\n{err.decode()}")
-    return out.decode()
+finish = finish_child
 
 
 async def test_sigkilled_redis_projector_equals_clean_rebuild(
