@@ -29,6 +29,7 @@ from eventsourcing.utils import get_topic
 from projectionist import (
     Application,
     ConfigurationError,
+    InvalidInputError,
     Projection,
     ReadModelTransaction,
     RecordedEvent,
@@ -322,6 +323,10 @@ async def test_what_the_source_refuses(shop: Shop, shop_env: dict[str, Any]) -> 
     assert EventsourcingSource(shop.recorder, mapper=shop.mapper).recorder is shop.recorder
     with pytest.raises(ConfigurationError, match="Application or ApplicationRecorder"):
         EventsourcingSource(object())  # type: ignore[arg-type]
+    source = EventsourcingSource(shop)
+    for bad in ({"limit": 0}, {"after": "0/1"}, {"types": "Placed"}, {"max_bytes": -1}):
+        with pytest.raises(InvalidInputError):
+            await source.read_all(**bad)
 
 
 async def test_a_postgres_recorder_without_a_table_lock_is_refused() -> None:

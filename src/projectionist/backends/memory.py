@@ -20,16 +20,14 @@ from ..events import (
     NewEvent,
     Position,
     RecordedEvent,
-    validate_batch_size,
-    validate_max_bytes,
     validate_position,
     validate_read_stream,
-    validate_types,
 )
 from ..importing import BatchWritten, ImportRow, ids_to_look_up, plan_batch, streams_of
 from ..migrations import EVENTS, latest_version
 from ..partitions import Partition
 from ..readmodel import ReadModelStore
+from ..source import validated_read
 from ..store import (
     ANY,
     AppendResult,
@@ -315,11 +313,9 @@ class MemoryEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        validate_position(after, "after")
-        validate_batch_size(limit)
-        wanted = validate_types(types)
-        budget = validate_max_bytes(max_bytes)
-        part = (partition or Partition(0, 1)).validate()
+        after, limit, budget, wanted, part = validated_read(
+            after, limit, types, max_bytes, partition
+        )
         page: list[RecordedEvent] = []
         used = 0
         for index in range(after.seq, len(self._events)):

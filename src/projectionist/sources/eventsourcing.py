@@ -47,7 +47,14 @@ from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from ..errors import ConfigurationError
 from ..events import START, JsonObject, Position, RecordedEvent
 from ..partitions import Partition
-from ..source import BACKLOG_COUNTED, Backlog, EventBatch, EventSource
+from ..source import (
+    BACKLOG_COUNTED,
+    Backlog,
+    EventBatch,
+    EventSource,
+    ReadRequest,
+    validated_read,
+)
 
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c1e-2a4b-5c6d-8e9f-0a1b2c3d4e5f")
 """The namespace of the ids made for the library's events: uuid5(it, "stream/version")."""
@@ -87,7 +94,8 @@ class EventsourcingSource(EventSource):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        return await asyncio.to_thread(self._read, after, limit, types, max_bytes, partition)
+        request = validated_read(after, limit, types, max_bytes, partition)
+        return await asyncio.to_thread(self._read, request)
 
     async def head(self) -> Position:
         last = await asyncio.to_thread(self.recorder.max_notification_id)
@@ -104,14 +112,8 @@ class EventsourcingSource(EventSource):
         parts = 1 if partition is None else partition.count
         return Backlog.measured(counted, reached, last, None, parts)
 
-    def _read(
-        self,
-        after: Position,
-        limit: int,
-        types: Collection[str] | None,
-        max_bytes: int | None,
-        partition: Partition | None,
-    ) -> EventBatch:
+    def _read(self, request: ReadRequest) -> EventBatch:
+        after, limit, budget, types, partition = request
         # Read the head first: every notification up to it is committed (writers commit in
         # id order), so a short page may move the checkpoint up to it past filtered ones.
         head = self.recorder.max_notification_id() or 0
@@ -123,11 +125,11 @@ class EventsourcingSource(EventSource):
         events: list[RecordedEvent] = []
         size = 0
         for notification in notifications:
-            if partition is not None and not partition.holds(str(notification.originator_id)):
+            if not partition.holds(str(notification.originator_id)):
                 continue
             events.append(self._decode(notification))
             size += len(notification.state)
-            if max_bytes is not None and size >= max_bytes:
+            if size >= budget:
                 return EventBatch(events, events[-1].position)
         if len(notifications) < limit:
             return EventBatch(events, Position(0, head))

@@ -28,17 +28,15 @@ from ...events import (
     NewEvent,
     Position,
     RecordedEvent,
-    validate_batch_size,
-    validate_max_bytes,
     validate_position,
     validate_read_stream,
-    validate_types,
 )
 from ...identifiers import quote_identifier, validate_identifier
 from ...importing import BatchWritten, ImportRow
 from ...migrations import EVENTS, READ_MODELS, applied_version, apply_migrations
 from ...partitions import Partition
 from ...readmodel import ReadModelStore
+from ...source import validated_read
 from ...store import (
     ANY,
     BACKLOG_COUNTED,
@@ -321,11 +319,9 @@ class PostgresEventStore(EventStore):
         max_bytes: int | None = None,
         partition: Partition | None = None,
     ) -> EventBatch:
-        validate_position(after, "after")
-        validate_batch_size(limit)
-        wanted = validate_types(types)
-        part = (partition or Partition(0, 1)).validate()
-        budget = validate_max_bytes(max_bytes)
+        after, limit, budget, wanted, part = validated_read(
+            after, limit, types, max_bytes, partition
+        )
         args: list[object] = [after.tx, after.seq, limit, budget]
         # In an exclusive replay appends are locked out: every committed event is final.
         horizon = NO_HORIZON if exclusive else await self._horizon(connection)
