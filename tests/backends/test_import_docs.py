@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import runpy
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "importing.md"
-
-
-def example() -> str:
-    section = DOC.read_text("utf-8").split("## A complete example", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert found, "docs/importing.md lost its example"
-    return found.group(1)
+from tests.doc_examples import doc_example, run_example
 
 
 async def test_the_import_example_runs(
@@ -28,10 +18,9 @@ async def test_the_import_example_runs(
     schema = new_schema_name()
     monkeypatch.setenv("DATABASE_URL", PG_DSN)
     monkeypatch.setenv("EXAMPLE_SCHEMA", schema)
-    script = tmp_path / "example.py"
-    script.write_text(example(), "utf-8")
+    code = doc_example("importing.md", "## A complete example")
     try:
-        await asyncio.to_thread(runpy.run_path, str(script), run_name="__main__")
+        await asyncio.to_thread(run_example, code, tmp_path)
     finally:
         await _drop_schema(schema)
     printed = capsys.readouterr().out.splitlines()

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import runpy
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "sources.md"
-
-
-def example() -> str:
-    section = DOC.read_text("utf-8").split("### A complete example", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert found, "docs/sources.md lost its table-source example"
-    return found.group(1)
+from tests.doc_examples import doc_example, run_example
 
 
 async def test_the_table_source_example_runs(
@@ -29,10 +19,9 @@ async def test_the_table_source_example_runs(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", PG_DSN)
     monkeypatch.setenv("EXAMPLE_SCHEMA", schema)
-    script = tmp_path / "example.py"
-    script.write_text(example(), "utf-8")
+    code = doc_example("sources.md", "### A complete example")
     try:
-        await asyncio.to_thread(runpy.run_path, str(script), run_name="__main__")
+        await asyncio.to_thread(run_example, code, tmp_path)
     finally:
         await _drop_schema(schema)
     printed = capsys.readouterr().out

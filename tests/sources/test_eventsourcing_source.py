@@ -9,8 +9,6 @@ own aggregates, a rebuild equals a fresh run, and a restart resumes without doub
 from __future__ import annotations
 
 import asyncio
-import re
-import runpy
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from projectionist.events import START, Position
 from projectionist.partitions import Partition
 from projectionist.sources.eventsourcing import EventsourcingSource
 from tests.conftest import PG_DSN, _drop_schema, new_schema_name, require_postgres
+from tests.doc_examples import doc_example, run_example
 
 WRITERS = 6
 ORDERS_PER_WRITER = 5
@@ -348,11 +347,5 @@ async def test_a_postgres_recorder_without_a_table_lock_is_refused() -> None:
 
 def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/sources.md's eventsourcing example, run as written (in a fresh directory)."""
-    docs = Path(__file__).resolve().parents[2] / "docs" / "sources.md"
-    section = docs.read_text("utf-8").split("## The `eventsourcing` library", 1)[1]
-    block = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert block is not None, "the eventsourcing section lost its example"
     monkeypatch.chdir(tmp_path)
-    script = tmp_path / "example.py"
-    script.write_text(block.group(1), "utf-8")
-    runpy.run_path(str(script), run_name="__main__")
+    run_example(doc_example("sources.md", "## The `eventsourcing` library"), tmp_path)
