@@ -113,6 +113,12 @@ class ReadModelTransaction(abc.ABC):
     dialect: str
     """``"postgres"`` or ``"sqlite"``: for the rare statement that must differ."""
     connection: Any
+    replaying: bool = False
+    """True while the engine replays history into this transaction: a rebuild, a blue/green
+    build, ``verify`` or a partial replay (including the events that arrive meanwhile).
+    False for a runner's catch-up and live batches and for inline appends. For the rare
+    handler that must know; effects outside the read model belong in a reactor
+    (docs/side-effects.md), which no replay runs."""
 
     @abc.abstractmethod
     async def execute(self, sql: str, *args: object) -> int:

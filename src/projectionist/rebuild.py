@@ -152,6 +152,7 @@ async def _rebuild_inline(
 ) -> int:
     async with store.exclusive_replay() as replay:
         tx = replay.read_model
+        tx.replaying = True
         await _reset(tx, projection)
         checkpoint = projection.start
         applied = 0

@@ -68,6 +68,7 @@ class ProjectionRunner:
         partition: Partition | None = None,
         fence: Fence | None = None,
         records: OperationsRecords | None = None,
+        replaying: bool = False,
     ) -> None:
         self.store = store
         self.read_models = read_models
@@ -79,6 +80,9 @@ class ProjectionRunner:
         """The checkpoint's name: the projection's, or its partition's ("name#2/4")."""
         self.batch_size = batch_size or projection.batch_size
         self.fence = fence
+        self.replaying = replaying
+        """Whether its batches replay history (``ReadModelTransaction.replaying``): set for
+        the runners of rebuilds, blue/green builds, verify and partial replays."""
         self.state = RunnerState.STOPPED
         self.checkpoint: Position | None = None
         self.progress = progress or ChangeSignal()
@@ -162,6 +166,7 @@ class ProjectionRunner:
         runner waits here and then finds it moved, instead of applying the batch twice.
         The lease first: a runner fenced out (by a takeover, a rebuild) stops as such
         rather than reloading the checkpoint that its new owner moves."""
+        tx.replaying = self.replaying
         if self.fence is not None:
             await self.fence(tx)
         stored = await tx.load_checkpoint(self.unit, lock=True)
@@ -421,12 +426,13 @@ def partition_runners(
     records: OperationsRecords,
     fence: Fence | None = None,
 ) -> list[ProjectionRunner]:
-    """One runner per partition of ``projection`` (one when it is not partitioned): how the
-    engine's rebuilds, verifications and blue/green builds get theirs. (An application's
+    """One replaying runner per partition of ``projection`` (one when it is not partitioned):
+    how the engine's rebuilds, verifications and blue/green builds get theirs. (An application's
     runners come from ``Application.new_runner``, which adds its progress signal.)"""
     return [
         ProjectionRunner(
-            store, read_models, projection, partition=partition, fence=fence, records=records
+            store, read_models, projection,
+            partition=partition, fence=fence, records=records, replaying=True,
         )
         for partition in projection.partition_list
-    ]
+    ]  # fmt: skip
