@@ -169,6 +169,9 @@ class Projection:
     read-model store: e.g. a ``RedisReadModelStore`` (``targets.redis.RedisProjection``)."""
     default_options: ClassVar[ProjectionOptions] = ProjectionOptions()
     """The options a kind starts from when given no ``options=``."""
+    replayable: ClassVar[bool] = True
+    """Whether the engine may apply its events again (a rebuild, a blue/green build,
+    ``verify``, a partial replay). False for a reactor, whose effects must not run twice."""
 
     def __init__(
         self,
