@@ -215,7 +215,8 @@ def handler_projection(table: str = "order_summary", batch_size: int = 1000) -> 
 
 
 def per_event_projection(table: str, batch_size: int = 1000) -> Projection:
-    """The tutorial handler: each event's statements (``statement_for``), one at a time."""
+    """The tutorial handler: each event's statements (``statement_for``), queued one at a
+    time (``tx.queue``: the library sends runs of one statement as one ``executemany``)."""
     projection = Projection(f"{table}_per_event", tables=[table, f"{table}_lines"],
                             batch_size=batch_size)  # fmt: skip
 
@@ -227,7 +228,7 @@ def per_event_projection(table: str, batch_size: int = 1000) -> Projection:
     @projection.on(*ORDER_TYPES)
     async def apply(event: RecordedEvent, tx: ReadModelTransaction) -> None:
         for sql, args in statement_for(event, table):
-            await tx.execute(sql.format(t=table), *args)
+            tx.queue(sql.format(t=table), *args)
 
     return projection
 

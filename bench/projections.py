@@ -48,6 +48,7 @@ SCENARIOS = [
     "handler_batched",
     "handler_per_event",
     "hand_batched_sql",
+    "hand_grouped_sql",
     "state_worker",
     "state_worker_4_partitions",
     "naive_per_event",
@@ -69,6 +70,9 @@ async def run_scenario(name: str, options: argparse.Namespace) -> Result:
         "handler_batched": lambda: s.scenario_projection(DSN, schema, "handler"),
         "handler_per_event": lambda: s.scenario_projection(DSN, schema, "per_event"),
         "hand_batched_sql": lambda: hand_batched_sql(DSN, schema, "order_summary_hand_batched"),
+        "hand_grouped_sql": lambda: hand_batched_sql(
+            DSN, schema, "order_summary_hand_grouped", grouped=True
+        ),
         "state_worker": lambda: s.scenario_worker(DSN, schema, "order_summary_worker", 1),
         "state_worker_4_partitions": lambda: s.scenario_worker(
             DSN, schema, "order_summary_partitioned", 4

@@ -10,7 +10,9 @@ projection's. None of them is gap-safe on a live store; they are the speed to be
   temporary table and one upsert, the checkpoint in the same transaction.
 - ``bare_read``: the store's event columns in keyset pages of 10k, rows only.
 - ``hand_batched_sql``: the handler projection's per-event statements, 1,000 events per
-  transaction, consecutive identical statements sent as one ``executemany``.
+  transaction, each statement executed on its own (issue 14's "same SQL batched by hand per
+  transaction"); with ``grouped=True`` (``hand_grouped_sql``) consecutive identical
+  statements go as one ``executemany``, what ``tx.queue`` does for the library's handlers.
 """
 
 from __future__ import annotations
@@ -138,7 +140,9 @@ async def bare_read(connection: asyncpg.Connection, type_: str | None = None) ->
 # -- the handler's SQL, batched by hand --------------------------------------------------------
 
 
-async def hand_batched_sql(dsn: str, schema: str, table: str, batch: int = 1000) -> Result:
+async def hand_batched_sql(
+    dsn: str, schema: str, table: str, batch: int = 1000, *, grouped: bool = False
+) -> Result:
     connection = await _connect(dsn, schema)
     try:
         for sql in SETUP:
@@ -155,8 +159,12 @@ async def hand_batched_sql(dsn: str, schema: str, table: str, batch: int = 1000)
                                                table)
             ]  # fmt: skip
             async with connection.transaction():
-                for sql, group in itertools.groupby(statements, key=lambda s: s[0]):
-                    await connection.executemany(sql, [args for _, args in group])
+                if grouped:
+                    for sql, group in itertools.groupby(statements, key=lambda s: s[0]):
+                        await connection.executemany(sql, [args for _, args in group])
+                else:
+                    for sql, args in statements:
+                        await connection.execute(sql, *args)
                 await connection.execute(CHECKPOINT, table, *after)
             count += len(rows)
         seconds = time.perf_counter() - started

@@ -324,6 +324,7 @@ class Projection:
         """Apply events in order: each run of consecutive events with one batch handler goes
         to it in one call; other events go one by one. Unhandled types are skipped."""
         handlers = self._handlers
+        event = None
         for (batch, handler), run in itertools.groupby(
             (event for event in events if event.type in handlers),
             key=lambda event: handlers[event.type],
@@ -334,6 +335,19 @@ class Projection:
             else:
                 for event in events_of_run:
                     await self._call(handler, event, event, tx)
+            event = events_of_run[-1]
+        if event is not None:
+            await self._send_queued(tx, event)
+
+    async def _send_queued(self, tx: ReadModelTransaction, last: RecordedEvent) -> None:
+        """The handlers' queued writes (``tx.queue``), sent before the checkpoint moves; a
+        failure names the batch's last event (the runner then narrows it down)."""
+        try:
+            await tx.flush()
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise HandlerError(self.name, last, failure(self.name, last, exc)) from exc
 
     async def _call(
         self,

@@ -8,6 +8,7 @@ own database unless you give another one: the checkpoint always lives with the r
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -136,6 +137,40 @@ class ReadModelTransaction(abc.ABC):
         """The first column of the first row, or None."""
         rows = await self.fetch(sql, *args)
         return rows[0][0] if rows else None
+
+    # -- queued writes -----------------------------------------------------------------------
+
+    _queued: list[tuple[str, tuple[object, ...]]] | None = None
+
+    def queue(self, sql: str, *args: object) -> None:
+        """Run a write later, without waiting for it: the fast way for per-event SQL.
+
+        Queued statements are sent, in order, before this transaction's next statement
+        (``execute``, ``executemany``, ``fetch``, ``fetchval``, ``bulk_upsert``) and when a
+        projection's handlers for the batch have run; consecutive ones with the same SQL
+        text go as one ``executemany`` (one round trip on PostgreSQL). So a handler always
+        reads its own writes through ``tx``; before using ``tx.connection`` directly, call
+        ``await tx.flush()``. An error of a queued statement surfaces when it is sent, and
+        the runner then applies the batch one event at a time to name the failing event.
+        There is no row count: use ``execute`` when you need one.
+        """
+        if not isinstance(sql, str):
+            raise InvalidInputError(f"queue takes SQL text, not {type(sql).__name__}")
+        if self._queued is None:
+            self._queued = []
+        self._queued.append((sql, args))
+
+    async def flush(self) -> None:
+        """Send the queued writes now (see ``queue``)."""
+        queued, self._queued = self._queued, None
+        if not queued:
+            return
+        for sql, run in itertools.groupby(queued, key=lambda statement: statement[0]):
+            rows = [args for _, args in run]
+            if len(rows) == 1:
+                await self.execute(sql, *rows[0])
+            else:
+                await self.executemany(sql, rows)
 
     # -- used by the engine -----------------------------------------------------------------
 

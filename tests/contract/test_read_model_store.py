@@ -485,3 +485,47 @@ async def test_postgres_failures_are_told_apart_by_our_error_types(
                 f"DO $$ BEGIN RAISE EXCEPTION 'failing' USING ERRCODE = '{sqlstate}'; END $$"
             )
     assert is_transient(caught.value) is transient
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_queued_writes_are_sent_in_order_before_the_next_statement_and_at_commit(
+    read_models: ReadModelStore,
+) -> None:
+    insert, update = (
+        f"INSERT INTO {TABLE} VALUES ($1, $2)",
+        f"UPDATE {TABLE} SET v = $2 WHERE k = $1",
+    )
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE)
+        for key, value in [("a", 1), ("b", 2), ("c", 3)]:
+            tx.queue(insert, key, value)  # one run: sent as one executemany
+        tx.queue(update, "a", 10)
+        tx.queue(insert, "d", 4)
+        # A read sees every queued write before it, in order: the handler's own writes.
+        assert await tx.fetch(f"SELECT k, v FROM {TABLE} ORDER BY k") == [
+            ("a", 10), ("b", 2), ("c", 3), ("d", 4),
+        ]  # fmt: skip
+        tx.queue(update, "d", 40)
+        tx.queue(f"DELETE FROM {TABLE} WHERE k = $1", "b")  # queued last: sent at the commit
+    assert await _sql_read(read_models) == {"a": 10, "c": 3, "d": 40}
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_a_failing_queued_write_is_our_error_when_sent_and_keeps_nothing(
+    read_models: ReadModelStore,
+) -> None:
+    async with read_models.transaction() as tx:
+        await tx.execute(_CREATE)
+
+    async def insert_twice() -> None:
+        async with read_models.transaction() as tx:
+            tx.queue(f"INSERT INTO {TABLE} VALUES ($1, $2)", "a", 1)
+            tx.queue(f"INSERT INTO {TABLE} VALUES ($1, $2)", "a", 2)  # a duplicate key
+
+    with pytest.raises(BackendError) as caught:
+        await insert_twice()
+    assert not isinstance(caught.value.__cause__, ProjectionistError)
+    assert await _sql_read(read_models) == {}
+    async with read_models.transaction() as tx:
+        with pytest.raises(ProjectionistError, match="SQL text"):
+            tx.queue(b"DELETE FROM x")  # type: ignore[arg-type]

@@ -344,3 +344,35 @@ async def test_catch_up_reads_the_next_batch_while_applying() -> None:
         steps = timeline.count("step")
         assert len(first_reads) >= steps - 1
         assert "step" in timeline[1:] and timeline[:3] == ["step", "read", "read"], timeline[:6]
+
+
+async def test_queued_per_event_writes_give_the_rows_of_executed_ones_and_name_a_poison_event(
+    app_url: str,
+) -> None:
+    """``tx.queue``: per-event SQL sent in runs of one executemany; a handler reads its own
+    queued writes; a queued statement that fails is narrowed down to its event."""
+    projection = Projection("queued", tables=["queued_rows"], on_error="skip")
+
+    @projection.setup
+    async def create(tx: ReadModelTransaction) -> None:
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS queued_rows (n BIGINT PRIMARY KEY, seen BIGINT)"
+        )
+
+    @projection.on("Numbered")
+    async def numbered(event: RecordedEvent, tx: ReadModelTransaction) -> None:
+        tx.queue("INSERT INTO queued_rows VALUES ($1, 0)", event.data["n"])
+        if event.data["n"] % 10 == 0:  # reads its own queued writes
+            seen = await tx.fetchval("SELECT count(*) FROM queued_rows")
+            tx.queue("UPDATE queued_rows SET seen = $2 WHERE n = $1", event.data["n"], seen)
+
+    numbers = [*range(1, 31), 7, *range(31, 41)]  # 7 twice: its second insert fails
+    async with Application(app_url, [projection]) as app:
+        await app.setup()
+        await app.store.append("s", [NewEvent("Numbered", {"n": n}) for n in numbers])
+        await app.run_until_caught_up()
+        async with app.read_models.transaction() as tx:
+            rows = await tx.fetch("SELECT n, seen FROM queued_rows ORDER BY n")
+        letters = await app.dead_letters()
+    assert rows == [(n, n if n % 10 == 0 else 0) for n in range(1, 41)]
+    assert [(letter.event.data["n"], letter.event.position.seq) for letter in letters] == [(7, 31)]

@@ -54,14 +54,20 @@ class PostgresReadModelTransaction(ReadModelTransaction):
         self._table = f"{quoted_schema}.projection_checkpoints"
 
     async def execute(self, sql: str, *args: object) -> int:
+        if self._queued:
+            await self.flush()
         with translate_statement_errors(self._schema):
             return _rows_changed(await self.connection.execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        if self._queued:
+            await self.flush()
         with translate_statement_errors(self._schema):
             await self.connection.executemany(sql, rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        if self._queued:
+            await self.flush()
         with translate_statement_errors(self._schema):
             return [tuple(row) for row in await self.connection.fetch(sql, *args)]
 
@@ -74,6 +80,8 @@ class PostgresReadModelTransaction(ReadModelTransaction):
         *,
         shape: str = "",
     ) -> None:
+        if self._queued:
+            await self.flush()
         if len(rows) < COPY_THRESHOLD:  # a live batch: one pipelined upsert beats COPY's trips
             await super().bulk_upsert(table, key, columns, rows, shape=shape)
             return
@@ -234,7 +242,9 @@ class PostgresReadModelStore(ReadModelStore):
                 # inline projections, in the append's transaction) stay fully durable.
                 await connection.execute(self._begin)
                 try:
-                    yield PostgresReadModelTransaction(connection, self._q)
+                    tx = PostgresReadModelTransaction(connection, self._q)
+                    yield tx
+                    await tx.flush()  # writes queued after the last statement
                 except BaseException:
                     try:
                         await connection.execute("ROLLBACK")

@@ -57,15 +57,21 @@ class SqliteReadModelTransaction(ReadModelTransaction):
         self._url = url
 
     async def execute(self, sql: str, *args: object) -> int:
+        if self._queued:
+            await self.flush()
         with translated("a statement", self._url):
             cursor = await self.connection.execute(to_sqlite_placeholders(sql), args)
         return int(cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        if self._queued:
+            await self.flush()
         with translated("a statement", self._url):
             await self.connection.executemany(to_sqlite_placeholders(sql), rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        if self._queued:
+            await self.flush()
         with translated("a query", self._url):
             # One hop to the connection's thread for the statement and its rows.
             rows = await self.connection.execute_fetchall(to_sqlite_placeholders(sql), args)
@@ -134,7 +140,9 @@ class SqliteReadModelStore(ReadModelStore):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[ReadModelTransaction]:
         async with self.database.transaction("projecting", write=True) as connection:
-            yield SqliteReadModelTransaction(connection, self.database.url)
+            tx = SqliteReadModelTransaction(connection, self.database.url)
+            yield tx
+            await tx.flush()  # writes queued after the last statement
 
     async def apply_schema(self) -> None:
         """Apply the ``read_models`` migrations."""
