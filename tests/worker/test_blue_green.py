@@ -131,10 +131,14 @@ async def test_blue_green_swap_is_atomic_for_readers(pg_schema: str) -> None:
                            2 * (history_amount + live_amount))  # fmt: skip
         # The old worker stopped applying (its version was superseded), the retired tables
         # are dropped after their grace period.
+        # This application's retired schema only: other test runs may share the database.
+        sides = new.read_models.side_schemas()
+        assert sides is not None
+        ours = side_schema(RETIRED_PREFIX, sides.base, "balances", 1)
         for _ in range(60):
             async with new.read_models.transaction() as tx:
                 retired = await tx.fetchval(
-                    "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pj_retired_%'"
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1", ours
                 )
             if retired == 0:
                 break
