@@ -238,7 +238,8 @@ async def _next_event(
     store: EventSource, projection: Projection, unit: str, after: Position
 ) -> RecordedEvent | None:
     _, partition = split_unit(unit)
-    batch = await store.read_all(after, limit=1, types=projection.types, partition=partition)
+    types = store.upcasters.read_types(projection.types)  # an old shape's stored type too
+    batch = await store.read_all(after, limit=1, types=types, partition=partition)
     return batch.events[0] if batch.events else None
 
 
