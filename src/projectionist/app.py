@@ -422,7 +422,7 @@ class Application(OpenClose):
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
         removed in the same transaction; one that fails again stays. Returns (id, error)."""
         return await retry_dead_letters(
-            self.read_models, self.projections, self.read_models_for, ids
+            self.read_models, self.projections, self.read_models_for, ids, self.source.upcasters
         )
 
     async def discard_dead_letters(self, ids: Sequence[int]) -> int:

@@ -32,13 +32,14 @@ ORDERS = 6
 POISON = "order-3"
 
 
-def failing_on(order: str) -> Upcasters:
-    """The v3 chain, whose first step fails on one order."""
+def failing_on(order: str, broken: set[str] | None = None) -> Upcasters:
+    """The v3 chain, whose first step fails on one order (while it is in ``broken``)."""
     registry = Upcasters()
+    broken = {order} if broken is None else broken
 
     @registry.register("OrderCreated", from_version=1)
     def strict(data: JsonObject) -> JsonObject:
-        if data["id"] == order:
+        if data["id"] in broken:
             raise ValueError(f"cannot upcast {order}")
         return add_currency(data)
 
@@ -89,7 +90,8 @@ async def test_an_upcaster_that_raises_stops_the_projection_at_its_event(app_url
 async def test_an_upcaster_that_raises_under_skip_dead_letters_only_its_event(
     app_url: str,
 ) -> None:
-    registry = failing_on(POISON)
+    broken = {POISON}
+    registry = failing_on(POISON, broken)
     projection = order_rows(batch_size=50, on_error="skip")
     async with Application(app_url, [projection], upcasters=registry) as app:
         await app.setup()
@@ -102,6 +104,13 @@ async def test_an_upcaster_that_raises_under_skip_dead_letters_only_its_event(
         assert letter.event.data == {"id": POISON, "amount": 4}
         assert f"cannot upcast {POISON}" in letter.error
         assert not await app.faults()
+        # Retried while still broken: it stays; after the fix it is upcast and applied.
+        [(_, error)] = await app.retry_dead_letters([letter.id])
+        assert error is not None and f"cannot upcast {POISON}" in error
+        broken.clear()
+        assert await app.retry_dead_letters([letter.id]) == [(letter.id, None)]
+        assert await table(app) == expected_orders(ORDERS)
+        assert not await app.dead_letters()
 
 
 async def test_an_upcaster_returning_no_dict_or_a_bad_stored_version_is_a_handler_error(
