@@ -19,9 +19,16 @@ from typing import Any
 
 from . import leases, operations
 from .bluegreen import stale_projections
-from .composition import check_projections, events_given, inline_hook, read_models_url
+from .composition import (
+    check_projections,
+    checked_upcasters,
+    events_given,
+    give_upcasters,
+    inline_hook,
+    read_models_url,
+)
 from .consistency import wait_until_processed
-from .defaults import DEFAULT_POLL_INTERVAL
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
 from .errors import (
     ConfigurationError,
 )
@@ -40,6 +47,9 @@ from .runner import Fence, ProjectionRunner
 from .source import EventSource
 from .status import ProjectionStatus, projection_statuses
 from .store import ChangeSignal, EventStore, OpenClose
+from .upcasting import Upcasters
+from .upgrading import Progress as UpgradeProgress
+from .upgrading import UpgradeReport, upgrade_events
 from .urls import redact_url
 from .verify import Verification, verify
 from .worker import Worker
@@ -60,6 +70,7 @@ class Application(OpenClose):
         url: str | EventStore | None = None,
         source: EventSource | None = None,
         read_models: str | None = None,
+        upcasters: Upcasters | None = None,
     ) -> None:
         """``store`` is the event store's URL (``postgresql://...``, ``sqlite:///path.db``,
         ``memory://``), which the application opens and closes, or an ``EventStore``
@@ -68,7 +79,11 @@ class Application(OpenClose):
 
         Or ``source`` is another ``EventSource`` (events that are not in a store of ours),
         shared as an ``EventStore`` object is, with ``read_models`` the URL of the read
-        models' database (``open_read_models``); inline projections need our own store."""
+        models' database (``open_read_models``); inline projections need our own store.
+
+        ``upcasters`` are put on the source when it opens: every consumer reads the current
+        shapes of events, and our own store records their schema versions
+        (docs/schema-evolution.md)."""
         events = events_given(store, url, source)
         self._shared_source = events if isinstance(events, EventSource) else None
         # The URL to connect with, password and all; ``url`` is the one to show.
@@ -77,6 +92,7 @@ class Application(OpenClose):
         """The event store's URL without its password (``open(url)`` may override it)."""
         self.schema = schema
         self.poll_interval = poll_interval
+        self.upcasters = checked_upcasters(upcasters)
         projections, live = list(projections), list(live)  # a generator is iterated once
         self.read_model_url = read_models_url(read_model_url, read_models, source)
         check_projections(projections, live, self.read_model_url is not None, source)
@@ -112,6 +128,7 @@ class Application(OpenClose):
             await source.open()
             if source is not self._shared_source:
                 opened.push_async_callback(source.close)
+            give_upcasters(source, self.upcasters)
             if isinstance(source, EventStore):
                 self._add_inline_hooks(source, opened)
             database = None
@@ -127,7 +144,7 @@ class Application(OpenClose):
     def _add_inline_hooks(self, store: EventStore, opened: contextlib.AsyncExitStack) -> None:
         for projection in self.projections.values():
             if projection.kind is Kind.INLINE:
-                hook = inline_hook(projection)
+                hook = inline_hook(projection, store)
                 store.add_inline_hook(hook)
                 opened.callback(store.inline_hooks.remove, hook)
 
@@ -355,6 +372,16 @@ class Application(OpenClose):
             progress=progress,
         )
 
+    async def upgrade_events(
+        self, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: UpgradeProgress | None = None
+    ) -> UpgradeReport:
+        """Rewrite the stored events that an upcaster applies to into their current shape,
+        in batches (``upgrading``); refused over another system's source and while a
+        blue/green build runs."""
+        return await upgrade_events(
+            self.source, leases_in=self.read_models, batch_size=batch_size, progress=progress
+        )
+
     # -- errors -----------------------------------------------------------------------------
 
     async def restart(self, name: str) -> int:
@@ -395,7 +422,7 @@ class Application(OpenClose):
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
         removed in the same transaction; one that fails again stays. Returns (id, error)."""
         return await retry_dead_letters(
-            self.read_models, self.projections, self.read_models_for, ids
+            self.read_models, self.projections, self.read_models_for, ids, self.source.upcasters
         )
 
     async def discard_dead_letters(self, ids: Sequence[int]) -> int:

@@ -13,6 +13,7 @@ from .projection import Kind, Projection
 from .readmodel import ReadModelTransaction
 from .source import EventSource
 from .store import EventStore, InlineHook
+from .upcasting import Upcasters
 
 
 def events_given(
@@ -79,9 +80,12 @@ def check_projections(
     _refuse_inline_with_own_read_models(projections)
 
 
-def inline_hook(projection: Projection) -> InlineHook:
+def inline_hook(projection: Projection, store: EventStore) -> InlineHook:
+    """Apply an append's events to ``projection``, upcast as any reader's are (an append
+    records the current versions, so usually nothing applies; a writer may give older)."""
+
     async def hook(tx: ReadModelTransaction, events: Sequence[RecordedEvent]) -> None:
-        await projection.apply(events, tx)
+        await projection.apply(store.upcasters.apply(events, projection.name), tx)
 
     return hook
 
@@ -94,3 +98,24 @@ def _refuse_inline_with_own_read_models(projections: Iterable[Projection]) -> No
                 "transaction: it cannot have a read-model store of its own (such as Redis); "
                 "make it async"
             )
+
+
+def checked_upcasters(upcasters: object) -> Upcasters | None:
+    if upcasters is not None and not isinstance(upcasters, Upcasters):
+        raise ConfigurationError(
+            f"upcasters= must be an Upcasters registry, not {type(upcasters).__name__}"
+        )
+    return upcasters
+
+
+def give_upcasters(source: EventSource, upcasters: Upcasters | None) -> None:
+    """Put the application's upcasters on its source; a shared source that reads with
+    other upcasters already is refused (two applications would disagree on shapes)."""
+    if upcasters is None or source.upcasters is upcasters:
+        return
+    if source.upcasters:
+        raise ConfigurationError(
+            f"the source {source.url} already reads with other upcasters "
+            f"({source.upcasters!r}): give the application the same registry, or none"
+        )
+    source.use_upcasters(upcasters)

@@ -6,7 +6,7 @@ import functools
 import math
 import re
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeGuard
@@ -200,15 +200,23 @@ class EncodedEvent:
     metadata: str
 
     @classmethod
-    def of(cls, event: NewEvent) -> EncodedEvent:
+    def of(cls, event: NewEvent, stamp: Stamp | None = None) -> EncodedEvent:
         if not isinstance(event, NewEvent):
             raise InvalidInputError(f"expected a NewEvent, got {type(event).__name__}")
+        metadata = event.metadata
+        if stamp is not None and isinstance(metadata, dict):
+            metadata = stamp(event.type, metadata)
         return cls(
             event.id,
             event.type,
             encode_json_object(event.data, f"data of event {event.type!r}"),
-            encode_json_object(event.metadata, f"metadata of event {event.type!r}"),
+            encode_json_object(metadata, f"metadata of event {event.type!r}"),
         )
+
+
+Stamp = Callable[[str, JsonObject], JsonObject]
+"""What an append does to an event's metadata before it is written, by type: records the
+schema version (``upcasting.stamp``)."""
 
 
 class RecordedEvent(NamedTuple):
@@ -234,13 +242,14 @@ new_recorded_event = functools.partial(tuple.__new__, RecordedEvent)
 position))``: a RecordedEvent from its fields in order, unchecked (for backends' hot paths)."""
 
 
-def encode_events(events: object, stream_id: str) -> list[EncodedEvent]:
-    """The events of one append, validated and serialized (at least one, ids unrepeated)."""
+def encode_events(events: object, stream_id: str, stamp: Stamp | None = None) -> list[EncodedEvent]:
+    """The events of one append, validated and serialized (at least one, ids unrepeated),
+    their metadata given to ``stamp`` first, if any."""
     if isinstance(events, NewEvent):
         raise InvalidInputError("append takes a sequence of events; wrap a single event in a list")
     if not isinstance(events, Iterable) or isinstance(events, str | bytes | Mapping):
         raise InvalidInputError(f"append takes a sequence of events, not {type(events).__name__}")
-    encoded = [EncodedEvent.of(event) for event in events]
+    encoded = [EncodedEvent.of(event, stamp) for event in events]
     if not encoded:
         raise InvalidInputError(f"nothing to append to stream {stream_id!r}: no events given")
     if len({event.id for event in encoded}) != len(encoded):

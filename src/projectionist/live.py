@@ -8,7 +8,7 @@ each time its process starts. Evolve functions are pure and synchronous:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from .defaults import DEFAULT_BATCH_SIZE, STREAM_PAGE_SIZE
@@ -19,6 +19,8 @@ from .source import EventSource
 from .store import EventStore
 
 S = TypeVar("S")
+FOLD_STREAM = "fold_stream"
+"""Who failed, in the HandlerError of an upcaster that raised while a stream was folded."""
 Evolve = Callable[[S, RecordedEvent], S]
 
 
@@ -36,7 +38,7 @@ class Evolver(Generic[S]):
 
         return register
 
-    def fold(self, state: S, events: list[RecordedEvent]) -> S:
+    def fold(self, state: S, events: Sequence[RecordedEvent]) -> S:
         return _fold(self.functions, state, events)
 
 
@@ -60,9 +62,11 @@ class LiveProjection(Evolver[S]):
         self.state = self._initial()
         self.position = START if self.from_start else await store.head()
         types = frozenset(self.functions)
+        upcasters = store.upcasters
         while not self._stop.is_set():
-            batch = await store.read_all(self.position, limit=batch_size, types=types)
-            self.state = self.fold(self.state, batch.events)
+            read = upcasters.read_types(types)
+            batch = await store.read_all(self.position, limit=batch_size, types=read)
+            self.state = self.fold(self.state, upcasters.apply(batch.events, self.name, types))
             moved = batch.checkpoint != self.position
             self.position = batch.checkpoint
             if not moved:
@@ -78,19 +82,20 @@ async def fold_stream(
     initial: S,
     evolve: Mapping[str, Evolve[S]] | Evolver[S],
 ) -> S:
-    """The current state of one stream: its events folded now, for a query."""
+    """The current state of one stream: its events folded now, for a query (upcast by the
+    store's upcasters first; one that raises is a HandlerError)."""
     functions = evolve.functions if isinstance(evolve, Evolver) else evolve
     state = initial
     version = 1
     while True:
         events = await store.read_stream(stream_id, from_version=version, limit=STREAM_PAGE_SIZE)
-        state = _fold(functions, state, events)
+        state = _fold(functions, state, store.upcasters.apply(events, FOLD_STREAM))
         if len(events) < STREAM_PAGE_SIZE:
             return state
         version += len(events)  # a stream's versions run 1, 2, 3... with no gap
 
 
-def _fold(functions: Mapping[str, Evolve[S]], state: S, events: list[RecordedEvent]) -> S:
+def _fold(functions: Mapping[str, Evolve[S]], state: S, events: Sequence[RecordedEvent]) -> S:
     for event in events:
         function = functions.get(event.type)
         if function is not None:

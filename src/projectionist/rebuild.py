@@ -156,11 +156,13 @@ async def _rebuild_inline(
         await _reset(tx, projection)
         checkpoint = projection.start
         applied = 0
+        upcasters, name = store.upcasters, projection.name
+        read_types = upcasters.read_types(projection.types)
         while True:
-            batch = await replay.read_all(checkpoint, projection.batch_size, projection.types)
+            batch = await replay.read_all(checkpoint, projection.batch_size, read_types)
             if batch.checkpoint == checkpoint:
                 break
-            await projection.apply(batch.events, tx)
+            await projection.apply(upcasters.apply(batch.events, name, projection.types), tx)
             applied += len(batch.events)
             checkpoint = batch.checkpoint
             if progress is not None:

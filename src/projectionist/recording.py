@@ -31,6 +31,7 @@ from .partitions import split_unit
 from .projection import Projection
 from .readmodel import CheckpointConflictError, ReadModelStore, ReadModelTransaction
 from .source import EventSource
+from .upcasting import NO_UPCASTERS, Upcasters
 
 
 class OperationsRecords(abc.ABC):
@@ -238,7 +239,8 @@ async def _next_event(
     store: EventSource, projection: Projection, unit: str, after: Position
 ) -> RecordedEvent | None:
     _, partition = split_unit(unit)
-    batch = await store.read_all(after, limit=1, types=projection.types, partition=partition)
+    types = store.upcasters.read_types(projection.types)  # an old shape's stored type too
+    batch = await store.read_all(after, limit=1, types=types, partition=partition)
     return batch.events[0] if batch.events else None
 
 
@@ -255,18 +257,20 @@ async def retry_dead_letter(
     projection: Projection,
     target: ReadModelStore,
     home: ReadModelStore,
+    upcasters: Upcasters = NO_UPCASTERS,
 ) -> None:
     """Apply ``letter``'s event to ``projection``'s read model in ``target``: in ``tx`` (of
     ``home``, the operations tables' store, where the letter is removed) when they are the
     same store, else in a transaction of ``target`` (Redis): applied there, then the letter
-    is forgotten in ``tx``."""
+    is forgotten in ``tx``. The stored event is upcast first, as a runner would."""
     if letter.version != projection.version:
         raise InvalidInputError(
             f"dead letter {letter.id} was skipped by version {letter.version} of "
             f"{projection.name!r}, the code is version {projection.version}: discard it"
         )
+    events = upcasters.apply([letter.event], projection.name, projection.types)
     if target is home:
-        await projection.apply([letter.event], tx)
+        await projection.apply(events, tx)
         return
     async with target.transaction() as own:
-        await projection.apply([letter.event], own)
+        await projection.apply(events, own)

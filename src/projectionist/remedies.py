@@ -15,6 +15,7 @@ from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .recording import OperationsRecords, retry_dead_letter, skip_fault
 from .source import EventSource
+from .upcasting import NO_UPCASTERS, Upcasters
 
 
 async def skip_faults(
@@ -38,6 +39,7 @@ async def retry_dead_letters(
     projections: Mapping[str, Projection],
     read_models_for: Callable[[Projection], ReadModelStore],
     ids: Sequence[int],
+    upcasters: Upcasters = NO_UPCASTERS,
 ) -> list[tuple[int, str | None]]:
     """Apply each letter's event again, each in its own transaction that also removes the
     letter; one that fails again stays. Returns (id, error or None) per letter."""
@@ -48,7 +50,7 @@ async def retry_dead_letters(
                 letter = await find_dead_letter(tx, letter_id, projections)
                 projection = projections[letter.projection]
                 target = read_models_for(projection)
-                await retry_dead_letter(tx, letter, projection, target, read_models)
+                await retry_dead_letter(tx, letter, projection, target, read_models, upcasters)
                 await operations.delete_dead_letter(tx, letter_id)
             results.append((letter_id, None))
         except HandlerError as exc:

@@ -134,9 +134,13 @@ class ProjectionRunner:
             self._prefetch = (batch.checkpoint, asyncio.ensure_future(self._read(batch.checkpoint)))
         started = time.monotonic()
         try:
+            # Inside the try: an upcaster that raises fails this event as a handler would.
+            events = self.store.upcasters.apply(
+                batch.events, self.projection.name, self.projection.types
+            )
             async with self.read_models.transaction() as tx:
                 await self._claim(tx)
-                await self.projection.apply(batch.events, tx)
+                await self.projection.apply(events, tx)
                 await self._commit_checkpoint(tx, batch)
         except CheckpointConflictError:
             await self.discard_prefetch()
@@ -263,7 +267,7 @@ class ProjectionRunner:
         return self.store.read_all(
             after,
             limit=self._limit(),
-            types=self.projection.types,
+            types=self.store.upcasters.read_types(self.projection.types),
             max_bytes=self.projection.max_batch_bytes,
             partition=self.partition,
         )

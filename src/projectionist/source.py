@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Self
 
 from .changes import ChangeSignal
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_POLL_INTERVAL
-from .errors import EventDecodingError
+from .errors import ConfigurationError, EventDecodingError
 from .events import (
     START,
     JsonObject,
@@ -33,6 +33,7 @@ from .events import (
     validate_types,
 )
 from .partitions import Partition
+from .upcasting import NO_UPCASTERS, Upcasters
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +171,24 @@ class EventSource(OpenClose, abc.ABC):
     poll_interval: float = DEFAULT_POLL_INTERVAL
     """Seconds between checks for new events when no wake-up arrives."""
 
+    _upcasters: Upcasters = NO_UPCASTERS
+
     def __init__(self) -> None:
         self._changes = ChangeSignal()
+
+    @property
+    def upcasters(self) -> Upcasters:
+        """The upcasters every consumer applies to this source's events as it reads them
+        (docs/schema-evolution.md); our own store also records schema versions from them."""
+        return self._upcasters
+
+    def use_upcasters(self, upcasters: Upcasters) -> None:
+        """Read (and, on our own store, append) with ``upcasters`` from now on."""
+        if not isinstance(upcasters, Upcasters):
+            raise ConfigurationError(
+                f"upcasters must be an Upcasters registry, not {type(upcasters).__name__}"
+            )
+        self._upcasters = upcasters
 
     @property
     def changes(self) -> ChangeSignal:

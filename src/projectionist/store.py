@@ -43,6 +43,7 @@ from .source import EventBatch as EventBatch
 from .source import EventSource
 from .source import HeldBack as HeldBack
 from .source import OpenClose as OpenClose
+from .upcasting import NO_UPCASTERS, Rewrite, Upcasters
 
 
 class StreamState(enum.Enum):
@@ -95,11 +96,16 @@ def expected_version_number(expected: ExpectedVersion) -> int | None:
 
 
 def prepare_append(
-    stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: ExpectedVersion,
+    upcasters: Upcasters = NO_UPCASTERS,
 ) -> tuple[int | None, list[EncodedEvent]]:
-    """Validate an append completely before any backend touches storage."""
+    """Validate an append completely before any backend touches storage; the events'
+    schema versions are recorded from ``upcasters`` (the store's) where above 1."""
     validate_name(stream_id, "stream id")
-    return expected_version_number(expected_version), encode_events(events, stream_id)
+    encoded = encode_events(events, stream_id, upcasters.stamper())
+    return expected_version_number(expected_version), encoded
 
 
 InlineHook = Callable[[ReadModelTransaction, Sequence[RecordedEvent]], Awaitable[None]]
@@ -279,6 +285,14 @@ class EventStore(EventSource):
     def events_committed(self) -> None:
         """Wake readers after you committed events appended with ``append_on``."""
         self._changes.notify()
+
+    @abc.abstractmethod
+    async def rewrite_events(self, rewrites: Sequence[Rewrite]) -> int:
+        """Store events in their upcast shape, in place (``events upgrade``, see
+        ``upgrading``): each keeps its id, position, stream version and recorded_at; only
+        its type, data and metadata change, and only while the stored row is still of
+        ``old_type`` at ``old_version`` (a second run changes nothing). One transaction;
+        returns how many events changed. Nothing is appended, so no reader is woken."""
 
     @abc.abstractmethod
     async def read_stream(

@@ -28,6 +28,7 @@ from .preparation import prepare_read_model
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .source import EventSource
+from .upcasting import Upcasters
 
 Query = str | Callable[[ReadModelTransaction], Awaitable[Any]]
 Appends = Iterable[tuple[str, Sequence[NewEvent]]]
@@ -36,10 +37,16 @@ History = Appends | EventSource
 
 
 async def project(
-    projection: Projection, history: History, query: Query, *, url: str = "memory://"
+    projection: Projection,
+    history: History,
+    query: Query,
+    *,
+    url: str = "memory://",
+    upcasters: Upcasters | None = None,
 ) -> Any:
     """Run ``projection`` once over ``history`` in fresh read models, return ``query``."""
-    async with _fresh(projection, history, url, first=True) as (read_models, events):
+    fresh = _fresh(projection, history, url, upcasters, first=True)
+    async with fresh as (read_models, events):
         await _deliver(read_models, projection, [events])
         return await _query(read_models, query)
 
@@ -51,19 +58,21 @@ async def assert_idempotent(
     *,
     url: str = "memory://",
     batch_size: int = 7,
+    upcasters: Upcasters | None = None,
 ) -> Any:
     """Fail unless duplicated and replayed deliveries leave the read model unchanged.
 
     Returns the query's result from the clean run. ``url`` must name a fresh store (the
     default, ``memory://``, keeps read models in an in-memory SQLite database); over a
-    source, only its read-model side is used.
+    source, only its read-model side is used. The events are upcast as a runner would,
+    with ``upcasters`` (default: the source's own; a fresh store has none).
     """
     if not isinstance(history, EventSource):
         history = list(history)
-    expected = await project(projection, history, query, url=url)
+    expected = await project(projection, history, query, url=url, upcasters=upcasters)
     # The same database again (memory:// gives a new one): the projection's tables are
     # made afresh; a store that kept the clean run's events is read again, not appended to.
-    async with _fresh(projection, history, url, first=False) as (read_models, events):
+    async with _fresh(projection, history, url, upcasters, first=False) as (read_models, events):
         batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
         twice = [delivery for batch in batches for delivery in (batch, batch)]
         await _deliver(read_models, projection, twice)  # every batch delivered twice
@@ -79,25 +88,34 @@ async def assert_idempotent(
 
 @contextlib.asynccontextmanager
 async def _fresh(
-    projection: Projection, history: History, url: str, *, first: bool
+    projection: Projection,
+    history: History,
+    url: str,
+    upcasters: Upcasters | None,
+    *,
+    first: bool,
 ) -> AsyncIterator[tuple[ReadModelStore, list[RecordedEvent]]]:
     """Read models at ``url`` with ``projection``'s tables made afresh, and the history's
-    events (appended to the store at ``url`` unless a ``first`` run there did)."""
+    events (appended to the store at ``url`` unless a ``first`` run there did), upcast."""
     if isinstance(history, EventSource):
         async with open_read_models(url) as read_models:
             await _prepare(read_models, projection)
-            yield read_models, await _read_everything(history)
+            events = await _read_everything(history)
+            yield read_models, _upcast(upcasters or history.upcasters, projection, events)
         return
     async with create_store(url) as store:
+        if upcasters is not None:
+            store.use_upcasters(upcasters)  # appends record the schema versions
         await store.apply_schema()
         await _prepare(store.read_models(), projection)
         empty = await store.head() == START
         if first and not empty:
             raise ConfigurationError(f"{store.url} holds events: give a fresh store's URL")
         if empty:  # else the clean run's events, in the same database
-            for stream_id, events in history:
-                await store.append(stream_id, events)
-        yield store.read_models(), await _read_everything(store)
+            for stream_id, appended in history:
+                await store.append(stream_id, appended)
+        recorded = await _read_everything(store)
+        yield store.read_models(), _upcast(store.upcasters, projection, recorded)
 
 
 async def _prepare(read_models: ReadModelStore, projection: Projection) -> None:
@@ -106,6 +124,12 @@ async def _prepare(read_models: ReadModelStore, projection: Projection) -> None:
         await projection.run_teardown(tx)
         await tx.delete_checkpoint(projection.name)
         await prepare_read_model(tx, projection)
+
+
+def _upcast(
+    upcasters: Upcasters, projection: Projection, events: list[RecordedEvent]
+) -> list[RecordedEvent]:
+    return list(upcasters.apply(events, projection.name, projection.types))
 
 
 async def _read_everything(source: EventSource) -> list[RecordedEvent]:

@@ -40,6 +40,7 @@ from ..store import (
     append_savepoint,
     prepare_append,
 )
+from ..upcasting import SCHEMA_VERSION, Rewrite
 from .sqlite import SqliteDatabase, SqliteReadModelStore, SqliteReadModelTransaction
 from .sqlite.database import WriterLock
 
@@ -134,7 +135,7 @@ class MemoryEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        expected, encoded = prepare_append(stream_id, events, expected_version)
+        expected, encoded = prepare_append(stream_id, events, expected_version, self.upcasters)
         async with self._append_lock.held():
             recorded = self._record(stream_id, encoded, expected, expected_version)
             if self.inline_hooks:
@@ -186,7 +187,7 @@ class MemoryEventStore(EventStore):
                 "MemoryEventStore.append_on takes tx.connection of an open store.transaction(), "
                 f"not {connection!r}"
             )
-        expected, encoded = prepare_append(stream_id, events, expected_version)
+        expected, encoded = prepare_append(stream_id, events, expected_version, self.upcasters)
         recorded = self._record(stream_id, encoded, expected, expected_version, opened.events)
         if self.inline_hooks:
             async with append_savepoint(opened.read_model):
@@ -287,6 +288,33 @@ class MemoryEventStore(EventStore):
             )
             for offset, event in enumerate(encoded, start=1)
         )
+
+    async def rewrite_events(self, rewrites: Sequence[Rewrite]) -> int:
+        """Replace the events in place (the list, the streams' lists, the sizes), under the
+        append lock: all at once, as a transaction would."""
+        changed = 0
+        async with self._append_lock.held():
+            for rewrite in rewrites:
+                index = rewrite.position.seq - 1
+                if not 0 <= index < len(self._events):
+                    continue
+                old = self._events[index]
+                if (
+                    old.type != rewrite.old_type
+                    or old.metadata.get(SCHEMA_VERSION, 1) != rewrite.old_version
+                ):
+                    continue  # not what was read (upgraded already)
+                new = old._replace(
+                    type=rewrite.type,
+                    data=orjson.loads(rewrite.data),
+                    metadata=orjson.loads(rewrite.metadata),
+                )
+                self._events[index] = new
+                self._sizes[index] = len(rewrite.data) + len(rewrite.metadata)
+                stream = self._streams[old.stream_id]
+                stream[stream.index(old)] = new
+                changed += 1
+        return changed
 
     async def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None

@@ -49,6 +49,7 @@ from ...store import (
     HeldBack,
     prepare_append,
 )
+from ...upcasting import Rewrite
 from ...urls import pop_query_option, redact_url
 from .appending import insert_events, run_inline_hooks
 from .connections import Connection
@@ -59,6 +60,7 @@ from .notifications import Notifier
 from .read_models import PostgresReadModelStore
 from .statements import NO_HORIZON, describe_holder, event_from_row, event_statements
 from .transactions import PostgresReplay, PostgresTransaction
+from .upgrading import rewrite_events
 
 DEFAULT_SCHEMA = "projectionist"
 _APPEND_ATTEMPTS = 5
@@ -244,7 +246,7 @@ class PostgresEventStore(EventStore):
                 "PostgresEventStore.append_on takes an asyncpg connection (or tx.connection of "
                 f"store.transaction()), not {connection!r}"
             )
-        expected, encoded = prepare_append(stream_id, events, expected_version)
+        expected, encoded = prepare_append(stream_id, events, expected_version, self.upcasters)
         args = (stream_id, expected, encoded, expected_version)
         if not self.inline_hooks:
             return (await self._append_rows(connection, self._sql.append, *args))[0]
@@ -278,6 +280,10 @@ class PostgresEventStore(EventStore):
         )
         self.events_committed()
         return written
+
+    async def rewrite_events(self, rewrites: Sequence[Rewrite]) -> int:
+        async with self._connection("upgrading events") as connection:
+            return await rewrite_events(connection, self._q, rewrites)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -48,11 +48,13 @@ from ...store import (
     append_savepoint,
     prepare_append,
 )
+from ...upcasting import Rewrite
 from .database import SqliteDatabase, sqlite_path
 from .importing import import_batch
 from .migrating import MigrationSession
 from .read_models import SqliteReadModelStore, SqliteReadModelTransaction
 from .statements import EVENT_COLUMNS, event_from_row, insert_events, read_all_on
+from .upgrading import rewrite_events
 
 # Stores on the same file in one process share one signal, so an append through one wakes
 # readers of the others at once. Other processes are noticed by polling.
@@ -125,7 +127,7 @@ class SqliteEventStore(EventStore):
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion = ANY,
     ) -> AppendResult:
-        expected, encoded = prepare_append(stream_id, events, expected_version)
+        expected, encoded = prepare_append(stream_id, events, expected_version, self.upcasters)
         async with self._transaction(
             f"appending to stream {stream_id!r}", write=True
         ) as connection:
@@ -149,7 +151,7 @@ class SqliteEventStore(EventStore):
                 "SqliteEventStore.append_on takes an aiosqlite connection inside an open "
                 f"transaction (tx.connection of store.transaction()), not {connection!r}"
             )
-        expected, encoded = prepare_append(stream_id, events, expected_version)
+        expected, encoded = prepare_append(stream_id, events, expected_version, self.upcasters)
         async with append_savepoint(SqliteReadModelTransaction(connection, self.url)):
             return await self._append_rows(
                 connection, stream_id, expected, encoded, expected_version
@@ -204,6 +206,9 @@ class SqliteEventStore(EventStore):
         if written.written:
             self._changes.notify()
         return written
+
+    async def rewrite_events(self, rewrites: Sequence[Rewrite]) -> int:
+        return await rewrite_events(self.database, rewrites)
 
     # -- reading ----------------------------------------------------------------------------
 
