@@ -4,6 +4,7 @@ JetStream subject; and reading back what they sent (by key, duplicates kept)."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -52,7 +53,7 @@ class NatsSender:
 
 async def redis_keys(client: aioredis.Redis, stream: str) -> list[str]:
     """The key field of every entry of ``stream``, in order."""
-    entries = await client.xrange(stream)
+    entries: list[Any] = await client.xrange(stream)  # (id, fields); decoded strings
     return [str(fields["key"]) for _, fields in entries]
 
 
