@@ -4,7 +4,6 @@ JetStream subject; and reading back what they sent (by key, duplicates kept)."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -53,8 +52,11 @@ class NatsSender:
 
 async def redis_keys(client: aioredis.Redis, stream: str) -> list[str]:
     """The key field of every entry of ``stream``, in order."""
-    entries: list[Any] = await client.xrange(stream)  # (id, fields); decoded strings
-    return [str(fields["key"]) for _, fields in entries]
+    keys = []
+    for _, fields in await client.xrange(stream) or []:
+        assert fields is not None
+        keys.append(str(fields["key"]))
+    return keys
 
 
 async def nats_keys(js: JetStreamContext, stream: str) -> list[str]:
