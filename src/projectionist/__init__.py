@@ -20,6 +20,7 @@ from .factory import create_store, open_read_models
 from .live import Evolver, LiveProjection, fold_stream
 from .operations import DeadLetter, Fault
 from .projection import Kind, OnError, Projection
+from .reactor import Reactor
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
 from .search import SearchHit, SearchProjection, SearchQueryError
 from .source import Decoder, EventSource
@@ -75,6 +76,7 @@ __all__ = [
     "ProjectionTimeoutError",
     "ProjectionVersionError",
     "ProjectionistError",
+    "Reactor",
     "ReadModelStore",
     "ReadModelTransaction",
     "RecordedEvent",

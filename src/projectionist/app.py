@@ -233,8 +233,9 @@ class Application(OpenClose):
             if await self._built_by_workers(projection):
                 continue  # a worker builds the new version beside the old one (blue/green)
             for unit in projection.units:
+                start = await projection.first_position(self.source)
                 async with read_models.transaction() as tx:
-                    await prepare_read_model(tx, projection, unit)
+                    await prepare_read_model(tx, projection, unit, start)
 
     async def _built_by_workers(self, projection: Projection) -> bool:
         """A raised version that workers build blue/green (PostgreSQL, declared tables)."""

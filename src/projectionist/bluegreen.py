@@ -28,6 +28,7 @@ from .leases import Lease, check
 from .preparation import stored_units
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction, SideSchemas
+from .rebuild import refuse_replay
 from .recording import OperationsRecords
 from .runner import RunnerState, partition_runners
 from .source import EventSource
@@ -66,10 +67,14 @@ def side_schemas_of(read_models: ReadModelStore) -> SideSchemas:
 async def stale_projections(
     read_models: ReadModelStore, projections: list[Projection]
 ) -> list[Projection]:
-    """Projections whose stored read model is of an older version than the code's."""
+    """Projections whose stored read model is of an older version than the code's, and
+    that can be rebuilt: a reactor's raised version takes its checkpoint over instead
+    (``preparation``), so no build is started for it."""
     checkpoints = await read_models.checkpoints()
     stale = []
     for projection in projections:
+        if not projection.replayable:
+            continue
         versions = {c.version for n, c in checkpoints.items() if _owner(n) == projection.name}
         if versions and max(versions) < projection.version:
             stale.append(projection)
@@ -94,6 +99,7 @@ class BlueGreenBuild:
         *,
         retire_after: float = 300.0,
     ) -> None:
+        refuse_replay(projection, "built blue/green")
         if not projection.tables:
             raise ConfigurationError(
                 f"projection {projection.name!r}: a blue/green build moves the tables named "

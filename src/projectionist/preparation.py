@@ -15,14 +15,21 @@ from .readmodel import ReadModelTransaction
 
 
 async def prepare_read_model(
-    tx: ReadModelTransaction, projection: Projection, unit: str | None = None
+    tx: ReadModelTransaction,
+    projection: Projection,
+    unit: str | None = None,
+    start: Position | None = None,
 ) -> Position:
     """Run the projection's (idempotent) setup; create the checkpoint of ``unit`` (default:
-    the projection's only unit) if missing; return it."""
+    the projection's only unit) if missing, at ``start`` (default: the projection's; see
+    ``Projection.first_position``); return it."""
     unit = unit or projection.name
     # Runners starting together queue here: one creates the tables and the checkpoint.
     await tx.lock_projection(projection.name)
     checkpoint = await tx.load_checkpoint(unit)
+    replayable = projection.replayable
+    if checkpoint is not None and checkpoint.version < projection.version and not replayable:
+        return await _carry_over(tx, projection, unit, checkpoint.position)
     if checkpoint is not None and checkpoint.version > projection.version:
         raise ProjectionSupersededError(
             f"projection {projection.name!r} is at version {projection.version} in code but "
@@ -38,9 +45,21 @@ async def prepare_read_model(
         await _refuse_other_partitioning(tx, projection)
     await projection.run_setup(tx)
     if checkpoint is None:
-        await tx.save_checkpoint(unit, projection.version, None, projection.start, 0)
-        return projection.start
+        start = projection.start if start is None else start
+        await tx.save_checkpoint(unit, projection.version, None, start, 0)
+        return start
     return checkpoint.position
+
+
+async def _carry_over(
+    tx: ReadModelTransaction, projection: Projection, unit: str, position: Position
+) -> Position:
+    """A raised version of a projection that must not replay (a reactor) goes on from its
+    checkpoint: its effects changed, there is no read model to rebuild, and what the old
+    version sent is not sent again."""
+    await projection.run_setup(tx)
+    await tx.save_checkpoint(unit, projection.version, position, position, 0)
+    return position
 
 
 async def _refuse_other_partitioning(tx: ReadModelTransaction, projection: Projection) -> None:

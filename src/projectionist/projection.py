@@ -46,6 +46,7 @@ from .events import (
 from .identifiers import validate_identifier
 from .partitions import MAX_PARTITIONS, Partition, unit_name
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .source import EventSource
 
 EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
 BatchHandler = Callable[[Sequence[RecordedEvent], ReadModelTransaction], Awaitable[None]]
@@ -309,6 +310,12 @@ class Projection:
         """
         self._teardown = hook
         return hook
+
+    async def first_position(self, source: EventSource) -> Position:
+        """Where a new checkpoint of this projection begins in ``source``: ``start``
+        (a reactor begins at the head)."""
+        del source
+        return self.start
 
     async def run_setup(self, tx: ReadModelTransaction) -> None:
         if self._setup is not None:

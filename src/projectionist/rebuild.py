@@ -60,6 +60,7 @@ async def rebuild(
     An async projection replays from any ``EventSource``; an inline one needs our own
     ``EventStore`` (it holds appends back while it replays).
     """
+    refuse_replay(projection, "rebuilt")
     if projection.kind is Kind.INLINE:
         if not isinstance(store, EventStore):
             raise ConfigurationError(
@@ -98,6 +99,17 @@ async def _rebuild_async(
     if progress is not None:
         progress(applied, applied)
     return applied
+
+
+def refuse_replay(projection: Projection, done: str) -> None:
+    """A ConfigurationError for a projection whose events must not be applied again (a
+    reactor: its effects would be made twice); ``done`` says what was asked ("rebuilt")."""
+    if not projection.replayable:
+        raise ConfigurationError(
+            f"projection {projection.name!r} is a reactor: its effects (messages, emails, "
+            f"calls) must not be made again, so it is never {done}; it goes on from its own "
+            "checkpoint (a raised version too). To send events again, append new ones"
+        )
 
 
 def _offset(progress: Progress | None, base: int, total: int) -> Callable[[int], None]:

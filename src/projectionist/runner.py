@@ -101,8 +101,10 @@ class ProjectionRunner:
 
     async def prepare(self) -> Position:
         """Create the read model and checkpoint when missing; return the checkpoint."""
+        # Asked before the transaction: SQLite's store and read models share one connection.
+        start = await self.projection.first_position(self.store)
         async with self.read_models.transaction() as tx:
-            self.checkpoint = await prepare_read_model(tx, self.projection, self.unit)
+            self.checkpoint = await prepare_read_model(tx, self.projection, self.unit, start)
         self.fault = await self.records.load_fault(self.unit)
         return self.checkpoint
 

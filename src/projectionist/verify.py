@@ -26,7 +26,7 @@ from .events import Position
 from .identifiers import quote_identifier
 from .projection import Kind, Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
-from .rebuild import PROGRESS_INTERVAL, Progress
+from .rebuild import PROGRESS_INTERVAL, Progress, refuse_replay
 from .recording import OperationsRecords
 from .runner import ProjectionRunner, partition_runners
 from .source import EventSource
@@ -107,6 +107,7 @@ async def verify(
     ``progress`` is called with (events replayed, events to replay) during the rebuild.
     """
     tolerance = checked_tolerance(float_tolerance)
+    refuse_replay(projection, "verified (it has no read model to compare)")
     if projection.kind is not Kind.ASYNC:
         raise ConfigurationError(
             f"verify compares async projections; {projection.name!r} is inline"
