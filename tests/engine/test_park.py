@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from projectionist.errors import ConfigurationError, InvalidInputError
 from projectionist.partitions import partition_of
 from projectionist.status import Severity
 from projectionist.targets.redis import RedisProjection, RedisReadModelStore
+from tests.doc_examples import doc_example, run_example
 from tests.engine.test_error_policies import eventually
 
 
@@ -385,3 +387,7 @@ async def test_verify_holds_a_parked_stream_back_as_the_live_one_is(app_url: str
         assert (await rows(app))[0] == [("A", upto(3)), ("B", upto(3))]
         result = await app.verify("chain")
         assert result.ok, result.differences
+
+
+def test_the_docs_example_runs(tmp_path: Path) -> None:
+    run_example(doc_example("operations.md", "### Ordered dead letters"), tmp_path)
