@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from projectionist import Application, NewEvent, Projection, ReadModelTransaction, RecordedEvent
-from projectionist.errors import ConfigurationError, InvalidInputError
+from projectionist.errors import ConfigurationError, HandlerError, InvalidInputError
 from projectionist.partitions import partition_of
+from projectionist.recording import OperationsRecords
+from projectionist.runner import ProjectionRunner
 from projectionist.status import Severity
 from projectionist.targets.redis import RedisProjection, RedisReadModelStore
 from tests.doc_examples import doc_example, run_example
@@ -391,3 +393,21 @@ async def test_verify_holds_a_parked_stream_back_as_the_live_one_is(app_url: str
 
 def test_the_docs_example_runs(tmp_path: Path) -> None:
     run_example(doc_example("operations.md", "### Ordered dead letters"), tmp_path)
+
+
+async def test_records_that_cannot_park_fault_instead(app_url: str) -> None:
+    """A blue/green build's records (memory only, ``parks`` False): parking there would lose
+    the stream's letters at the swap, so its runner faults on the event, as under "stop"."""
+    async with Application(app_url, [chain()]) as app:
+        await app.setup()
+        await poison(app, ("B", 2))
+        appended = await app.store.append("B", noted(3))
+        runner = ProjectionRunner(
+            app.source, app.read_models, app.projection("chain"),
+            records=OperationsRecords.in_memory(), replaying=True,
+        )  # fmt: skip
+        with pytest.raises(HandlerError, match="poison B v2"):
+            await runner.run_until_caught_up()
+        assert runner.checkpoint == appended.events[0].position  # stopped at the event
+        assert (await rows(app))[0] == [("B", "1")]
+        assert await app.dead_letters() == []  # nothing recorded, nothing held back
