@@ -129,6 +129,7 @@ def test_dead_letters_status_and_restart(tmp_path: Path) -> None:
             "event_id": str(appended.events[n].id),
             "error": f"ValueError: event {n} is broken",
             "attempts": 1,
+            "parked": False,
         }
         for letter_id, n in ((three, 3), (five, 5))
     ]

@@ -42,7 +42,13 @@ from .projection import Kind, Projection
 from .readmodel import ReadModelStore
 from .rebuild import Progress, rebuild
 from .recording import OperationsRecords
-from .remedies import discard_dead_letters, retry_dead_letters, skip_faults
+from .remedies import (
+    StreamRetry,
+    discard_dead_letters,
+    retry_dead_letters,
+    retry_parked_stream,
+    skip_faults,
+)
 from .runner import Fence, ProjectionRunner
 from .source import EventSource
 from .status import ProjectionStatus, projection_statuses
@@ -421,9 +427,24 @@ class Application(OpenClose):
 
     async def retry_dead_letters(self, ids: Sequence[int]) -> list[tuple[int, str | None]]:
         """Apply each dead letter's event again (after a fix). A letter that succeeds is
-        removed in the same transaction; one that fails again stays. Returns (id, error)."""
+        removed in the same transaction; one that fails again stays. The first letter of a
+        parked stream retries the stream (``retry_parked_stream``); a later one is refused.
+        Returns (id, error)."""
         return await retry_dead_letters(
             self.read_models, self.projections, self.read_models_for, ids, self.source.upcasters
+        )
+
+    async def retry_parked_stream(self, name: str, stream_id: str) -> list[StreamRetry]:
+        """Apply the letters of ``stream_id`` parked by projection ``name``, in order, and
+        un-park it; a letter that fails again stays first, the rest behind it. Safe while
+        its workers run (remedies)."""
+        projection = self.projection(name)
+        return await retry_parked_stream(
+            self.read_models,
+            projection,
+            self.read_models_for(projection),
+            stream_id,
+            self.source.upcasters,
         )
 
     async def discard_dead_letters(self, ids: Sequence[int]) -> int:

@@ -194,6 +194,9 @@ class BlueGreenBuild:
             )
             # Letters of the old version are moot: the new one replayed those events.
             await tx.execute(
+                "DELETE FROM projection_parked_streams WHERE projection = $1", projection.name
+            )
+            await tx.execute(
                 "DELETE FROM projection_dead_letters WHERE projection = $1 AND version < $2",
                 projection.name,
                 projection.version,

@@ -9,7 +9,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .events import RecordedEvent
 from .live import LiveProjection
-from .projection import Kind, Projection
+from .projection import Kind, OnError, Projection
 from .readmodel import ReadModelTransaction
 from .source import EventSource
 from .store import EventStore, InlineHook
@@ -78,6 +78,7 @@ def check_projections(
             "live in the event store's database (drop read_model_url or make them async)"
         )
     _refuse_inline_with_own_read_models(projections)
+    _refuse_park_with_own_read_models(projections)
 
 
 def inline_hook(projection: Projection, store: EventStore) -> InlineHook:
@@ -119,3 +120,15 @@ def give_upcasters(source: EventSource, upcasters: Upcasters | None) -> None:
             f"({source.upcasters!r}): give the application the same registry, or none"
         )
     source.use_upcasters(upcasters)
+
+
+def _refuse_park_with_own_read_models(projections: Iterable[Projection]) -> None:
+    """A parked stream's letters commit with the batch that reads them; a store of its own
+    (Redis) keeps its operations records in another database (``recording``)."""
+    for projection in projections:
+        if projection.on_error is OnError.PARK and projection.read_models is not None:
+            raise ConfigurationError(
+                f"projection {projection.name!r}: on_error='park' writes its dead letters in "
+                "the batch's own transaction, which a read-model store of its own (such as "
+                "Redis) cannot share; use on_error='skip' or 'stop'"
+            )

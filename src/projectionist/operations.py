@@ -168,7 +168,8 @@ async def faults_of(tx: ReadModelTransaction, projections: Collection[str]) -> l
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event a projection skipped after its handler failed (``on_error="skip"``)."""
+    """An event a projection skipped after its handler failed (``on_error="skip"``), or,
+    under ``on_error="park"``, one that failed or waits behind one that did (``parked``)."""
 
     id: int
     projection: str
@@ -179,6 +180,8 @@ class DeadLetter:
     traceback: str
     attempts: int
     failed_at: float
+    parked: bool = False
+    """Its stream is parked by its unit: it is applied by retrying the stream, in order."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +197,7 @@ class DeadLetter:
             "error": self.error,
             "attempts": self.attempts,
             "failed_at": self.failed_at,
+            "parked": self.parked,
         }
 
 
@@ -234,8 +238,13 @@ async def add_dead_letter(
 
 
 _DEAD_LETTER_COLUMNS = (
-    "id, projection, unit, version, position, event_id, stream_id, stream_version, event_type, "
-    "data, metadata, recorded_at, error, traceback, attempts, failed_at"
+    "d.id, d.projection, d.unit, d.version, d.position, d.event_id, d.stream_id, "
+    "d.stream_version, d.event_type, d.data, d.metadata, d.recorded_at, d.error, d.traceback, "
+    "d.attempts, d.failed_at, p.unit IS NOT NULL"
+)
+_DEAD_LETTERS_FROM = (
+    "projection_dead_letters d LEFT JOIN projection_parked_streams p "
+    "ON p.unit = d.unit AND p.stream_id = d.stream_id"
 )
 
 
@@ -251,7 +260,16 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
         position=Position.parse(row[4]),
     )
     return DeadLetter(
-        int(row[0]), row[1], row[2], row[3], event, row[12], row[13], int(row[14]), float(row[15])
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        event,
+        row[12],
+        row[13],
+        int(row[14]),
+        float(row[15]),
+        parked=bool(row[16]),
     )
 
 
@@ -265,23 +283,25 @@ async def dead_letters(
     """Dead letters, oldest first, of one projection or all, or only those with ``ids``;
     only those of the projections named ``among``, if given (one application's: other
     applications may share the database)."""
-    sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE 1 = 1"
+    sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM {_DEAD_LETTERS_FROM} WHERE 1 = 1"
     args: list[object] = []
     if projection is not None:
         args.append(projection)
-        sql += f" AND projection = ${len(args)}"
+        sql += f" AND d.projection = ${len(args)}"
     if among is not None:
         args.append(tx.sql.text_list(sorted(among)))
-        sql += f" AND {tx.sql.is_one_of('projection', f'${len(args)}')}"
+        sql += f" AND {tx.sql.is_one_of('d.projection', f'${len(args)}')}"
     if ids is not None and len(ids) == 1:  # retry and discard look them up one by one
         args.append(ids[0])
-        sql += f" AND id = ${len(args)}"
-    rows = await tx.fetch(sql + " ORDER BY id", *args)
+        sql += f" AND d.id = ${len(args)}"
+    rows = await tx.fetch(sql + " ORDER BY d.id", *args)
     letters = [_dead_letter(row) for row in rows]
     return letters if ids is None else [letter for letter in letters if letter.id in ids]
 
 
 async def delete_dead_letters_of(tx: ReadModelTransaction, projection: str) -> int:
+    """Forget the dead letters and parked streams of every unit of ``projection``."""
+    await tx.execute("DELETE FROM projection_parked_streams WHERE projection = $1", projection)
     return await tx.execute("DELETE FROM projection_dead_letters WHERE projection = $1", projection)
 
 
@@ -294,3 +314,72 @@ async def count_dead_letters(read_models: ReadModelStore) -> dict[str, int]:
     async with read_models.transaction() as tx:
         rows = await tx.fetch("SELECT unit, count(*) FROM projection_dead_letters GROUP BY unit")
     return {row[0]: int(row[1]) for row in rows}
+
+
+async def count_parked_streams(read_models: ReadModelStore) -> dict[str, int]:
+    """Parked streams per unit."""
+    async with read_models.transaction() as tx:
+        rows = await tx.fetch("SELECT unit, count(*) FROM projection_parked_streams GROUP BY unit")
+    return {row[0]: int(row[1]) for row in rows}
+
+
+# -- parked streams (on_error="park") -----------------------------------------------------------
+# A parked stream is a row of projection_parked_streams; its letters are the unit's dead
+# letters of that stream, in id order (the order the unit read them in: position order).
+
+
+async def parked_streams(tx: ReadModelTransaction, unit: str) -> set[str]:
+    """The streams ``unit`` holds back."""
+    rows = await tx.fetch("SELECT stream_id FROM projection_parked_streams WHERE unit = $1", unit)
+    return {row[0] for row in rows}
+
+
+async def park_stream(tx: ReadModelTransaction, unit: str, event: RecordedEvent) -> None:
+    """Park the stream of ``event`` (whose letter is written in ``tx`` too) for ``unit``."""
+    await tx.execute(
+        "INSERT INTO projection_parked_streams VALUES ($1, $2, $3, $4, "
+        f"{db_now(tx)}) ON CONFLICT (unit, stream_id) DO NOTHING",
+        unit, event.stream_id, unit.partition("#")[0], str(event.position),
+    )  # fmt: skip
+
+
+async def unpark_stream(tx: ReadModelTransaction, unit: str, stream_id: str) -> None:
+    await tx.execute(
+        "DELETE FROM projection_parked_streams WHERE unit = $1 AND stream_id = $2",
+        unit,
+        stream_id,
+    )
+
+
+async def units_parking(tx: ReadModelTransaction, projection: str, stream_id: str) -> list[str]:
+    """The units of ``projection`` that park ``stream_id`` (one, unless partitions changed)."""
+    rows = await tx.fetch(
+        "SELECT unit FROM projection_parked_streams WHERE projection = $1 AND stream_id = $2 "
+        "ORDER BY unit",
+        projection,
+        stream_id,
+    )
+    return [row[0] for row in rows]
+
+
+async def stream_letters(
+    tx: ReadModelTransaction, unit: str, stream_id: str, *, limit: int | None = None
+) -> list[DeadLetter]:
+    """The letters of ``stream_id`` held by ``unit``, in order (the first ``limit``)."""
+    rows = await tx.fetch(
+        f"SELECT {_DEAD_LETTER_COLUMNS} FROM {_DEAD_LETTERS_FROM} "
+        "WHERE d.unit = $1 AND d.stream_id = $2 ORDER BY d.id"
+        + ("" if limit is None else f" LIMIT {int(limit)}"),
+        unit,
+        stream_id,
+    )
+    return [_dead_letter(row) for row in rows]
+
+
+async def note_failure(tx: ReadModelTransaction, letter_id: int, failure: Failure) -> None:
+    """The letter failed again on a retry: keep why, and count the attempts."""
+    await tx.execute(
+        "UPDATE projection_dead_letters SET error = $2, traceback = $3, "
+        f"attempts = attempts + $4, failed_at = {db_now(tx)} WHERE id = $1",
+        letter_id, failure.error, failure.traceback, failure.attempts,
+    )  # fmt: skip

@@ -70,7 +70,14 @@ class OnError(enum.StrEnum):
     """The projection (or partition) stops in a faulted state, with the event and the error
     recorded; other projections go on. ``projectionist restart NAME`` resumes it."""
     SKIP = "skip"
-    """The event goes to the dead-letter table with its error and the checkpoint moves on."""
+    """The event goes to the dead-letter table with its error and the checkpoint moves on;
+    later events of its stream are applied (for projections where order within a stream
+    does not matter)."""
+    PARK = "park"
+    """The event goes to the dead-letter table and parks its stream for the unit: every later
+    event of that stream waits behind it in the dead letters, in order, while other streams
+    go on; ``projectionist dead-letters retry --stream`` applies them in order and un-parks it
+    (docs/operations.md)."""
 
 
 class ProjectionOptionsDict(TypedDict, total=False):
@@ -128,6 +135,11 @@ class ProjectionOptions:
         if partitions > 1 and self.kind is Kind.INLINE:
             raise ConfigurationError("inline projections have no partitions")
         object.__setattr__(self, "on_error", _member(OnError, "on_error", self.on_error))
+        if self.on_error is OnError.PARK and self.kind is Kind.INLINE:
+            raise ConfigurationError(
+                "on_error='park' is for async projections: an inline projection's failure "
+                "fails the append itself"
+            )
         retries = self.retries
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
             raise ConfigurationError("retries must be an integer 0..100")

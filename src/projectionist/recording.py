@@ -15,6 +15,15 @@ Three places, one per kind of read model:
 ``OperationsRecords.choose(read_models, application_store)`` picks the first or the second
 for a unit of the application. The runner only asks its records to record, load or clear.
 
+Parked streams (``on_error="park"``) need the letters and the park written with the batch
+that reads them, in one transaction: ``in_batch`` does that. ``separate`` cannot (another
+database than the batch's), so ``parks`` is False there: an Application refuses ``park`` for a
+projection with a read-model store of its own (``composition``), and a runner given such
+records faults instead of parking. ``in_memory(parks=True)`` (verify's scratch copy) holds
+parked streams back for the run, letters unrecorded, as its skipped events are; plain
+``in_memory()`` (blue/green builds) does not park: the build faults, so a version whose
+parked letters were nowhere is never swapped in.
+
 ``skip_fault`` is the operator's way past a poison event under ``on_error="stop"``: the
 event becomes a dead letter, as if the projection had skipped it, through the same records.
 """
@@ -48,9 +57,10 @@ class OperationsRecords(abc.ABC):
         return _Separate(store)
 
     @staticmethod
-    def in_memory() -> OperationsRecords:
-        """Nowhere but the runner itself."""
-        return _InMemory()
+    def in_memory(*, parks: bool = False) -> OperationsRecords:
+        """Nowhere but the runner itself; with ``parks``, parked streams are held back for
+        as long as these records live (see the module documentation)."""
+        return _InMemory(parks=parks)
 
     @staticmethod
     def choose(read_models: ReadModelStore, application_store: ReadModelStore) -> OperationsRecords:
@@ -59,6 +69,9 @@ class OperationsRecords(abc.ABC):
         if read_models is application_store:
             return _InBatch(read_models)
         return _Separate(application_store)
+
+    parks: bool = True
+    """Whether a failing event can park its stream here (else ``park`` faults, as ``stop``)."""
 
     @abc.abstractmethod
     async def load_fault(self, unit: str) -> Fault | None:
@@ -104,8 +117,39 @@ class OperationsRecords(abc.ABC):
 
     @abc.abstractmethod
     async def forget_projection(self, projection: str) -> None:
-        """Drop the faults and dead letters of every unit of ``projection`` (a rebuild
-        applies those events again, so they are moot)."""
+        """Drop the faults, dead letters and parked streams of every unit of ``projection``
+        (a rebuild applies those events again, so they are moot)."""
+
+    # -- parked streams (only where ``parks``) -------------------------------------------------
+
+    @abc.abstractmethod
+    async def parked(self, unit: str) -> set[str]:
+        """The streams ``unit`` holds back, as committed (its runner's starting point)."""
+
+    @abc.abstractmethod
+    async def parked_in(self, tx: ReadModelTransaction, unit: str) -> set[str]:
+        """The streams ``unit`` holds back, read in the batch's ``tx`` (after its
+        checkpoint lock: an un-park committed by another process is seen)."""
+
+    @abc.abstractmethod
+    async def park(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        """Record ``event`` as a dead letter and park its stream, in the ``tx`` moving the
+        checkpoint past it."""
+
+    @abc.abstractmethod
+    async def hold_back(
+        self, tx: ReadModelTransaction, unit: str, version: int, events: list[RecordedEvent]
+    ) -> None:
+        """Put ``events`` (of parked streams, in order) behind their streams' letters, in the
+        ``tx`` moving the checkpoint past them."""
 
 
 class _InBatch(OperationsRecords):
@@ -143,9 +187,46 @@ class _InBatch(OperationsRecords):
             await operations.clear_faults(tx, projection)
             await operations.delete_dead_letters_of(tx, projection)
 
+    async def parked(self, unit: str) -> set[str]:
+        async with self.read_models.transaction() as tx:
+            return await operations.parked_streams(tx, unit)
+
+    async def parked_in(self, tx: ReadModelTransaction, unit: str) -> set[str]:
+        return await operations.parked_streams(tx, unit)
+
+    async def park(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        await self.dead_letter(tx, unit, version, event, exc, attempts)
+        await operations.park_stream(tx, unit, event)
+
+    async def hold_back(
+        self, tx: ReadModelTransaction, unit: str, version: int, events: list[RecordedEvent]
+    ) -> None:
+        for event in events:
+            await operations.add_dead_letter(tx, unit, version, event, held_back(event))
+
+
+def held_back(event: RecordedEvent) -> Failure:
+    """What a letter held back behind its stream's failed event says (it was never tried)."""
+    return Failure(
+        f"held back: stream {event.stream_id!r} is parked behind an earlier event that failed",
+        "",
+        0,
+    )
+
 
 class _Separate(_InBatch):
-    """The same tables in another store: every record is a transaction of its own there."""
+    """The same tables in another store: every record is a transaction of its own there.
+    Parking is refused: its letters could not commit with the batch that reads them."""
+
+    parks = False
 
     async def record_dead_letter(
         self,
@@ -168,6 +249,10 @@ class _Separate(_InBatch):
 
 
 class _InMemory(OperationsRecords):
+    def __init__(self, *, parks: bool) -> None:
+        self.parks = parks
+        self._parked: dict[str, set[str]] = {}
+
     async def load_fault(self, unit: str) -> Fault | None:
         return None
 
@@ -193,6 +278,30 @@ class _InMemory(OperationsRecords):
         pass
 
     async def forget_projection(self, projection: str) -> None:
+        self._parked.clear()
+
+    async def parked(self, unit: str) -> set[str]:
+        return set(self._parked.get(unit, ()))
+
+    async def parked_in(self, tx: ReadModelTransaction, unit: str) -> set[str]:
+        return await self.parked(unit)
+
+    async def park(
+        self,
+        tx: ReadModelTransaction,
+        unit: str,
+        version: int,
+        event: RecordedEvent,
+        exc: BaseException,
+        attempts: int,
+    ) -> None:
+        # Before the batch commits, which may yet roll back: then the runner reads the
+        # event again and parks it again; a set does not mind.
+        self._parked.setdefault(unit, set()).add(event.stream_id)
+
+    async def hold_back(
+        self, tx: ReadModelTransaction, unit: str, version: int, events: list[RecordedEvent]
+    ) -> None:
         pass
 
 

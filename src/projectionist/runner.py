@@ -17,12 +17,12 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .allocation import fewer_collections
 from .changes import ChangeSignal
 from .errors import HandlerError, LeaseLostError
-from .events import Position
+from .events import Position, RecordedEvent
 from .operations import Fault
 from .partitions import Partition, unit_name
 from .preparation import prepare_read_model
@@ -51,10 +51,18 @@ class ProjectionRunner:
     """Runs one async projection, or one partition of it, against a store until ``stop()``.
 
     A handler's failure is met by the projection's policy: ``retries`` more attempts with
-    backoff, then ``on_error``: stop in a faulted state (recorded in ``projection_faults``)
-    or skip the event into ``projection_dead_letters`` (``records`` says where those go:
-    by default in the read models' own database, with the batch). A failure in a batch is first
-    narrowed down to its event by applying that stretch of history one event at a time.
+    backoff, then ``on_error``: stop in a faulted state (recorded in ``projection_faults``),
+    skip the event into ``projection_dead_letters`` (``records`` says where those go:
+    by default in the read models' own database, with the batch), or park its stream: the
+    event and every later one of its stream go to the dead letters, in order, with the
+    batches that read them. A failure in a batch is first narrowed down to its event by
+    applying that stretch of history one event at a time.
+
+    Parked streams are cached (``_parked``, loaded by ``prepare``). Only this unit's runner
+    parks, and parking moves the checkpoint, so a runner whose cache predates a park finds
+    the checkpoint moved and prepares again; an un-park (a retry, in any process) leaves the
+    checkpoint where it is, so a non-empty cache is read again in each batch's transaction,
+    after the checkpoint lock the retry takes too. An empty cache costs nothing per batch.
     """
 
     def __init__(
@@ -98,6 +106,8 @@ class ProjectionRunner:
         self.until: Position | None = None
         """If set, the runner never goes past this position."""
         self._attempts: dict[Position, int] = {}
+        self._parked: set[str] = set()
+        """The streams this unit holds back (``on_error="park"``); see the class doc."""
 
     async def prepare(self) -> Position:
         """Create the read model and checkpoint when missing; return the checkpoint."""
@@ -106,6 +116,7 @@ class ProjectionRunner:
         async with self.read_models.transaction() as tx:
             self.checkpoint = await prepare_read_model(tx, self.projection, self.unit, start)
         self.fault = await self.records.load_fault(self.unit)
+        self._parked = await self.records.parked(self.unit)
         return self.checkpoint
 
     @property
@@ -142,7 +153,7 @@ class ProjectionRunner:
             )
             async with self.read_models.transaction() as tx:
                 await self._claim(tx)
-                await self.projection.apply(events, tx)
+                await self.projection.apply(await self._unparked(events, tx), tx)
                 await self._commit_checkpoint(tx, batch)
         except CheckpointConflictError:
             await self.discard_prefetch()
@@ -182,6 +193,19 @@ class ProjectionRunner:
             or stored.version != self.projection.version  # rebuilt by another version
         ):
             raise CheckpointConflictError(f"projection {self.unit!r} moved on")
+
+    async def _unparked(
+        self, events: Sequence[RecordedEvent], tx: ReadModelTransaction
+    ) -> Sequence[RecordedEvent]:
+        """The events to apply: those of parked streams go behind their letters instead."""
+        if not self._parked:
+            return events
+        self._parked = await self.records.parked_in(tx, self.unit)
+        held = [event for event in events if event.stream_id in self._parked]
+        if not held:
+            return events
+        await self.records.hold_back(tx, self.unit, self.projection.version, held)
+        return [event for event in events if event.stream_id not in self._parked]
 
     async def _commit_checkpoint(self, tx: ReadModelTransaction, batch: EventBatch) -> None:
         await tx.save_checkpoint(
@@ -229,8 +253,9 @@ class ProjectionRunner:
             await self._sleep(backoff(attempts))
             return
         del self._attempts[event.position]
-        if self.projection.on_error is OnError.SKIP:
-            await self._dead_letter(batch, exc, attempts)
+        on_error = self.projection.on_error
+        if on_error is OnError.SKIP or (on_error is OnError.PARK and self.records.parks):
+            await self._dead_letter(batch, exc, attempts, park=on_error is OnError.PARK)
             return
         self.fault = await self.records.record_fault(
             self.unit, self.projection.version, event, exc, attempts
@@ -243,23 +268,38 @@ class ProjectionRunner:
         )
         raise exc
 
-    async def _dead_letter(self, batch: EventBatch, exc: HandlerError, attempts: int) -> None:
-        """Record the event as a dead letter and move the checkpoint past it, together."""
+    async def _dead_letter(
+        self, batch: EventBatch, exc: HandlerError, attempts: int, *, park: bool
+    ) -> None:
+        """Record the event as a dead letter (and park its stream) and move the checkpoint
+        past it, together."""
         event = batch.events[0]
         version = self.projection.version
         try:
             async with self.read_models.transaction() as tx:
                 await self._claim(tx)
-                await self.records.dead_letter(tx, self.unit, version, event, exc, attempts)
+                if park:
+                    await self.records.park(tx, self.unit, version, event, exc, attempts)
+                else:
+                    await self.records.dead_letter(tx, self.unit, version, event, exc, attempts)
                 await self._commit_checkpoint(tx, batch)
         except CheckpointConflictError:
             await self.prepare()
             return
-        logger.error(
-            "event skipped into the dead letters: %s",
-            exc,
-            extra={"action": "dead_lettered", "projection": self.unit},
-        )
+        if park:
+            self._parked.add(event.stream_id)
+            logger.error(
+                "stream %r parked: its event failed, later ones wait behind it: %s",
+                event.stream_id,
+                exc,
+                extra={"action": "stream_parked", "projection": self.unit},
+            )
+        else:
+            logger.error(
+                "event skipped into the dead letters: %s",
+                exc,
+                extra={"action": "dead_lettered", "projection": self.unit},
+            )
         await self._moved_to(batch)
 
     def _limit(self) -> int:

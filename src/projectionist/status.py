@@ -133,6 +133,8 @@ class ProjectionStatus:
     """Failures seen by its current owner (transient ones included)."""
     last_error: str | None = None
     dead_letters: int = 0
+    parked_streams: int = 0
+    """Streams it holds back behind a dead letter (``on_error="park"``): a warning."""
     fault: Fault | None = None
     held_back_seconds: float = 0.0
     """How long committed events have waited, invisible to every reader, behind an older
@@ -142,7 +144,12 @@ class ProjectionStatus:
 
     @property
     def severity(self) -> Severity:
-        return self.state.severity
+        """The state's, but a parked stream makes a steady or idle unit a warning: its
+        streams are behind until someone retries them."""
+        severity = self.state.severity
+        if self.parked_streams and severity in (Severity.OK, Severity.IDLE):
+            return Severity.WARN
+        return severity
 
     @property
     def state_text(self) -> str:
@@ -175,6 +182,7 @@ class ProjectionStatus:
             "errors": self.errors,
             "last_error": self.last_error,
             "dead_letters": self.dead_letters,
+            "parked_streams": self.parked_streams,
             "fault": None if self.fault is None else _fault_dict(self.fault),
             "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
             "held_back_seconds": self.held_back_seconds,
@@ -197,6 +205,7 @@ class _Records:
     held_back: HeldBack | None
     workers: Sequence[LiveWorker] = ()
     """The live workers of this application: those that can run one of its projections."""
+    parked_streams: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 async def projection_statuses(
@@ -249,6 +258,7 @@ async def _records(store: EventSource, read_models: ReadModelStore, names: set[s
             await operations.count_dead_letters(read_models),
             held_back,
             [worker for worker in live.values() if worker.projections & names],
+            await operations.count_parked_streams(read_models),
         )
     except BackendError:  # operations tables missing: set up by an older release
         return _Records({}, {}, {}, held_back)
@@ -296,6 +306,7 @@ async def _unit_status(
         errors=errors,
         last_error=last_error,
         dead_letters=records.dead_letters.get(unit, 0),
+        parked_streams=records.parked_streams.get(unit, 0),
         fault=fault,
         held_back_seconds=held_back.seconds if held_back else 0.0,
         held_back_by=held_back.by if held_back else None,

@@ -115,9 +115,10 @@ async def verify(
     if not projection.tables:
         raise ConfigurationError(f"projection {projection.name!r} declares no tables to compare")
     async with read_models.scratch(f"{projection.name}_{uuid.uuid4().hex}") as scratch:
-        # Faults and skipped events of the scratch copy are not the live projection's.
+        # Faults and skipped events of the scratch copy are not the live projection's; its
+        # parked streams are held back as the live ones are.
         runners = partition_runners(
-            store, scratch, projection, records=OperationsRecords.in_memory()
+            store, scratch, projection, records=OperationsRecords.in_memory(parks=True)
         )
         for _ in range(ATTEMPTS):
             targets = await _live_positions(read_models, projection)

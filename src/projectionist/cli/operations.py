@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import orjson
 import typer
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..app import Application
 from ..operations import DeadLetter, Fault
+from ..remedies import StreamRetry
 from ..status import ProjectionStatus
 from ..verify import TableDifference, Verification
 from .base import (
@@ -48,6 +49,11 @@ def confirm(question: str, yes: bool) -> None:
     """Ask ``question`` (unless ``yes``); anything but yes ends the command, exit status 1."""
     if not yes:
         typer.confirm(question, abort=True)
+
+
+def fail(message: str) -> NoReturn:
+    """A usage error: the flags given do not go together (exit status 2)."""
+    raise typer.BadParameter(message)
 
 
 def plain(text: str) -> None:
@@ -142,7 +148,9 @@ def _skip_question(faults: Sequence[Fault]) -> str:
 
 
 dead_letters_app = typer.Typer(
-    help="Events skipped by projections with on_error='skip'.", no_args_is_help=True
+    help="Events skipped by projections with on_error='skip', or parked with their streams "
+    "by on_error='park'.",
+    no_args_is_help=True,
 )
 app.add_typer(dead_letters_app, name="dead-letters")
 
@@ -171,11 +179,40 @@ def dead_letters_list(
 
 
 IdsArgument = Annotated[list[int], typer.Argument(help="Dead letter ids (see list)")]
+OptionalIdsArgument = Annotated[
+    list[int] | None, typer.Argument(help="Dead letter ids (see list); or --stream")
+]
+StreamOption = Annotated[
+    str | None,
+    typer.Option(
+        "--stream",
+        envvar="PROJECTIONIST_STREAM",
+        help="Retry this parked stream, in order (with --projection)",
+    ),
+]
+ProjectionOption = Annotated[
+    str | None,
+    typer.Option("--projection", envvar="PROJECTIONIST_PROJECTION", help="The stream's projection"),
+]
 
 
 @dead_letters_app.command("retry")
-def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOption = None) -> None:
-    """Apply the events again (after a fix); those that succeed leave the list."""
+def dead_letters_retry(
+    application: AppOption,
+    ids: OptionalIdsArgument = None,
+    stream: StreamOption = None,
+    projection: ProjectionOption = None,
+    url: AppUrlOption = None,
+) -> None:
+    """Apply the events again (after a fix); those that succeed leave the list.
+
+    A parked stream (on_error='park') is retried in order with --stream STREAM --projection
+    NAME, or by the id of its first letter; it stops at a letter that fails again (exit 1)."""
+    if stream is not None or projection is not None:
+        _retry_stream(application, url, ids, stream, projection)
+        return
+    if not ids:
+        fail("give dead letter ids, or --stream STREAM --projection NAME")
 
     async def use(app: Application) -> list[tuple[int, str | None]]:
         return await app.retry_dead_letters(ids)
@@ -185,6 +222,34 @@ def dead_letters_retry(ids: IdsArgument, application: AppOption, url: AppUrlOpti
         outcome = "applied" if error is None else f"failed again: {error}"
         console.print(f"{letter_id}: {outcome}", markup=False, highlight=False)
     if any(error is not None for _, error in results):
+        raise typer.Exit(1)
+
+
+def _retry_stream(
+    application: str,
+    url: str | None,
+    ids: list[int] | None,
+    stream: str | None,
+    projection: str | None,
+) -> None:
+    if ids:
+        fail("give dead letter ids or --stream, not both")
+    if stream is None or projection is None:
+        fail("--stream and --projection go together")
+
+    async def use(app: Application) -> list[StreamRetry]:
+        return await app.retry_parked_stream(projection, stream)
+
+    results = on_app(application, url, use)
+    for result in results:
+        outcome = (
+            f"applied {result.applied} letter(s) in order; un-parked"
+            if result.unparked
+            else f"applied {result.applied} letter(s); letter {result.failed} failed again: "
+            f"{result.error}; it and the rest stay parked"
+        )
+        plain(f"{result.unit} {result.stream_id}: {outcome}")
+    if not all(result.unparked for result in results):
         raise typer.Exit(1)
 
 

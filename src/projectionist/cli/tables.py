@@ -72,6 +72,7 @@ _COLUMNS = (
         numeric=True,
     ),
     _Column("dead", lambda s: str(s.dead_letters), keep=8, numeric=True),
+    _Column("parked", lambda s: str(s.parked_streams), keep=7, numeric=True),
     _Column("updated", lambda s: s.updated_at.strftime("%H:%M:%S") if s.updated_at else "-", 1),
     _Column("last error", _error, keep=9),
 )
@@ -157,6 +158,7 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
     table = Table(title=f"Dead letters ({len(letters)})", title_justify="left")
     for column in ("id", "projection", "position", "stream", "event", "error", "attempts"):
         table.add_column(column)
+    table.add_column("parked")
     for letter in letters:
         event = letter.event
         table.add_row(
@@ -168,6 +170,7 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
                 event.type,
                 letter.error,
                 str(letter.attempts),
+                "parked" if letter.parked else "-",
             )
         )
     return table
