@@ -168,9 +168,23 @@ async def position_at(source: EventSource, projection: Projection, moment: datet
 
 
 def refuse_unreplayable(projection: Projection) -> None:
-    """Refuse a projection a replay could harm, saying why (a ConfigurationError): a reactor
-    (its effects would run again), an inline projection (rebuilt instead) and one that does
-    not declare its handlers safe to apply again over its current rows."""
+    """Refuse a projection a replay could harm, saying why (a ConfigurationError): what
+    ``refuse_never_replayable`` refuses, and one that does not declare its handlers safe to
+    apply again over its current rows."""
+    refuse_never_replayable(projection)
+    if not projection.replay_safe:
+        raise ConfigurationError(
+            f"projection {projection.name!r} is not declared replay-safe: a partial replay "
+            "applies events again over its current rows, which double-counts anything a "
+            "handler increments or appends. If its handlers set absolute values (upserts), "
+            "declare replay_safe=True and check it with testing.assert_replay_safe; else run "
+            f"'projectionist rebuild {projection.name}'"
+        )
+
+
+def refuse_never_replayable(projection: Projection) -> None:
+    """Refuse, whatever it claims, a reactor (its effects would run again) and an inline
+    projection (rebuilt instead)."""
     name = projection.name
     if not projection.replayable:
         raise ConfigurationError(
@@ -182,14 +196,6 @@ def refuse_unreplayable(projection: Projection) -> None:
             f"projection {name!r} is inline: it is rebuilt, not replayed (its rows are "
             f"written in each append's transaction; 'projectionist rebuild {name}' replays "
             "all history while appends are held back)"
-        )
-    if not projection.replay_safe:
-        raise ConfigurationError(
-            f"projection {name!r} is not declared replay-safe: a partial replay applies "
-            "events again over its current rows, which double-counts anything a handler "
-            "increments or appends. If its handlers set absolute values (upserts), declare "
-            f"replay_safe=True and check it with testing.assert_replay_safe; else run "
-            f"'projectionist rebuild {name}'"
         )
 
 
@@ -257,8 +263,7 @@ async def replay_units(
 ) -> Replay:
     """``replay`` without asking for the projection's claim (the kit uses it to check the
     claim); a reactor or an inline projection is still refused."""
-    if not projection.replayable or projection.kind is Kind.INLINE:
-        refuse_unreplayable(projection)
+    refuse_never_replayable(projection)
     from_ = validate_point(from_)
     records = records or OperationsRecords.in_batch(read_models)
     checkpoints = await _check_units(read_models, projection, records)

@@ -31,7 +31,7 @@ from .factory import create_store, open_read_models
 from .preparation import prepare_read_model
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
-from .replay import replay_units
+from .replay import refuse_never_replayable, replay_units
 from .runner import ProjectionRunner
 from .source import EventSource
 
@@ -95,6 +95,7 @@ async def assert_replay_safe(
     Returns the clean run's result. The projection need not claim ``replay_safe=True`` yet:
     this is how the claim is checked before it is made.
     """
+    refuse_never_replayable(projection)
     if not isinstance(history, EventSource):
         history = list(history)
     async with _fresh(projection, history, url, first=True) as (read_models, source, events):
