@@ -7,11 +7,18 @@ them registers them on ``app``.
 
 from __future__ import annotations
 
-from . import importing, operations, serving, sources, store
+from . import importing, operations, replaying, serving, sources, store
 from .base import app, load_application
 from .tables import status_table
 
-_COMMANDS = (importing, operations, serving, sources, store)  # imported for their commands
+_COMMANDS = (
+    importing,
+    operations,
+    replaying,
+    serving,
+    sources,
+    store,
+)  # imported for their commands
 
 
 def main() -> None:
