@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from projectionist import START, Application, Position
 from tests.replay_app import PROJECTIONS, balance_events, replayed, rows
@@ -32,7 +33,7 @@ async def _append(url: str, rounds: range) -> tuple[list[Position], Position]:
         return [event.position for event in events], await app.store.head()
 
 
-async def _state(url: str) -> tuple[object, ...]:
+async def _state(url: str) -> tuple[list[tuple[Any, ...]], set[str], bool]:
     async with Application(url, PROJECTIONS) as app:
         head = await app.store.head()
         stored = await app.read_models.checkpoints()
