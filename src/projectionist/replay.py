@@ -12,7 +12,8 @@ applies a batch of them during the replay, and the workers resume from the new c
 once the leases are released. The checkpoints are reset, then replayed unit by unit: a replay
 that dies leaves checkpoints behind where they were, and the workers that take the units back
 (once the leases expire) apply those events again; for a replay-safe projection that is the
-rest of the replay.
+rest of the replay. Readers see older rows meanwhile: re-applying an old event sets its
+old values again until the later ones are re-applied.
 
 The point is a ``Position`` (replay the events after it) or an aware ``datetime``: the replay
 then starts at the first event, of the types the projection handles, recorded at or after
@@ -271,13 +272,12 @@ async def replay_units(
     point = max(point, projection.start)  # the projection never applied what lies before it
     if not any(_after(checkpoint, point) for checkpoint in checkpoints.values()):
         return Replay(projection.name, point, [_alone(u, c, point) for u, c in checkpoints.items()])
-    target = await source.last_committed()
     if leases_in is None:
-        return await _replay_held(source, read_models, projection, point, target, records, None)
+        return await _replay_held(source, read_models, projection, point, records, None)
     async with holding_units(leases_in, projection) as held:
         # As for a rebuild: the lease is checked in a batch's transaction where it lives.
         fence = held if read_models is leases_in else None
-        return await _replay_held(source, read_models, projection, point, target, records, fence)
+        return await _replay_held(source, read_models, projection, point, records, fence)
 
 
 def _after(checkpoint: Checkpoint | None, point: Position) -> bool:
@@ -296,12 +296,13 @@ async def _replay_held(
     read_models: ReadModelStore,
     projection: Projection,
     point: Position,
-    target: Position,
     records: OperationsRecords,
     fence: Fence | None,
 ) -> Replay:
-    """With the units held: reset the checkpoints after ``point`` to it, then replay them."""
+    """With the units held: reset the checkpoints after ``point`` to it, then replay them
+    up to the last event committed by now (no checkpoint lies beyond it)."""
     was = await _reset_to(read_models, projection, point)
+    target = await source.last_committed()
     outcomes = []
     for partition, unit in zip(projection.partition_list, projection.units, strict=True):
         checkpoint = was[unit]

@@ -6,6 +6,7 @@ the rows always end as a clean run's, the checkpoint at the head."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ EXPECTED = [(f"acct-{a}", 100 * (ROUNDS - 1) + a, 2 * ROUNDS - 1) for a in range
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     schema = None
     if request.param == "postgres":
         await require_postgres()
