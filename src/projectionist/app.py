@@ -49,6 +49,7 @@ from .remedies import (
     retry_parked_stream,
     skip_faults,
 )
+from .replay import Point, Replay, replay
 from .runner import Fence, ProjectionRunner
 from .source import EventSource
 from .status import ProjectionStatus, projection_statuses
@@ -362,6 +363,22 @@ class Application(OpenClose):
             projection,
             progress,
             OperationsRecords.choose(self.read_models_for(projection), self.read_models),
+            leases_in=self.read_models,
+        )
+
+    async def replay(self, name: str, from_: Point) -> Replay:
+        """Apply the events of ``name`` after ``from_`` (a Position, or an aware datetime: the
+        first event recorded at or after it) again over its current rows, for a projection
+        declared ``replay_safe=True``; its units' leases are held meanwhile, as for a rebuild
+        (docs/replay.md). Returns each unit's outcome and the events re-applied."""
+        projection = self.projection(name)
+        read_models = self.read_models_for(projection)
+        return await replay(
+            self.source,
+            read_models,
+            projection,
+            from_,
+            records=OperationsRecords.choose(read_models, self.read_models),
             leases_in=self.read_models,
         )
 

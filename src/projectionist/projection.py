@@ -91,6 +91,7 @@ class ProjectionOptionsDict(TypedDict, total=False):
     partitions: int
     on_error: OnError | str
     retries: int
+    replay_safe: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,10 @@ class ProjectionOptions:
     on_error: OnError = OnError.STOP
     retries: int = 0
     """How many more times a failing event is tried (with backoff) before ``on_error``."""
+    replay_safe: bool = False
+    """The user's claim that applying events again over the current rows leaves them as one
+    clean run would (upserts of absolute values, not increments): what a partial replay
+    (``Application.replay``) requires. ``testing.assert_replay_safe`` checks the claim."""
 
     def __post_init__(self) -> None:
         version = self.version
@@ -143,6 +148,8 @@ class ProjectionOptions:
         retries = self.retries
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
             raise ConfigurationError("retries must be an integer 0..100")
+        if not isinstance(self.replay_safe, bool):
+            raise ConfigurationError(f"replay_safe must be True or False, not {self.replay_safe!r}")
 
     @classmethod
     def of(
@@ -160,6 +167,7 @@ class ProjectionOptions:
             partitions=options.get("partitions", base.partitions),
             on_error=_member(OnError, "on_error", options.get("on_error", base.on_error)),
             retries=options.get("retries", base.retries),
+            replay_safe=options.get("replay_safe", base.replay_safe),
         )
 
 
@@ -252,6 +260,10 @@ class Projection:
     @property
     def retries(self) -> int:
         return self.options.retries
+
+    @property
+    def replay_safe(self) -> bool:
+        return self.options.replay_safe
 
     def __repr__(self) -> str:
         return f"Projection({self.name!r}, version={self.version}, kind={self.kind.value!r})"

@@ -10,6 +10,10 @@ when the read model differs: the check that a handler is safe to replay.
         "SELECT * FROM order_summary ORDER BY order_id",
     )
 
+``assert_replay_safe`` checks the claim ``replay_safe=True`` makes (docs/replay.md): it
+builds the read model with a runner, then replays it partially (``replay``) from the first,
+the middle and the last handled event, and fails when the rows differ from the clean run's.
+
 The events are appends to a fresh store of ours (at ``url``), or any ``EventSource``: then
 its events, read up to its head, go into fresh read models at ``url`` (docs/sources.md).
 """
@@ -22,11 +26,13 @@ from typing import Any
 
 from .defaults import DEFAULT_BATCH_SIZE
 from .errors import ConfigurationError
-from .events import START, NewEvent, RecordedEvent
+from .events import START, NewEvent, Position, RecordedEvent
 from .factory import create_store, open_read_models
 from .preparation import prepare_read_model
 from .projection import Projection
 from .readmodel import ReadModelStore, ReadModelTransaction
+from .replay import refuse_never_replayable, replay_units
+from .runner import ProjectionRunner
 from .source import EventSource
 from .upcasting import Upcasters
 
@@ -46,7 +52,7 @@ async def project(
 ) -> Any:
     """Run ``projection`` once over ``history`` in fresh read models, return ``query``."""
     fresh = _fresh(projection, history, url, upcasters, first=True)
-    async with fresh as (read_models, events):
+    async with fresh as (read_models, _, events):
         await _deliver(read_models, projection, [events])
         return await _query(read_models, query)
 
@@ -72,7 +78,11 @@ async def assert_idempotent(
     expected = await project(projection, history, query, url=url, upcasters=upcasters)
     # The same database again (memory:// gives a new one): the projection's tables are
     # made afresh; a store that kept the clean run's events is read again, not appended to.
-    async with _fresh(projection, history, url, upcasters, first=False) as (read_models, events):
+    async with _fresh(projection, history, url, upcasters, first=False) as (
+        read_models,
+        _,
+        events,
+    ):
         batches = [events[i : i + batch_size] for i in range(0, len(events), batch_size)]
         twice = [delivery for batch in batches for delivery in (batch, batch)]
         await _deliver(read_models, projection, twice)  # every batch delivered twice
@@ -86,6 +96,55 @@ async def assert_idempotent(
     return expected
 
 
+async def assert_replay_safe(
+    projection: Projection, history: History, query: Query, *, url: str = "memory://"
+) -> Any:
+    """Fail unless partial replays leave the read model as one clean run does.
+
+    Builds the read model with a runner (in fresh read models at ``url``), then replays it
+    (the engine's own partial replay, ``tx.replaying`` True) from its first, its middle and
+    its last handled event, one after the other; after each the ``query`` must return what
+    the clean run gave, else an AssertionError names the point and the differing rows.
+    Returns the clean run's result. The projection need not claim ``replay_safe=True`` yet:
+    this is how the claim is checked before it is made.
+    """
+    refuse_never_replayable(projection)
+    if not isinstance(history, EventSource):
+        history = list(history)
+    async with _fresh(projection, history, url, None, first=True) as (read_models, source, events):
+        for partition in projection.partition_list:
+            await ProjectionRunner(
+                source, read_models, projection, partition=partition
+            ).run_until_caught_up()
+        expected = await _query(read_models, query)
+        handled = [event for event in events if event.type in projection.types]
+        for index in sorted({0, len(handled) // 2, len(handled) - 1} if handled else set()):
+            point = handled[index - 1].position if index else projection.start
+            await replay_units(source, read_models, projection, point)
+            actual = await _query(read_models, query)
+            if actual != expected:
+                raise AssertionError(
+                    _not_replay_safe(projection, index, len(handled), point, actual, expected)
+                )
+    return expected
+
+
+def _not_replay_safe(
+    projection: Projection, index: int, count: int, point: Position, actual: Any, expected: Any
+) -> str:
+    where = f"replayed from handled event {index + 1} of {count} (after position {point})"
+    text = (
+        f"projection {projection.name!r} is not replay-safe: {where} the read model is\n"
+        f"  {actual!r}\nbut one clean run gives\n  {expected!r}"
+    )
+    if isinstance(actual, list) and isinstance(expected, list):
+        text += (
+            f"\nrows only after the replay: {[r for r in actual if r not in expected]!r}"
+            f"\nrows only in the clean run: {[r for r in expected if r not in actual]!r}"
+        )
+    return text
+
+
 @contextlib.asynccontextmanager
 async def _fresh(
     projection: Projection,
@@ -94,14 +153,15 @@ async def _fresh(
     upcasters: Upcasters | None,
     *,
     first: bool,
-) -> AsyncIterator[tuple[ReadModelStore, list[RecordedEvent]]]:
-    """Read models at ``url`` with ``projection``'s tables made afresh, and the history's
-    events (appended to the store at ``url`` unless a ``first`` run there did), upcast."""
+) -> AsyncIterator[tuple[ReadModelStore, EventSource, list[RecordedEvent]]]:
+    """Read models at ``url`` with ``projection``'s tables made afresh, where the history's
+    events are read from, and those events (appended to the store at ``url`` unless a
+    ``first`` run there did), upcast."""
     if isinstance(history, EventSource):
         async with open_read_models(url) as read_models:
             await _prepare(read_models, projection)
             events = await _read_everything(history)
-            yield read_models, _upcast(upcasters or history.upcasters, projection, events)
+            yield read_models, history, _upcast(upcasters or history.upcasters, projection, events)
         return
     async with create_store(url) as store:
         if upcasters is not None:
@@ -115,15 +175,17 @@ async def _fresh(
             for stream_id, appended in history:
                 await store.append(stream_id, appended)
         recorded = await _read_everything(store)
-        yield store.read_models(), _upcast(store.upcasters, projection, recorded)
+        yield store.read_models(), store, _upcast(store.upcasters, projection, recorded)
 
 
 async def _prepare(read_models: ReadModelStore, projection: Projection) -> None:
     await read_models.apply_schema()
     async with read_models.transaction() as tx:
         await projection.run_teardown(tx)
-        await tx.delete_checkpoint(projection.name)
-        await prepare_read_model(tx, projection)
+        for unit in {projection.name, *projection.units}:
+            await tx.delete_checkpoint(unit)
+        for unit in projection.units:  # each partition's, as its runner expects
+            await prepare_read_model(tx, projection, unit)
 
 
 def _upcast(

@@ -7,11 +7,19 @@ them registers them on ``app``.
 
 from __future__ import annotations
 
-from . import events, importing, operations, serving, sources, store
+from . import events, importing, operations, replaying, serving, sources, store
 from .base import app, load_application
 from .tables import status_table
 
-_COMMANDS = (events, importing, operations, serving, sources, store)  # imported for their commands
+_COMMANDS = (
+    events,
+    importing,
+    operations,
+    replaying,
+    serving,
+    sources,
+    store,
+)  # imported for their commands
 
 
 def main() -> None:
