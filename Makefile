@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test browser bench bench-projections bench-append bench-inline bench-import services clean
+.PHONY: demo test browser bench bench-projections bench-append bench-inline bench-import bench-typed services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,10 @@ bench-projections: $(VENV)/.installed-dev  ## the suite and issue 14's reference
 bench-import: $(VENV)/.installed-dev  ## bulk import vs a bare binary COPY (200,000 events), and SQLite
 	$(BIN)/python bench/import_events.py
 
-bench: bench-projections bench-append bench-inline bench-import  ## every benchmark
+bench-typed: $(VENV)/.installed-dev  ## typed payloads per event: dict vs msgspec vs dataclass vs pydantic
+	$(BIN)/python bench/typed_payloads.py
+
+bench: bench-projections bench-append bench-inline bench-import bench-typed  ## every benchmark
 
 .PHONY: bench-check
 bench-check: $(VENV)/.installed-dev  ## the suite's own test: a small whole run, every read model equal

@@ -69,7 +69,8 @@ def typed_events(payload: object, owner: str) -> Callable[[RecordedEvent], Event
             data = decode(event[4])
         except errors as exc:
             raise _invalid(event, name, describe(exc)) from exc
-        return _new_event((event[0], event[1], event[2], event[3], data, *event[5:]))
+        id_, stream_id, version, type_, _, metadata, recorded_at, position = event
+        return _new_event((id_, stream_id, version, type_, data, metadata, recorded_at, position))
 
     return typed
 
