@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EVENTS ?= 1000000
 
-.PHONY: demo test browser bench bench-projections bench-append bench-inline bench-import bench-upcasting services clean
+.PHONY: demo test browser bench bench-projections bench-append bench-inline bench-import bench-upcasting bench-typed services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,10 @@ bench-import: $(VENV)/.installed-dev  ## bulk import vs a bare binary COPY (200,
 bench-upcasting: $(VENV)/.installed-dev  ## the cost of upcasting per event (none, not applicable, a v1->v3 chain)
 	$(BIN)/python bench/upcasting.py
 
-bench: bench-projections bench-append bench-inline bench-import bench-upcasting  ## every benchmark
+bench-typed: $(VENV)/.installed-dev  ## typed payloads per event: dict vs msgspec vs dataclass vs pydantic
+	$(BIN)/python bench/typed_payloads.py
+
+bench: bench-projections bench-append bench-inline bench-import bench-upcasting bench-typed  ## every benchmark
 
 .PHONY: bench-check
 bench-check: $(VENV)/.installed-dev  ## the suite's own test: a small whole run, every read model equal

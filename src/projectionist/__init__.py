@@ -8,6 +8,7 @@ from .errors import (
     EventDecodingError,
     HandlerError,
     InvalidInputError,
+    PayloadValidationError,
     ProjectionistError,
     ProjectionTimeoutError,
     ProjectionVersionError,
@@ -19,6 +20,7 @@ from .events import START, NewEvent, Position, RecordedEvent
 from .factory import create_store, open_read_models
 from .live import Evolver, LiveProjection, fold_stream
 from .operations import DeadLetter, Fault
+from .payloads import Event
 from .projection import Kind, OnError, Projection
 from .reactor import Reactor
 from .readmodel import Checkpoint, ReadModelStore, ReadModelTransaction
@@ -55,6 +57,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetter",
     "Decoder",
+    "Event",
     "EventBatch",
     "EventDecodingError",
     "EventSource",
@@ -70,6 +73,7 @@ __all__ = [
     "LiveProjection",
     "NewEvent",
     "OnError",
+    "PayloadValidationError",
     "Position",
     "Projection",
     "ProjectionStatus",

@@ -111,6 +111,21 @@ class EventDecodingError(ProjectionistError):
     projected; the decoder's exception is the cause."""
 
 
+class PayloadValidationError(InvalidInputError):
+    """An event's data does not validate as the payload type its handler declared. The
+    message names the event and each field path (``$.items[0].qty: Expected int, got
+    str``), never the values; ``problems`` holds the (path, reason) pairs. A projection
+    reports it as the cause of a HandlerError, so its error policy applies."""
+
+    def __init__(
+        self, message: str, event_type: str, payload_type: str, problems: list[tuple[str, str]]
+    ) -> None:
+        self.event_type = event_type
+        self.payload_type = payload_type
+        self.problems = problems
+        super().__init__(message)
+
+
 class ImportRejectedError(InvalidInputError):
     """An event of an import was refused: nothing of its batch was written (the batches
     before it were). ``index`` counts the input events from 0; ``reason`` says why."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from .defaults import DEFAULT_BATCH_SIZE, STREAM_PAGE_SIZE
 from .events import START, RecordedEvent
 from .identifiers import validate_identifier
+from .payloads import Event, typed_events
 from .runner import sleep_until_new_events
 from .source import EventSource
 from .store import EventStore
@@ -21,6 +22,7 @@ from .store import EventStore
 S = TypeVar("S")
 FOLD_STREAM = "fold_stream"
 """Who failed, in the HandlerError of an upcaster that raised while a stream was folded."""
+P = TypeVar("P")
 Evolve = Callable[[S, RecordedEvent], S]
 
 
@@ -30,10 +32,23 @@ class Evolver(Generic[S]):
     def __init__(self) -> None:
         self.functions: dict[str, Evolve[S]] = {}
 
-    def on(self, *types: str) -> Callable[[Evolve[S]], Evolve[S]]:
-        def register(function: Evolve[S]) -> Evolve[S]:
+    @overload
+    def on(self, *types: str) -> Callable[[Evolve[S]], Evolve[S]]: ...
+    @overload
+    def on(
+        self, *types: str, payload: type[P]
+    ) -> Callable[[Callable[[S, Event[P]], S]], Callable[[S, Event[P]], S]]: ...
+    def on(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
+        """Register ``evolve(state, event) -> state`` for ``types``; with ``payload=T`` (a
+        msgspec Struct, a pydantic model or a dataclass) it receives ``Event[T]``. A payload
+        that does not validate raises PayloadValidationError out of the fold."""
+        owner = f"evolve function of {', '.join(types)}"
+        typed = None if payload is None else typed_events(payload, owner)
+
+        def register(function: Callable[[S, Any], S]) -> Callable[[S, Any], S]:
+            stored = function if typed is None else _with_payloads(function, typed)
             for type_ in types:
-                self.functions[type_] = function
+                self.functions[type_] = stored
             return function
 
         return register
@@ -93,6 +108,15 @@ async def fold_stream(
         if len(events) < STREAM_PAGE_SIZE:
             return state
         version += len(events)  # a stream's versions run 1, 2, 3... with no gap
+
+
+def _with_payloads(
+    function: Callable[[S, Any], S], typed: Callable[[RecordedEvent], Event[Any]]
+) -> Evolve[S]:
+    def decoded(state: S, event: RecordedEvent) -> S:
+        return function(state, typed(event))
+
+    return decoded
 
 
 def _fold(functions: Mapping[str, Evolve[S]], state: S, events: Sequence[RecordedEvent]) -> S:

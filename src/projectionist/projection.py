@@ -18,6 +18,10 @@ rebuild replays everything), so prefer upserts to blind inserts.
     async def items(events: Sequence[RecordedEvent], tx: ReadModelTransaction) -> None:
         await tx.executemany("UPDATE ...", [(...) for event in events])
 
+    @summaries.on("OrderShipped", payload=OrderShipped)  # a msgspec Struct, pydantic, dataclass
+    async def shipped(event: Event[OrderShipped], tx: ReadModelTransaction) -> None:
+        await tx.execute("UPDATE ...", event.data.carrier)  # see payloads.py
+
 Every kind of projection (this one, ``StateProjection``, ``SearchProjection``,
 ``RedisProjection``) takes the same options (``ProjectionOptions``): as keyword arguments
 (``Projection("p", batch_size=500, on_error="skip")``), as one ``options=`` object shared by
@@ -31,7 +35,7 @@ import enum
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypedDict, TypeVar, Unpack
+from typing import Any, ClassVar, TypedDict, TypeVar, Unpack, overload
 
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES
 from .errors import ConfigurationError, HandlerError, InvalidInputError
@@ -45,6 +49,7 @@ from .events import (
 )
 from .identifiers import validate_identifier
 from .partitions import MAX_PARTITIONS, Partition, unit_name
+from .payloads import Event, typed_events
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .source import EventSource
 
@@ -52,6 +57,10 @@ EventHandler = Callable[[RecordedEvent, ReadModelTransaction], Awaitable[None]]
 BatchHandler = Callable[[Sequence[RecordedEvent], ReadModelTransaction], Awaitable[None]]
 SetupHook = Callable[[ReadModelTransaction], Awaitable[None]]
 H = TypeVar("H", EventHandler, BatchHandler, SetupHook)
+P = TypeVar("P")
+TypedHandler = Callable[[Event[P], ReadModelTransaction], Awaitable[None]]
+"""A handler registered with ``payload=P``: it receives ``Event[P]``."""
+TypedBatchHandler = Callable[[Sequence[Event[P]], ReadModelTransaction], Awaitable[None]]
 
 
 class Kind(enum.StrEnum):
@@ -297,27 +306,44 @@ class Projection:
                 )
             self._types.add(type_)
 
-    def on(self, *types: str) -> Callable[[EventHandler], EventHandler]:
-        """Register ``async def handler(event, tx)`` for each of ``types``."""
-        return self._register(types, batch=False)  # type: ignore[return-value]
+    @overload
+    def on(self, *types: str) -> Callable[[EventHandler], EventHandler]: ...
+    @overload
+    def on(self, *types: str, payload: type[P]) -> Callable[[TypedHandler[P]], TypedHandler[P]]: ...
+    def on(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
+        """Register ``async def handler(event, tx)`` for each of ``types``.
 
-    def on_batch(self, *types: str) -> Callable[[BatchHandler], BatchHandler]:
+        With ``payload=T`` (a msgspec Struct, a pydantic model or a dataclass) the handler
+        receives ``Event[T]``, its ``data`` decoded into ``T`` (docs/typed-events.md)."""
+        return self._register(types, batch=False, payload=payload)
+
+    @overload
+    def on_batch(self, *types: str) -> Callable[[BatchHandler], BatchHandler]: ...
+    @overload
+    def on_batch(
+        self, *types: str, payload: type[P]
+    ) -> Callable[[TypedBatchHandler[P]], TypedBatchHandler[P]]: ...
+    def on_batch(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
         """Register ``async def handler(events, tx)``: consecutive events of ``types`` at once.
 
-        Use it for set-based SQL (one ``executemany`` for the whole run of events).
+        Use it for set-based SQL (one ``executemany`` for the whole run of events). With
+        ``payload=T`` it receives a list of ``Event[T]``.
         """
-        return self._register(types, batch=True)  # type: ignore[return-value]
+        return self._register(types, batch=True, payload=payload)
 
     def _register(
-        self, types: tuple[str, ...], *, batch: bool
-    ) -> Callable[[EventHandler | BatchHandler], EventHandler | BatchHandler]:
+        self, types: tuple[str, ...], *, batch: bool, payload: type[Any] | None
+    ) -> Callable[[Any], Any]:
         if not types:
             raise ConfigurationError(f"projection {self.name!r}: name at least one event type")
+        # Decided here, once: an untyped handler is stored as it is, so it costs nothing.
+        typed = None if payload is None else typed_events(payload, f"projection {self.name!r}")
 
         def register(handler: EventHandler | BatchHandler) -> EventHandler | BatchHandler:
             self.handles(*types)
+            stored = handler if typed is None else _with_payloads(handler, typed, batch=batch)
             for type_ in types:
-                self._handlers[type_] = (batch, handler)
+                self._handlers[type_] = (batch, stored)
             return handler
 
         return register
@@ -393,6 +419,30 @@ class Projection:
             raise
         except Exception as exc:  # the handler's own error or its SQL's, kept as the cause
             raise HandlerError(self.name, event, failure(self.name, event, exc)) from exc
+
+
+def _with_payloads(
+    handler: Callable[[Any, ReadModelTransaction], Awaitable[None]],
+    typed: Callable[[RecordedEvent], Event[Any]],
+    *,
+    batch: bool,
+) -> EventHandler | BatchHandler:
+    """The handler, given its events decoded (a plain function returning the handler's
+    awaitable: no coroutine of its own per call). A payload that does not validate raises
+    in ``_call``, as the handler's failure."""
+    if batch:
+
+        def decoded_batch(
+            events: Sequence[RecordedEvent], tx: ReadModelTransaction
+        ) -> Awaitable[None]:
+            return handler([typed(event) for event in events], tx)
+
+        return decoded_batch
+
+    def decoded(event: RecordedEvent, tx: ReadModelTransaction) -> Awaitable[None]:
+        return handler(typed(event), tx)
+
+    return decoded
 
 
 def failure(name: str, event: RecordedEvent, exc: BaseException) -> str:

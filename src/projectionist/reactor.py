@@ -28,11 +28,11 @@ a raised version keeps its checkpoint. docs/side-effects.md says why and shows a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar, Unpack
+from typing import Any, ClassVar, Unpack
 
 from .errors import ConfigurationError
 from .events import START, Position, RecordedEvent
-from .projection import BatchHandler, Kind, Projection, ProjectionOptions, ProjectionOptionsDict
+from .projection import Kind, Projection, ProjectionOptions, ProjectionOptionsDict
 from .readmodel import ReadModelTransaction
 from .source import EventSource
 
@@ -92,8 +92,9 @@ class Reactor(Projection):
 
         return add
 
-    def on_batch(self, *types: str) -> Callable[[BatchHandler], BatchHandler]:
+    def on_batch(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
         """Refused: a reactor makes one effect per event, each with its own checkpoint."""
+        del types, payload
         raise ConfigurationError(
             f"reactor {self.name!r} has no batch handlers: register one effect per event with "
             "@reactor.on(...) (its checkpoint moves after each)"

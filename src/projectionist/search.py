@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack, overload
 
 import orjson
 
 from .errors import ConfigurationError, HandlerError, InvalidInputError
 from .events import Position, RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
+from .payloads import Event, typed_events
 from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelStore, ReadModelTransaction
 from .search_index import SearchQueryError, Syntax, engine_for, fts_table, websearch_to_fts5
@@ -55,6 +56,8 @@ __all__ = [
 
 Fields = Mapping[str, object]
 ToFields = Callable[[RecordedEvent], Fields]
+P = TypeVar("P")
+TypedToFields = Callable[[Event[P]], Fields]
 
 WEIGHTS = ("A", "B", "C", "D")
 _RESERVED = frozenset(
@@ -118,14 +121,22 @@ class SearchProjection(Projection):
         self._actions: dict[str, ToFields | object] = {}
         self.setup(self._create)
 
-    def upsert(self, *types: str) -> Callable[[ToFields], ToFields]:
+    @overload
+    def upsert(self, *types: str) -> Callable[[ToFields], ToFields]: ...
+    @overload
+    def upsert(
+        self, *types: str, payload: type[P]
+    ) -> Callable[[TypedToFields[P]], TypedToFields[P]]: ...
+    def upsert(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
         """Register ``fields(event) -> {field: value}`` for ``types``: the fields it returns
         are set on the event's document (created if new); fields it leaves out keep their
         values. Keys that are neither text nor stored fields are ignored, so returning
-        ``event.data`` works."""
+        ``event.data`` works. With ``payload=T`` it receives ``Event[T]`` (the document's
+        key is still taken from the event as stored)."""
+        typed = None if payload is None else typed_events(payload, f"projection {self.name!r}")
 
-        def register(function: ToFields) -> ToFields:
-            self._declare(types, function)
+        def register(function: Callable[[Any], Fields]) -> Callable[[Any], Fields]:
+            self._declare(types, function if typed is None else _decoding(function, typed))
             return function
 
         return register
@@ -247,6 +258,18 @@ class SearchProjection(Projection):
                 for key, document in documents.items()
             ],
         )
+
+
+def _decoding(
+    function: Callable[[Any], Fields], typed: Callable[[RecordedEvent], Event[Any]]
+) -> ToFields:
+    """The upsert function given its event decoded; a payload that does not validate
+    raises where the function would, as its failure."""
+
+    def decoded(event: RecordedEvent) -> Fields:
+        return function(typed(event))
+
+    return decoded
 
 
 def _merge(

@@ -35,7 +35,7 @@ import re
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
-from typing import Any, ClassVar, Final, Unpack
+from typing import Any, ClassVar, Final, TypeVar, Unpack, overload
 
 import orjson
 
@@ -43,6 +43,7 @@ from .defaults import STATE_BATCH_SIZE
 from .errors import ConfigurationError, HandlerError, InvalidInputError
 from .events import RecordedEvent
 from .identifiers import quote_identifier, validate_identifier
+from .payloads import Event, typed_events
 from .projection import Projection, ProjectionOptions, ProjectionOptionsDict, failure
 from .readmodel import ReadModelTransaction
 
@@ -64,6 +65,9 @@ DELETE: Final = _Delete()
 Evolved = State | _Delete
 """What an evolve function returns: the new state, or DELETE."""
 Evolve = Callable[[State, RecordedEvent], Evolved]
+P = TypeVar("P")
+TypedEvolve = Callable[[State, Event[P]], Evolved]
+"""An evolve function registered with ``payload=P``: it receives ``Event[P]``."""
 KeyOf = Callable[[RecordedEvent], str]
 _SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z ]*(\(\d+(, ?\d+)?\))?")
 
@@ -103,13 +107,26 @@ class StateProjection(Projection):
         self._evolvers: dict[str, Evolve] = {}
         self.setup(self._create_table)
 
-    def evolve(self, *types: str) -> Callable[[Evolve], Evolve]:
-        """Register a pure ``evolve(state, event) -> new state | DELETE`` for ``types``."""
+    @overload
+    def evolve(self, *types: str) -> Callable[[Evolve], Evolve]: ...
+    @overload
+    def evolve(
+        self, *types: str, payload: type[P]
+    ) -> Callable[[TypedEvolve[P]], TypedEvolve[P]]: ...
+    def evolve(self, *types: str, payload: type[Any] | None = None) -> Callable[[Any], Any]:
+        """Register a pure ``evolve(state, event) -> new state | DELETE`` for ``types``.
 
-        def register(function: Evolve) -> Evolve:
+        With ``payload=T`` (a msgspec Struct, a pydantic model or a dataclass) it receives
+        ``Event[T]``; the state stays a dict, and the key is still taken from the event as
+        stored (``key="order_id"`` reads its data)."""
+        # Decided once: an untyped function is stored as it is, so it costs nothing.
+        typed = None if payload is None else typed_events(payload, f"projection {self.name!r}")
+
+        def register(function: Callable[[State, Any], Evolved]) -> Callable[[State, Any], Evolved]:
             self.handles(*types)  # only these types are read
+            stored = function if typed is None else _with_payloads(function, typed)
             for type_ in types:
-                self._evolvers[type_] = function
+                self._evolvers[type_] = stored
             return function
 
         return register
@@ -271,6 +288,18 @@ class StateProjection(Projection):
             sql_type = self._fits[column][0]
             raise ColumnValueError(f"key {key!r}, column {column!r} ({sql_type}): {exc}") from None
         return tuple(row)
+
+
+def _with_payloads(
+    function: Callable[[State, Any], Evolved], typed: Callable[[RecordedEvent], Event[Any]]
+) -> Evolve:
+    """The evolve function given its event decoded; a payload that does not validate
+    raises where the function would, as its failure."""
+
+    def decoded(state: State, event: RecordedEvent) -> Evolved:
+        return function(state, typed(event))
+
+    return decoded
 
 
 def key_function(key: str | KeyOf) -> KeyOf:
