@@ -5,10 +5,11 @@ rewrites the stored events to v3 and changes nothing any consumer sees."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from projectionist import Application, EventStore, create_store
-from projectionist.bluegreen import BlueGreenBuild
+from projectionist.bluegreen import RETIRED_PREFIX, BlueGreenBuild
 from projectionist.events import START, RecordedEvent
 from projectionist.live import fold_stream
 from projectionist.testing import assert_idempotent
@@ -90,9 +91,14 @@ async def test_every_consumer_sees_v3_then_upgrade_changes_nothing(
             assert (await app.verify("order_rows")).ok
             assert (await app.verify("order_states")).ok
             if backend == "postgres":  # side schemas: blue/green builds
-                build = BlueGreenBuild(app.source, app.read_models, order_rows(version=2))
+                new_version = order_rows(version=2)
+                build = BlueGreenBuild(app.source, app.read_models, new_version)
                 await build.run()
                 assert build.switched
+                # The retired schema lives beside the test's: drop it now, not in 5 minutes.
+                sides = app.read_models.side_schemas()
+                assert sides is not None
+                assert len(await sides.drop_retired(RETIRED_PREFIX, time.time() + 3600)) == 1
                 assert await rows(app, "order_rows") == expected
         # What the consumers saw of every event, before the upgrade.
         seen = registry.apply(before, "test")
