@@ -11,14 +11,8 @@ from . import importing, operations, replaying, serving, sources, store
 from .base import app, load_application
 from .tables import status_table
 
-_COMMANDS = (
-    importing,
-    operations,
-    replaying,
-    serving,
-    sources,
-    store,
-)  # imported for their commands
+# Imported for their commands.
+_COMMANDS = (importing, operations, replaying, serving, sources, store)
 
 
 def main() -> None:
