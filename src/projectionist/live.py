@@ -77,8 +77,8 @@ class LiveProjection(Evolver[S]):
         self.state = self._initial()
         self.position = START if self.from_start else await store.head()
         types = frozenset(self.functions)
-        upcasters = store.upcasters
         while not self._stop.is_set():
+            upcasters = store.upcasters  # as the source has them now
             read = upcasters.read_types(types)
             batch = await store.read_all(self.position, limit=batch_size, types=read)
             self.state = self.fold(self.state, upcasters.apply(batch.events, self.name, types))
