@@ -79,6 +79,15 @@ async def _drop_schema(schema: str) -> None:
     connection = await asyncpg.connect(PG_DSN)
     try:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        # Side schemas a blue/green swap retired from it (their comment names the base):
+        # they outlive the test until their grace period, which a test does not wait for.
+        retired = await connection.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pj\\_%' "
+            "AND obj_description(oid, 'pg_namespace') LIKE '% base ' || $1 || ' %'",
+            schema,
+        )
+        for (name,) in retired:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await connection.close()
 
