@@ -39,9 +39,18 @@ BUILD_PREFIX = "pj_build_"
 RETIRED_PREFIX = "pj_retired_"
 
 
+BUILD_MARK = "~v"
+"""In a build unit's name, and in no projection's (names are identifiers)."""
+
+
 def build_unit(projection: Projection) -> str:
     """The lease name of a projection's blue/green build ("name~v3")."""
-    return f"{projection.name}~v{projection.version}"
+    return f"{projection.name}{BUILD_MARK}{projection.version}"
+
+
+def is_build_unit(unit: str) -> bool:
+    """Whether ``unit`` names a blue/green build's lease (``build_unit``)."""
+    return BUILD_MARK in unit
 
 
 def side_schema(prefix: str, base: str, name: str, version: int) -> str:

@@ -231,7 +231,9 @@ async def _take_over(read_models: ReadModelStore, units: list[str], owner: str) 
                 rival = await tx.fetchval(
                     "SELECT owner FROM projection_leases WHERE unit = $1", unit
                 )
-                raise InvalidInputError(f"{unit!r} is being rebuilt by {rival}: wait for it")
+                raise InvalidInputError(
+                    f"{unit!r} is being rebuilt or replayed by {rival}: wait for it"
+                )
             token = await tx.fetchval("SELECT token FROM projection_leases WHERE unit = $1", unit)
             held.append(Lease(unit, owner, int(token)))
     return held

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import leases
+from .bluegreen import is_build_unit
 from .defaults import DEFAULT_BATCH_SIZE
 from .errors import ConfigurationError
 from .events import START, Position, validate_batch_size
@@ -30,9 +31,6 @@ from .source import EventSource
 from .store import EventStore
 
 logger = logging.getLogger("projectionist.upgrading")
-
-_BUILD_MARK = "~v"
-"""In a build unit's name (``bluegreen.build_unit``: ``name~vN``); a projection's never has it."""
 
 
 @dataclass
@@ -113,7 +111,7 @@ async def refuse_during_builds(read_models: ReadModelStore) -> None:
     building = sorted(
         f"{row.unit} (by {row.owner})"
         for row in held.values()
-        if _BUILD_MARK in row.unit and row.owner is not None
+        if is_build_unit(row.unit) and row.owner is not None
     )
     if building:
         raise ConfigurationError(
