@@ -183,6 +183,7 @@ async def renders_the_fields_to_come(page: Page) -> None:
         "errors": 3,
         "last_error": "<img src=x onerror=alert(1)>",
         "dead_letters": 2,
+        "parked_streams": 1,
         "updated_at": None,
         "held_back_by": "<b>transaction of pid 7</b>",
         "held_back_seconds": 12.5,
@@ -200,7 +201,8 @@ async def renders_the_fields_to_come(page: Page) -> None:
         "rate": "420",
         "last_batch_seconds": "12 ms",
         "errors": "3",
-        "dead_letters": "2",
+        "dead_count": "2",
+        "parked_streams": "1 parked",
         "last_error": "<img src=x onerror=alert(1)>",
         "updated_at": "-",
     }

@@ -30,6 +30,7 @@ FULL_ROW: dict[str, Any] = {
     "errors": 3,
     "last_error": "HandlerError: boom",
     "dead_letters": 2,
+    "parked_streams": 1,
     "updated_at": "2026-01-01T00:00:00+00:00",
     "held_back_seconds": 4.0,
     "held_back_by": "transaction of pid 7 (idle in transaction, open 9.0s)",
@@ -74,6 +75,7 @@ def test_metrics_carry_every_field_the_status_has() -> None:
     assert found[("projectionist_errors_total", "orders", "1/4")] == 3
     assert found[("projectionist_errors_total", "orders", "2/4")] == 0
     assert found[("projectionist_dead_letters", "orders", "1/4")] == 2
+    assert found[("projectionist_parked_streams", "orders", "1/4")] == 1
     assert found[("projectionist_held_back_seconds", "orders", "1/4")] == 4.0
     # Today's rows have no partition (label "") and only the fields they carry.
     assert found[("projectionist_lag_events", "daily", "")] == 990

@@ -58,6 +58,12 @@ _FIELDS: Sequence[tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str,
         "Events of the projection in its dead-letter table",
         "dead_letters",
     ),
+    (
+        GaugeMetricFamily,
+        "projectionist_parked_streams",
+        "Streams the projection holds back behind a dead letter (on_error='park')",
+        "parked_streams",
+    ),
 ]
 """(kind, metric name, help, status field) of the numeric series."""
 

@@ -142,7 +142,12 @@ function fill(row, item) {
   cell("last_batch_seconds").textContent = formatBatch(item.last_batch_seconds);
   cell("errors").textContent = formatCount(item.errors);
   cell("errors").classList.toggle("alert", isNumber(item.errors) && item.errors > 0);
-  cell("dead_letters").textContent = formatCount(item.dead_letters);
+  // Parked streams (on_error="park") under the dead letters they wait behind.
+  const parked = isNumber(item.parked_streams) && item.parked_streams > 0;
+  cell("dead_letters").replaceChildren(
+    subline("dead_count", formatCount(item.dead_letters), "main"),
+    ...(parked ? [subline("parked_streams", `${formatCount(item.parked_streams)} parked`)] : []),
+  );
   cell("dead_letters").classList.toggle("alert", isNumber(item.dead_letters) && item.dead_letters > 0);
   const error = cell("last_error");
   error.textContent = item.last_error ?? "-";
