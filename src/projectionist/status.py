@@ -327,6 +327,9 @@ def _unit_state(
         return UnitState.NOT_SET_UP, None
     if checkpoint.version < projection.version and building:
         return UnitState.SERVING_OLD_VERSION, f"version {projection.version} building"
+    if checkpoint.version < projection.version and not projection.replayable:
+        # A reactor is never rebuilt: its runner takes the checkpoint over where it is.
+        return UnitState.STOPPED, f"version {projection.version} takes over at its next start"
     if checkpoint.version != projection.version:
         return UnitState.NEEDS_REBUILD, f"read model is version {checkpoint.version}"
     if projection.kind is Kind.INLINE:

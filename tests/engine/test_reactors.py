@@ -154,6 +154,9 @@ async def test_a_raised_version_keeps_the_checkpoint_and_sends_nothing_again(
         raised = mailbox.reactor(version=2, start=START)
         async with Application(old.store, [raised]) as new:
             assert await stale_projections(new.read_models, [raised]) == []  # no build
+            [status] = await new.status()  # before its runner took the checkpoint over
+            assert status.state is UnitState.STOPPED
+            assert status.detail == "version 2 takes over at its next start"
             await new.setup()
             after = await new.read_models.checkpoint(NAME)
             assert before is not None and after is not None
