@@ -5,13 +5,14 @@ that hands its leases back on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,31 @@ async def _process_in_place(url: str) -> None:
         await app.runner("lenient").run_until_caught_up()
         with pytest.raises(HandlerError, match="event 3 is broken"):
             await app.runner("strict").run_until_caught_up()
+
+
+@contextlib.contextmanager
+def worker_process(
+    app: str,
+    url: str,
+    worker_id: str,
+    lease_seconds: float,
+    log_path: Path,
+    stop_timeout: float = 10.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``projectionist run --app app`` as a process, its output in ``log_path``; at the
+    block's end it is stopped with SIGTERM and must exit 0 (killed if the block raised)."""
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "projectionist.cli", "run", "--app", app, "--url", url,
+             "--worker-id", worker_id, "--lease-seconds", str(lease_seconds)],
+            cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            yield worker
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=stop_timeout) == 0, log_path.read_text()
+        finally:
+            worker.kill()
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -201,13 +227,7 @@ def test_health_and_a_worker_that_resumes_after_restart(tmp_path: Path) -> None:
     sick = cli(url, "health", "--app", APP)
     assert sick.returncode == 1 and "unhealthy: no heartbeat from any worker" in sick.stderr
 
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
-         "--worker-id", "w-ops", "--lease-seconds", "1"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with worker_process(APP, url, "w-ops", 1, tmp_path / "worker.log"):
 
         def strict_faulted() -> bool:
             state = status_now(url)
@@ -239,11 +259,6 @@ def test_health_and_a_worker_that_resumes_after_restart(tmp_path: Path) -> None:
         assert asyncio.run(_seen(url, "strict")) == [0, 1, 2, 3, 4]
         assert asyncio.run(_seen(url, "lenient")) == [0, 1, 3, 4]
 
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        log.close()
     after = statuses(url)
     assert {name: (s["owner"], s["state"]) for name, s in after.items()} == {
         "lenient": (None, "stopped"),
@@ -260,13 +275,7 @@ def test_faults_show_and_skip_with_a_faulted_worker(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ops.db'}"
     appended = asyncio.run(_prepare(url, {2}, 5))
     assert cli(url, "faults", "show", "--app", APP).stdout.strip() == "no faults"
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
-         "--worker-id", "w-ops", "--lease-seconds", "1"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with worker_process(APP, url, "w-ops", 1, tmp_path / "worker.log"):
         wait_until(lambda: status_now(url)["strict"]["state"] == "faulted")
         shown = cli(url, "faults", "show", "strict", "--app", APP)
         assert shown.returncode == 0, shown.stderr
@@ -302,11 +311,6 @@ def test_faults_show_and_skip_with_a_faulted_worker(tmp_path: Path) -> None:
         )
         again = cli(url, "faults", "skip", "strict", "--app", APP, "--yes")
         assert again.returncode == 1 and "'strict' is not faulted" in again.stderr
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        log.close()
 
 
 def test_rebuild_takes_the_unit_from_its_live_worker(tmp_path: Path) -> None:
@@ -316,13 +320,7 @@ def test_rebuild_takes_the_unit_from_its_live_worker(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ops.db'}"
     count = 4000
     asyncio.run(_prepare(url, {2}, count))
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
-         "--worker-id", "w-ops", "--lease-seconds", "1"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with worker_process(APP, url, "w-ops", 1, tmp_path / "worker.log"):
         wait_until(lambda: status_now(url)["strict"]["state"] == "faulted")
         asyncio.run(_fix(url, 2))  # fixed: the rebuild clears the fault, the worker sees it
         rebuilt = cli(url, "rebuild", "strict", "--app", APP, "--yes")
@@ -338,9 +336,4 @@ def test_rebuild_takes_the_unit_from_its_live_worker(tmp_path: Path) -> None:
         assert asyncio.run(_seen(url, "strict")) == list(range(count))
         more = cli(url, "status", "--app", APP, "--json")
         assert more.returncode == 0
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        log.close()
     assert "checkpoint_conflict" not in (tmp_path / "worker.log").read_text()

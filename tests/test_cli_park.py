@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from tests.cli_park_app import PROJECTIONS
 from tests.conftest import _drop_schema, new_schema_name, require_postgres, store_url
 from tests.engine.test_park import cure, interleaved, poison, rebuilt_rows, rows, upto
 from tests.test_cli import ROOT
-from tests.test_cli_operations import wait_until
+from tests.test_cli_operations import wait_until, worker_process
 
 APP = "tests.cli_park_app:app"
 
@@ -82,13 +81,7 @@ def caught_up(url: str) -> bool:
 
 def test_a_parked_stream_through_the_cli_while_a_worker_runs(url: str, tmp_path: Path) -> None:
     asyncio.run(in_app(url, then="prepare"))
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
-         "--worker-id", "w-park", "--lease-seconds", "2"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with worker_process(APP, url, "w-park", 2, tmp_path / "worker.log", stop_timeout=20):
         wait_until(lambda: caught_up(url))
         assert asyncio.run(in_app(url, then="parked")) == 1
 
@@ -149,11 +142,6 @@ def test_a_parked_stream_through_the_cli_while_a_worker_runs(url: str, tmp_path:
         assert retried.returncode == 0, retried.stderr
         assert "chain B: applied" in retried.stdout and "un-parked" in retried.stdout
         wait_until(lambda: caught_up(url))
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=20) == 0, (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        log.close()
     live, rebuilt, letters_left = asyncio.run(in_app(url, then="rows"))
     assert letters_left == []
     assert live[0] == [("A", upto(15)), ("B", upto(15)), ("C", upto(5))]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from typing import Any
 from projectionist import START, Application, Position
 from tests.replay_app import PROJECTIONS, balance_events, replayed, rows
 from tests.test_cli import ROOT
-from tests.test_cli_operations import cli, wait_until
+from tests.test_cli_operations import cli, wait_until, worker_process
 
 APP = "tests.replay_app:app"
 
@@ -44,13 +43,7 @@ async def _state(url: str) -> tuple[list[tuple[Any, ...]], set[str], bool]:
 def test_replay_with_a_worker_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'replay.db'}"
     positions, head = asyncio.run(_append(url, range(4)))
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "projectionist.cli", "run", "--app", APP, "--url", url,
-         "--worker-id", "w-replay", "--lease-seconds", "1"],
-        cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with worker_process(APP, url, "w-replay", 1, tmp_path / "worker.log"):
         wait_until(lambda: bool(asyncio.run(_state(url))[2]))
         clean_rows = asyncio.run(_state(url))[0]
 
@@ -95,9 +88,4 @@ def test_replay_with_a_worker_process(tmp_path: Path) -> None:
         final_rows, seen, _ = asyncio.run(_state(url))
         assert final_rows == [(f"acct-{a}", 500 + a, 11) for a in range(3)]
         assert not seen & {str(p) for p in more[len(positions) :]}  # applied live, not replayed
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0, (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        log.close()
     assert "checkpoint_conflict" not in (tmp_path / "worker.log").read_text()
