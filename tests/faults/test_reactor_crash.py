@@ -12,31 +12,16 @@ from __future__ import annotations
 import signal
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from projectionist import START, Application, NewEvent
-from tests.conftest import _drop_schema, new_schema_name, require_postgres, store_url
 from tests.faults.reactor_child import DONE, NAME
 from tests.faults.stepping import finish_child, spawn_child
 from tests.targets.conftest import REDIS_URL, require_redis
 
 EVENTS = 20
 DIE_AFTER = 7
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def crash_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    schema = None
-    if request.param == "postgres":
-        await require_postgres()
-        schema = new_schema_name()
-    yield store_url(str(request.param), tmp_path, schema)
-    if schema is not None:
-        await _drop_schema(schema)
 
 
 async def test_a_kill_between_effect_and_checkpoint_resends_that_event_only(

@@ -6,13 +6,9 @@ the rows always end as a clean run's, the checkpoint at the head."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from projectionist import Application, Position
-from tests.conftest import _drop_schema, new_schema_name, require_postgres, settle, store_url
+from tests.conftest import settle
 from tests.faults.replay_child import BATCH_SIZE
 from tests.faults.stepping import finish_child, kill_after_batches, spawn_child
 from tests.replay_app import balance_events, balances, rows
@@ -21,17 +17,6 @@ from tests.worker.conftest import eventually
 ACCOUNTS = 4
 ROUNDS = 6
 EXPECTED = [(f"acct-{a}", 100 * (ROUNDS - 1) + a, 2 * ROUNDS - 1) for a in range(ACCOUNTS)]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    schema = None
-    if request.param == "postgres":
-        await require_postgres()
-        schema = new_schema_name()
-    yield store_url(str(request.param), tmp_path, schema)
-    if schema is not None:
-        await _drop_schema(schema)
 
 
 async def _unit(app: Application) -> tuple[list[tuple[object, ...]], Position]:
@@ -57,7 +42,8 @@ async def _worker_takes_it_back(app: Application, head: Position) -> None:
         await running
 
 
-async def test_a_killed_replay_is_finished_by_the_workers(url: str) -> None:
+async def test_a_killed_replay_is_finished_by_the_workers(crash_url: str) -> None:
+    url = crash_url
     projection = balances(batch_size=BATCH_SIZE)
     async with Application(url, [projection]) as app:
         await app.setup()
